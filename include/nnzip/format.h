@@ -1,0 +1,101 @@
+/* The .nnz container, version 1.
+ *
+ * All integers little-endian with explicit widths; floats IEEE-754 binary32 little-endian.
+ *
+ *   header   (24 bytes)
+ *     0  u8[8]  magic  89 'N' 'N' 'Z' 0D 0A 1A 0A   (PNG-style: catches text-mode mangling)
+ *     8  u32    format version (1)
+ *    12  u32    section count S (1 <= S <= NZF_MAX_SECTIONS)
+ *    16  u32    flags (0)
+ *    20  u32    CRC32 of the section table
+ *   section table (S x 32 bytes), section i:
+ *     0  u32    kind (nzf_section_kind)
+ *     4  u32    flags (0)
+ *     8  u64    offset from the start of the file
+ *    16  u64    length in bytes
+ *    24  u32    CRC32 (zlib) of the section's bytes
+ *    28  u32    reserved (0)
+ *   section payloads, in table order, non-overlapping, inside the file.
+ *
+ * Section kinds (append only):
+ *   1 META    u32 count, then count x (u16 key length, key bytes, u32 value length, value bytes):
+ *             UTF-8 strings: arch, created_by, and free-form training facts (test_error, ...)
+ *   2 GRAPH   model input and nodes:
+ *             u32 in_c, in_h, in_w, n_classes; f32 scale; u32 n_ch; f32 mean[4]; f32 std[4];
+ *             u32 n_nodes; per node: u32 op, u8[32] name (NUL padded), u32 n_inputs,
+ *             i32 inputs[2], u32 units, kh, kw, stride, pad; f32 p; u32 n_params;
+ *             per param: u32 ndim, u32 dims[4]
+ *   3 TENSOR  one per parameter tensor: u32 node, u32 slot, u32 encoding, u32 reserved,
+ *             then the encoding's payload.  Encoding 0 = dense f32: count x f32, count = the
+ *             product of the dims the GRAPH gives for that slot.
+ *   Unknown section kinds are an error (never silently skipped), so an older reader refuses a
+ *   newer file cleanly rather than running a half-read model.
+ *
+ * Writers write a temporary file in the destination directory and rename it into place, so a
+ * failed run never leaves a half-written file nor clobbers an existing one. Readers check every
+ * length against the file size before reading, and name the file and section in errors. */
+#ifndef NNZIP_FORMAT_H
+#define NNZIP_FORMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NZF_VERSION 1u
+#define NZF_HEADER_SIZE 24u
+#define NZF_ENTRY_SIZE 32u
+#define NZF_MAX_SECTIONS 65536u
+#define NZF_MAX_NODES 4096u
+#define NZF_MAX_META 256u
+
+typedef enum {
+    NZF_SEC_META = 1,
+    NZF_SEC_GRAPH = 2,
+    NZF_SEC_TENSOR = 3,
+    NZF_SEC__END
+} nzf_section_kind;
+
+typedef enum {
+    NZF_ENC_F32 = 0,
+    NZF_ENC__END
+} nzf_encoding;
+
+/* Free-form key/value facts stored in META (training settings, measured error, ...). */
+typedef struct {
+    int n;
+    char key[NZF_MAX_META][32];
+    char val[NZF_MAX_META][128];
+} nz_meta;
+
+void nz_meta_set(nz_meta *meta, const char *key, const char *val);
+const char *nz_meta_get(const nz_meta *meta, const char *key);
+
+/* meta may be NULL. */
+nz_status nz_save(const nz_model *m, const nz_meta *meta, const char *path, nz_error *err);
+/* m must be uninitialised; meta may be NULL. On failure nothing needs freeing. */
+nz_status nz_load(const char *path, nz_model *m, nz_meta *meta, nz_error *err);
+
+/* Parses a whole file image already in memory (what nz_load does after reading; also the
+ * fuzz entry point). name is used in error messages. */
+nz_status nz_load_buffer(const uint8_t *buf, size_t size, const char *name, nz_model *m,
+                         nz_meta *meta, nz_error *err);
+
+typedef struct {
+    uint32_t version;
+    uint32_t n_sections;
+    uint64_t file_size;
+    uint64_t bytes_by_kind[NZF_SEC__END];
+} nz_file_stats;
+
+nz_status nz_file_stats_read(const char *path, nz_file_stats *st, nz_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,144 @@
+/* nnzip models: a DAG of nodes over batch-major NCHW float32 activations.
+ *
+ * Ownership: an nz_model owns its nodes and its one contiguous parameter buffer; every parameter
+ * tensor is a named view (offset, count, dims) into model->params, so the optimizer, the file
+ * writer and the compression passes all work on one array. Free with nz_model_free.
+ *
+ * nz_op values are stored in .nnz files: the enum only grows at the end. */
+#ifndef NNZIP_MODEL_H
+#define NNZIP_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "rng.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    NZ_OP_INPUT = 0,
+    NZ_OP_DENSE = 1,   /* params: W [out, in], b [out] */
+    NZ_OP_CONV2D = 2,  /* params: W [oc, ic, kh, kw], b [oc]; stride, pad */
+    NZ_OP_MAXPOOL = 3, /* kh x kw window, stride, no padding (floor) */
+    NZ_OP_RELU = 4,
+    NZ_OP_FLATTEN = 5, /* [C,H,W] -> [C*H*W, 1, 1]; shares its input's memory */
+    NZ_OP_DROPOUT = 6, /* inverted dropout with probability p; identity in eval */
+    NZ_OP__COUNT
+} nz_op;
+
+const char *nz_op_name(nz_op op);
+
+/* per-sample shape; dense activations are [n, 1, 1] */
+typedef struct {
+    int c, h, w;
+} nz_shape;
+
+static inline size_t nz_shape_size(nz_shape s) { return (size_t)s.c * (size_t)s.h * (size_t)s.w; }
+
+#define NZ_MAX_INPUTS 2
+#define NZ_MAX_PARAMS 4
+#define NZ_MAX_DIMS 4
+#define NZ_NAME_MAX 32
+
+typedef struct {
+    size_t off, n;            /* view into model->params */
+    int ndim;
+    int dims[NZ_MAX_DIMS];
+} nz_param;
+
+typedef struct {
+    nz_op op;
+    char name[NZ_NAME_MAX];
+    int n_inputs;
+    int inputs[NZ_MAX_INPUTS]; /* node ids, always smaller than this node's id */
+    nz_shape out;
+    int units;                 /* dense: out features; conv: out channels */
+    int kh, kw, stride, pad;   /* conv and pool */
+    float p;                   /* dropout probability */
+    int n_params;
+    nz_param params[NZ_MAX_PARAMS];
+} nz_node;
+
+/* Input preprocessing stored with the model, so every command feeds the same values:
+ * x = (pixel * scale - mean[c]) / std[c]. */
+typedef struct {
+    float scale;
+    int n_ch;
+    float mean[4], std[4];
+} nz_preproc;
+
+typedef struct {
+    char arch[NZ_NAME_MAX];
+    nz_shape in;
+    int n_classes;
+    nz_preproc pre;
+    int n_nodes, cap_nodes;
+    nz_node *nodes;
+    size_t n_params;
+    float *params;
+} nz_model;
+
+/* ---- building ---- */
+nz_status nz_model_init(nz_model *m, const char *arch, nz_shape in, int n_classes, nz_error *err);
+void nz_model_free(nz_model *m);
+/* Each add returns the new node id, or -1 (err set) on failure. */
+int nz_model_add_dense(nz_model *m, const char *name, int input, int units, nz_error *err);
+int nz_model_add_conv2d(nz_model *m, const char *name, int input, int out_ch, int k, int stride,
+                        int pad, nz_error *err);
+int nz_model_add_maxpool(nz_model *m, const char *name, int input, int k, int stride, nz_error *err);
+int nz_model_add_relu(nz_model *m, const char *name, int input, nz_error *err);
+int nz_model_add_flatten(nz_model *m, const char *name, int input, nz_error *err);
+int nz_model_add_dropout(nz_model *m, const char *name, int input, float p, nz_error *err);
+/* Recomputes node output shapes from attributes and checks them against parameter dims and the
+ * class count; used after loading a file. */
+nz_status nz_model_validate(const nz_model *m, nz_error *err);
+/* Kaiming-uniform as PyTorch's nn.Linear/nn.Conv2d default: W, b ~ U(-1/sqrt(fan_in), +). */
+void nz_model_init_params(nz_model *m, nz_rng *rng);
+/* Deep copy; dst must be uninitialised or freed. */
+nz_status nz_model_copy(nz_model *dst, const nz_model *src, nz_error *err);
+
+/* ---- the model zoo ---- */
+/* name: lenet300 | lenet500 | lenet5. Input shape and classes come from the dataset. */
+nz_status nz_zoo_build(nz_model *m, const char *name, nz_shape in, int n_classes, nz_error *err);
+const char *nz_zoo_names(void); /* "lenet300, lenet500, lenet5" for help text */
+
+/* number of weights (params of kind W) and biases, for info */
+size_t nz_node_param_count(const nz_node *n);
+size_t nz_model_flops(const nz_model *m); /* multiply-adds per sample */
+
+/* ---- running ---- */
+/* Workspace for a batch size: activations, activation gradients, parameter gradients (same
+ * layout as model->params), im2col scratch, pooling indices and dropout masks. */
+typedef struct nz_ws nz_ws;
+
+nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err);
+void nz_ws_free(nz_ws *ws);
+float *nz_ws_grads(nz_ws *ws);   /* [model->n_params] */
+void nz_ws_zero_grads(nz_ws *ws);
+const float *nz_ws_act(const nz_ws *ws, int node); /* node's output of the last forward */
+
+/* x: [B, C, H, W] preprocessed input. Returns logits [B, n_classes] owned by ws.
+ * training != 0 enables dropout (drawing from rng). */
+const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int training,
+                        nz_rng *rng);
+/* Back-propagates dlogits [B, n_classes] through the last forward; parameter gradients are
+ * *added* into nz_ws_grads(ws). */
+void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B);
+
+/* Mean softmax cross-entropy over the batch; writes dlogits (already divided by B) if non-NULL
+ * and the number of correct argmax predictions if non-NULL. */
+float nz_softmax_xent(const float *logits, const uint8_t *labels, int B, int K, float *dlogits,
+                      int *n_correct);
+
+/* ---- threads ---- */
+/* Sets OpenMP and OpenBLAS thread counts (n <= 0: all cores). */
+void nz_set_threads(int n);
+int nz_get_threads(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,229 @@
+/* Running a model: the workspace, forward and backward over the node list, the loss. */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/layers.h"
+#include "nnzip/model.h"
+
+struct nz_ws {
+    int max_batch, n_nodes;
+    float **act;      /* per node (B, out) */
+    float **dact;     /* per node (B, out); NULL for the input */
+    int32_t **argmax; /* maxpool nodes */
+    float **mask;     /* dropout nodes */
+    unsigned char *owns; /* 1 where act/dact are this node's own memory (0: aliases its input) */
+    float *grads;     /* (n_params) */
+    size_t n_params;
+    float *scratch;   /* im2col, per thread */
+    float *dw_partial;/* conv per-thread weight-gradient partials */
+    int threads;
+    int last_B;
+};
+
+static int aliases_input(const nz_node *n) { return n->op == NZ_OP_FLATTEN; }
+
+void nz_ws_free(nz_ws *ws) {
+    if (!ws) return;
+    for (int i = 0; i < ws->n_nodes; i++) {
+        if (ws->owns && ws->owns[i]) {
+            free(ws->act[i]);
+            free(ws->dact[i]);
+        }
+        if (ws->argmax) free(ws->argmax[i]);
+        if (ws->mask) free(ws->mask[i]);
+    }
+    free(ws->act);
+    free(ws->dact);
+    free(ws->argmax);
+    free(ws->mask);
+    free(ws->owns);
+    free(ws->grads);
+    free(ws->scratch);
+    free(ws->dw_partial);
+    free(ws);
+}
+
+nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
+    nz_ws *ws = calloc(1, sizeof *ws);
+    if (!ws) goto oom;
+    ws->max_batch = max_batch;
+    ws->n_nodes = m->n_nodes;
+    ws->threads = omp_get_max_threads();
+    ws->act = calloc((size_t)m->n_nodes, sizeof(float *));
+    ws->dact = calloc((size_t)m->n_nodes, sizeof(float *));
+    ws->argmax = calloc((size_t)m->n_nodes, sizeof(int32_t *));
+    ws->mask = calloc((size_t)m->n_nodes, sizeof(float *));
+    ws->owns = calloc((size_t)m->n_nodes, 1);
+    ws->n_params = m->n_params;
+    ws->grads = calloc(m->n_params ? m->n_params : 1, sizeof(float));
+    if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->grads) goto oom;
+    size_t scratch = 0, partial = 0;
+    for (int i = 1; i < m->n_nodes; i++) {
+        const nz_node *n = &m->nodes[i];
+        size_t sz = nz_shape_size(n->out) * (size_t)max_batch;
+        if (aliases_input(n)) {
+            ws->act[i] = ws->act[n->inputs[0]];
+            ws->dact[i] = ws->dact[n->inputs[0]];
+        } else {
+            ws->owns[i] = 1;
+            ws->act[i] = malloc(sizeof(float) * sz);
+            ws->dact[i] = malloc(sizeof(float) * sz);
+            if (!ws->act[i] || !ws->dact[i]) goto oom;
+        }
+        if (n->op == NZ_OP_MAXPOOL && !(ws->argmax[i] = malloc(sizeof(int32_t) * sz))) goto oom;
+        if (n->op == NZ_OP_DROPOUT && !(ws->mask[i] = malloc(sizeof(float) * sz))) goto oom;
+        if (n->op == NZ_OP_CONV2D) {
+            nz_shape s = m->nodes[n->inputs[0]].out;
+            conv_dims d = conv_dims_make(s.c, s.h, s.w, n->units, n->kh, n->stride, n->pad);
+            size_t c = conv_scratch_per_thread(&d);
+            if (c > scratch) scratch = c;
+            size_t p = n->params[0].n + (size_t)n->units;
+            if (p > partial) partial = p;
+        }
+    }
+    if (scratch && !(ws->scratch = malloc(sizeof(float) * scratch * (size_t)ws->threads))) goto oom;
+    if (partial && !(ws->dw_partial = malloc(sizeof(float) * partial * (size_t)ws->threads)))
+        goto oom;
+    return ws;
+oom:
+    nz_ws_free(ws);
+    nz_fail(err, NZ_ERR_NOMEM, "out of memory for a batch of %d", max_batch);
+    return NULL;
+}
+
+float *nz_ws_grads(nz_ws *ws) { return ws->grads; }
+
+void nz_ws_zero_grads(nz_ws *ws) { memset(ws->grads, 0, sizeof(float) * ws->n_params); }
+
+const float *nz_ws_act(const nz_ws *ws, int node) { return ws->act[node]; }
+
+static conv_dims node_conv_dims(const nz_model *m, const nz_node *n) {
+    nz_shape s = m->nodes[n->inputs[0]].out;
+    return conv_dims_make(s.c, s.h, s.w, n->units, n->kh, n->stride, n->pad);
+}
+
+const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int training,
+                        nz_rng *rng) {
+    ws->act[0] = (float *)x; /* the input is read, never written */
+    ws->last_B = B;
+    for (int i = 1; i < m->n_nodes; i++) {
+        const nz_node *n = &m->nodes[i];
+        const nz_shape s = m->nodes[n->inputs[0]].out;
+        const float *in = ws->act[n->inputs[0]];
+        float *out = ws->act[i];
+        const float *P = m->params;
+        size_t sz = nz_shape_size(n->out) * (size_t)B;
+        switch (n->op) {
+        case NZ_OP_DENSE:
+            dense_forward(out, in, P + n->params[0].off, P + n->params[1].off, B,
+                          (int)nz_shape_size(s), n->units);
+            break;
+        case NZ_OP_CONV2D: {
+            conv_dims d = node_conv_dims(m, n);
+            conv2d_forward(out, in, P + n->params[0].off, P + n->params[1].off, B, &d,
+                           ws->scratch);
+            break;
+        }
+        case NZ_OP_MAXPOOL:
+            maxpool_forward(out, ws->argmax[i], in, B, s.c, s.h, s.w, n->kh, n->kw, n->stride,
+                            n->out.h, n->out.w);
+            break;
+        case NZ_OP_RELU:
+            relu_forward(out, in, sz);
+            break;
+        case NZ_OP_DROPOUT:
+            if (training && n->p > 0.0f)
+                dropout_forward(out, ws->mask[i], in, sz, n->p, rng);
+            else
+                memcpy(out, in, sizeof(float) * sz);
+            break;
+        case NZ_OP_FLATTEN:
+            ws->act[i] = ws->act[n->inputs[0]];
+            break;
+        default:
+            break;
+        }
+    }
+    return ws->act[m->n_nodes - 1];
+}
+
+void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
+    const int last = m->n_nodes - 1;
+    for (int i = 1; i < m->n_nodes; i++)
+        if (ws->owns[i]) memset(ws->dact[i], 0, sizeof(float) * nz_shape_size(m->nodes[i].out) * B);
+    memcpy(ws->dact[last], dlogits, sizeof(float) * nz_shape_size(m->nodes[last].out) * B);
+    for (int i = last; i >= 1; i--) {
+        const nz_node *n = &m->nodes[i];
+        const int src = n->inputs[0];
+        const nz_shape s = m->nodes[src].out;
+        float *din = src == 0 ? NULL : ws->dact[src]; /* no gradient for the data */
+        const float *dout = ws->dact[i];
+        const float *P = m->params;
+        float *G = ws->grads;
+        size_t sz = nz_shape_size(n->out) * (size_t)B;
+        switch (n->op) {
+        case NZ_OP_DENSE:
+            dense_backward(din, G + n->params[0].off, G + n->params[1].off, dout, ws->act[src],
+                           P + n->params[0].off, B, (int)nz_shape_size(s), n->units);
+            break;
+        case NZ_OP_CONV2D: {
+            conv_dims d = node_conv_dims(m, n);
+            conv2d_backward(din, G + n->params[0].off, G + n->params[1].off, dout, ws->act[src],
+                            P + n->params[0].off, B, &d, ws->scratch, ws->dw_partial);
+            break;
+        }
+        case NZ_OP_MAXPOOL:
+            if (din)
+                maxpool_backward(din, dout, ws->argmax[i], B, s.c, s.h, s.w, n->out.h, n->out.w);
+            break;
+        case NZ_OP_RELU:
+            if (din) relu_backward(din, dout, ws->act[i], sz);
+            break;
+        case NZ_OP_DROPOUT:
+            if (din) dropout_backward(din, dout, ws->mask[i], sz);
+            break;
+        case NZ_OP_FLATTEN: /* shares its input's gradient buffer */
+        default:
+            break;
+        }
+    }
+}
+
+float nz_softmax_xent(const float *logits, const uint8_t *labels, int B, int K, float *dlogits,
+                      int *n_correct) {
+    double loss = 0;
+    int correct = 0;
+    for (int b = 0; b < B; b++) {
+        const float *z = logits + (size_t)b * K;
+        float mx = z[0];
+        int arg = 0;
+        for (int k = 1; k < K; k++)
+            if (z[k] > mx) {
+                mx = z[k];
+                arg = k;
+            }
+        double sum = 0;
+        for (int k = 0; k < K; k++) sum += exp((double)(z[k] - mx));
+        double lse = mx + log(sum);
+        loss += lse - z[labels[b]];
+        if (arg == labels[b]) correct++;
+        if (dlogits) {
+            float *g = dlogits + (size_t)b * K;
+            for (int k = 0; k < K; k++)
+                g[k] = (float)(exp((double)z[k] - lse) / B) - (k == labels[b] ? 1.0f / B : 0.0f);
+        }
+    }
+    if (n_correct) *n_correct = correct;
+    return (float)(loss / B);
+}
+
+void nz_set_threads(int n) {
+    if (n <= 0) n = omp_get_num_procs();
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+int nz_get_threads(void) { return omp_get_max_threads(); }

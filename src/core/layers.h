@@ -1,0 +1,58 @@
+/* Layer kernels: one forward/backward pair per layer kind, over plain pointers and sizes.
+ * Shapes are given in comments as (B, ...); all buffers are batch-major NCHW float32.
+ * Backward functions *add* into parameter gradients (dW, db); input gradients (din) are
+ * added into as well, so a node feeding several consumers sums their contributions.
+ * Zeroing is the caller's visible job. Private to the library and its tests. */
+#ifndef NNZIP_LAYERS_H
+#define NNZIP_LAYERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nnzip/rng.h"
+
+/* out (B, n_out) = in (B, n_in) W^T (n_out, n_in) + b (n_out) */
+void dense_forward(float *out, const float *in, const float *W, const float *b, int B, int n_in,
+                   int n_out);
+/* din (B, n_in) += dout W; dW (n_out, n_in) += dout^T in; db (n_out) += sum_b dout. din may be NULL. */
+void dense_backward(float *din, float *dW, float *db, const float *dout, const float *in,
+                    const float *W, int B, int n_in, int n_out);
+
+typedef struct {
+    int C, H, W;      /* input channels, height, width */
+    int OC, KH, KW;   /* output channels, kernel */
+    int stride, pad;
+    int OH, OW;       /* output size */
+} conv_dims;
+
+conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad);
+/* floats of im2col scratch one thread needs */
+size_t conv_scratch_per_thread(const conv_dims *d);
+/* out (B, OC, OH, OW) = conv(in (B, C, H, W), W (OC, C, KH, KW)) + b (OC).
+ * scratch: nthreads * conv_scratch_per_thread floats. */
+void conv2d_forward(float *out, const float *in, const float *W, const float *b, int B,
+                    const conv_dims *d, float *scratch);
+/* din (B, C, H, W) += ...; dW, db += ...; din may be NULL. dW_partial: nthreads * |W| floats of
+ * per-thread accumulators (reduced in a fixed order, so results do not depend on scheduling). */
+void conv2d_backward(float *din, float *dW, float *db, const float *dout, const float *in,
+                     const float *W, int B, const conv_dims *d, float *scratch, float *dW_partial);
+
+/* out (B, C, OH, OW) = max over k x k windows with stride s; argmax (B, C, OH, OW) records the
+ * winning input offset within its (C, H, W) plane for backward. */
+void maxpool_forward(float *out, int32_t *argmax, const float *in, int B, int C, int H, int W,
+                     int kh, int kw, int stride, int OH, int OW);
+void maxpool_backward(float *din, const float *dout, const int32_t *argmax, int B, int C, int H,
+                      int W, int OH, int OW);
+
+void relu_forward(float *out, const float *in, size_t n);
+/* din += dout where out > 0 */
+void relu_backward(float *din, const float *dout, const float *out, size_t n);
+
+/* Inverted dropout: mask[i] = 0 or 1/(1-p); out = in * mask. */
+void dropout_forward(float *out, float *mask, const float *in, size_t n, float p, nz_rng *rng);
+void dropout_backward(float *din, const float *dout, const float *mask, size_t n);
+
+/* thread count the kernels partition work over (OpenMP max threads) */
+int layers_threads(void);
+
+#endif

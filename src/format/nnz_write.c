@@ -1,0 +1,367 @@
+/* .nnz writer (layout in include/nnzip/format.h).
+ *
+ * Every field goes through an explicit little-endian byte writer, so the file is the same on any
+ * host. The file is written to "<path>.tmp.XXXXXX" in the destination directory, synced, and
+ * renamed over path: readers see either the old file or the complete new one, never a mix. */
+#include "nnzip/format.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
+static const uint8_t nzf_magic[8] = {0x89, 'N', 'N', 'Z', 0x0D, 0x0A, 0x1A, 0x0A};
+
+/* ---------------------------------------------------------------- little-endian bytes */
+
+static void put_u16le(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void put_u32le(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_u64le(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u); /* bit copy: NaN payloads and -0 survive the round trip */
+    return u;
+}
+
+/* zlib's crc32 takes a uInt length; feed large buffers in pieces. */
+static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n) {
+    while (n > 0) {
+        uInt k = n > (1u << 30) ? (1u << 30) : (uInt)n;
+        crc = (uint32_t)crc32(crc, p, k);
+        p += k;
+        n -= k;
+    }
+    return crc;
+}
+
+/* ---------------------------------------------------------------- growable byte buffer */
+
+/* META and GRAPH are built in memory (they are small); a failed allocation is sticky and
+ * checked once at the end. */
+typedef struct {
+    uint8_t *data;
+    size_t len, cap;
+    int oom;
+} byte_buf;
+
+static uint8_t *buf_grow(byte_buf *b, size_t n) {
+    if (b->oom) return NULL;
+    if (n > b->cap - b->len) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap - b->len < n) {
+            if (cap > SIZE_MAX / 2) {
+                b->oom = 1;
+                return NULL;
+            }
+            cap *= 2;
+        }
+        uint8_t *d = realloc(b->data, cap);
+        if (!d) {
+            b->oom = 1;
+            return NULL;
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    uint8_t *p = b->data + b->len;
+    b->len += n;
+    return p;
+}
+
+static void buf_u16(byte_buf *b, uint16_t v) {
+    uint8_t *p = buf_grow(b, 2);
+    if (p) put_u16le(p, v);
+}
+
+static void buf_u32(byte_buf *b, uint32_t v) {
+    uint8_t *p = buf_grow(b, 4);
+    if (p) put_u32le(p, v);
+}
+
+static void buf_i32(byte_buf *b, int32_t v) { buf_u32(b, (uint32_t)v); }
+
+static void buf_f32(byte_buf *b, float v) { buf_u32(b, f32_bits(v)); }
+
+static void buf_bytes(byte_buf *b, const void *src, size_t n) {
+    uint8_t *p = buf_grow(b, n);
+    if (p && n) memcpy(p, src, n);
+}
+
+/* ---------------------------------------------------------------- sections */
+
+static void meta_entry(byte_buf *b, const char *key, const char *val, size_t val_len) {
+    size_t kl = strlen(key);
+    buf_u16(b, (uint16_t)kl);
+    buf_bytes(b, key, kl);
+    buf_u32(b, (uint32_t)val_len);
+    buf_bytes(b, val, val_len);
+}
+
+/* arch and created_by are written from the model and this library; the caller's entries with
+ * those keys are skipped so a loaded-then-saved meta never duplicates them. */
+static int meta_is_reserved(const char *key) {
+    return strcmp(key, "arch") == 0 || strcmp(key, "created_by") == 0;
+}
+
+static nz_status meta_build(byte_buf *b, const nz_model *m, const nz_meta *meta,
+                            const char *path, nz_error *err) {
+    uint32_t count = 2;
+    int n = meta ? meta->n : 0;
+    if (n < 0 || n > (int)NZF_MAX_META)
+        return nz_fail(err, NZ_ERR_ARG, "%s: cannot save: meta count %d out of range", path, n);
+    for (int i = 0; i < n; i++) {
+        if (!memchr(meta->key[i], 0, sizeof meta->key[i]) ||
+            !memchr(meta->val[i], 0, sizeof meta->val[i]) || meta->key[i][0] == 0)
+            return nz_fail(err, NZ_ERR_ARG, "%s: cannot save: meta entry %d is malformed", path,
+                           i);
+        if (!meta_is_reserved(meta->key[i])) count++;
+    }
+    if (count > NZF_MAX_META)
+        return nz_fail(err, NZ_ERR_ARG, "%s: cannot save: %u meta entries (at most %u)", path,
+                       count, NZF_MAX_META);
+    buf_u32(b, count);
+    size_t al = strnlen(m->arch, sizeof m->arch);
+    meta_entry(b, "arch", m->arch, al);
+    meta_entry(b, "created_by", "nnzip", 5);
+    for (int i = 0; i < n; i++)
+        if (!meta_is_reserved(meta->key[i]))
+            meta_entry(b, meta->key[i], meta->val[i], strlen(meta->val[i]));
+    return NZ_OK;
+}
+
+static void graph_build(byte_buf *b, const nz_model *m) {
+    buf_u32(b, (uint32_t)m->in.c);
+    buf_u32(b, (uint32_t)m->in.h);
+    buf_u32(b, (uint32_t)m->in.w);
+    buf_u32(b, (uint32_t)m->n_classes);
+    buf_f32(b, m->pre.scale);
+    buf_u32(b, (uint32_t)m->pre.n_ch);
+    for (int c = 0; c < 4; c++) buf_f32(b, m->pre.mean[c]);
+    for (int c = 0; c < 4; c++) buf_f32(b, m->pre.std[c]);
+    buf_u32(b, (uint32_t)m->n_nodes);
+    for (int i = 0; i < m->n_nodes; i++) {
+        const nz_node *n = &m->nodes[i];
+        buf_u32(b, (uint32_t)n->op);
+        /* NUL padded: copy only up to the terminator so stale bytes never reach the file */
+        uint8_t name[NZ_NAME_MAX] = {0};
+        memcpy(name, n->name, strnlen(n->name, sizeof n->name));
+        buf_bytes(b, name, sizeof name);
+        buf_u32(b, (uint32_t)n->n_inputs);
+        /* unused input slots are written as -1 whatever the struct holds: one canonical form */
+        for (int k = 0; k < NZ_MAX_INPUTS; k++)
+            buf_i32(b, k < n->n_inputs ? (int32_t)n->inputs[k] : -1);
+        buf_u32(b, (uint32_t)n->units);
+        buf_u32(b, (uint32_t)n->kh);
+        buf_u32(b, (uint32_t)n->kw);
+        buf_u32(b, (uint32_t)n->stride);
+        buf_u32(b, (uint32_t)n->pad);
+        buf_f32(b, n->p);
+        buf_u32(b, (uint32_t)n->n_params);
+        for (int k = 0; k < n->n_params; k++) {
+            const nz_param *p = &n->params[k];
+            buf_u32(b, (uint32_t)p->ndim);
+            for (int d = 0; d < NZ_MAX_DIMS; d++)
+                buf_u32(b, d < p->ndim ? (uint32_t)p->dims[d] : 0u);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- output file */
+
+typedef struct {
+    FILE *f;
+    int err; /* first errno seen; 0 while all writes succeed */
+} out_file;
+
+static void out_write(out_file *o, const void *p, size_t n) {
+    if (o->err || n == 0) return;
+    errno = 0;
+    if (fwrite(p, 1, n, o->f) != n) o->err = errno ? errno : EIO;
+}
+
+/* Streams one tensor section (16-byte header + little-endian floats) and returns its CRC,
+ * converting through a small stack buffer so saving never doubles the model's memory. */
+static uint32_t tensor_write(out_file *o, const nz_model *m, int node, int slot) {
+    const nz_param *p = &m->nodes[node].params[slot];
+    uint8_t chunk[4096 * 4];
+    put_u32le(chunk, (uint32_t)node);
+    put_u32le(chunk + 4, (uint32_t)slot);
+    put_u32le(chunk + 8, NZF_ENC_F32);
+    put_u32le(chunk + 12, 0);
+    uint32_t crc = crc32_update((uint32_t)crc32(0L, Z_NULL, 0), chunk, 16);
+    out_write(o, chunk, 16);
+    const float *src = m->params + p->off;
+    for (size_t i = 0; i < p->n;) {
+        size_t k = p->n - i < 4096 ? p->n - i : 4096;
+        for (size_t j = 0; j < k; j++) put_u32le(chunk + 4 * j, f32_bits(src[i + j]));
+        crc = crc32_update(crc, chunk, 4 * k);
+        out_write(o, chunk, 4 * k);
+        i += k;
+    }
+    return crc;
+}
+
+static void entry_put(uint8_t *e, uint32_t kind, uint64_t off, uint64_t len, uint32_t crc) {
+    put_u32le(e, kind);
+    put_u32le(e + 4, 0);
+    put_u64le(e + 8, off);
+    put_u64le(e + 16, len);
+    put_u32le(e + 24, crc);
+    put_u32le(e + 28, 0);
+}
+
+/* Best effort: makes the rename itself durable. The new file is already complete and in place,
+ * so a failure here is not reported. */
+static void sync_parent_dir(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char *dir = NULL;
+    if (!slash) {
+        dir = strdup(".");
+    } else if (slash == path) {
+        dir = strdup("/");
+    } else {
+        dir = malloc((size_t)(slash - path) + 1);
+        if (dir) {
+            memcpy(dir, path, (size_t)(slash - path));
+            dir[slash - path] = 0;
+        }
+    }
+    if (!dir) return;
+    int fd = open(dir, O_RDONLY);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+    free(dir);
+}
+
+nz_status nz_save(const nz_model *m, const nz_meta *meta, const char *path, nz_error *err) {
+    if (!m || !path || !*path)
+        return nz_fail(err, NZ_ERR_ARG, "%s: cannot save: no model or path",
+                       path && *path ? path : "(no path)");
+    nz_error verr;
+    nz_status st = nz_model_validate(m, &verr);
+    if (st) return nz_fail(err, st, "%s: cannot save an invalid model: %s", path, verr.msg);
+    if ((unsigned)m->n_nodes > NZF_MAX_NODES)
+        return nz_fail(err, NZ_ERR_ARG, "%s: cannot save: %d nodes (the format allows %u)", path,
+                       m->n_nodes, NZF_MAX_NODES);
+
+    /* section table: META, GRAPH, then one TENSOR per (node, slot) in node order */
+    uint32_t n_sec = 2;
+    for (int i = 0; i < m->n_nodes; i++) n_sec += (uint32_t)m->nodes[i].n_params;
+    if (n_sec > NZF_MAX_SECTIONS)
+        return nz_fail(err, NZ_ERR_ARG, "%s: cannot save: %u sections (at most %u)", path, n_sec,
+                       NZF_MAX_SECTIONS);
+
+    byte_buf metab = {0}, graphb = {0};
+    uint8_t *head = NULL;
+    char *tmp = NULL;
+    FILE *f = NULL;
+    int fd = -1;
+    st = meta_build(&metab, m, meta, path, err);
+    if (st) goto done;
+    graph_build(&graphb, m);
+    size_t head_len = NZF_HEADER_SIZE + (size_t)n_sec * NZF_ENTRY_SIZE;
+    head = calloc(1, head_len);
+    size_t plen = strlen(path);
+    tmp = malloc(plen + sizeof ".tmp.XXXXXX");
+    if (metab.oom || graphb.oom || !head || !tmp) {
+        st = nz_fail(err, NZ_ERR_NOMEM, "%s: cannot save: out of memory", path);
+        goto done;
+    }
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, ".tmp.XXXXXX", sizeof ".tmp.XXXXXX");
+
+    fd = mkstemp(tmp);
+    if (fd < 0) {
+        st = nz_fail(err, NZ_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+        free(tmp); /* nothing was created: skip the unlink below */
+        tmp = NULL;
+        goto done;
+    }
+    /* mkstemp creates 0600; a model file is an ordinary shareable output. Failure (e.g. on
+     * filesystems without permissions) leaves a private but valid file, so it is ignored. */
+    (void)fchmod(fd, 0644);
+    f = fdopen(fd, "wb");
+    if (!f) {
+        st = nz_fail(err, NZ_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+        close(fd);
+        goto done;
+    }
+    fd = -1; /* owned by f now */
+
+    out_file o = {f, 0};
+    /* the header and table hold CRCs of what follows: write a placeholder, stream the
+     * sections, then seek back and fill it in */
+    out_write(&o, head, head_len);
+    uint64_t off = head_len;
+    uint8_t *e = head + NZF_HEADER_SIZE;
+    entry_put(e, NZF_SEC_META, off, metab.len, crc32_update(0, metab.data, metab.len));
+    out_write(&o, metab.data, metab.len);
+    off += metab.len;
+    e += NZF_ENTRY_SIZE;
+    entry_put(e, NZF_SEC_GRAPH, off, graphb.len, crc32_update(0, graphb.data, graphb.len));
+    out_write(&o, graphb.data, graphb.len);
+    off += graphb.len;
+    e += NZF_ENTRY_SIZE;
+    for (int i = 0; i < m->n_nodes; i++) {
+        for (int k = 0; k < m->nodes[i].n_params; k++) {
+            uint64_t len = 16 + (uint64_t)m->nodes[i].params[k].n * 4;
+            uint32_t crc = tensor_write(&o, m, i, k);
+            entry_put(e, NZF_SEC_TENSOR, off, len, crc);
+            off += len;
+            e += NZF_ENTRY_SIZE;
+        }
+    }
+    memcpy(head, nzf_magic, 8);
+    put_u32le(head + 8, NZF_VERSION);
+    put_u32le(head + 12, n_sec);
+    put_u32le(head + 16, 0);
+    put_u32le(head + 20, crc32_update(0, head + NZF_HEADER_SIZE, head_len - NZF_HEADER_SIZE));
+    if (!o.err && fseek(f, 0, SEEK_SET) != 0) o.err = errno ? errno : EIO;
+    out_write(&o, head, head_len);
+    if (!o.err && fflush(f) != 0) o.err = errno ? errno : EIO;
+    if (!o.err && fsync(fileno(f)) != 0) o.err = errno ? errno : EIO;
+    errno = 0;
+    if (fclose(f) != 0 && !o.err) o.err = errno ? errno : EIO;
+    f = NULL;
+    if (o.err) {
+        st = nz_fail(err, NZ_ERR_IO, "%s: cannot write: %s", path, strerror(o.err));
+        goto done;
+    }
+    if (rename(tmp, path) != 0) {
+        st = nz_fail(err, NZ_ERR_IO, "%s: cannot write: cannot rename %s into place: %s", path,
+                     tmp, strerror(errno));
+        goto done;
+    }
+    free(tmp);
+    tmp = NULL; /* renamed: nothing to clean up */
+    sync_parent_dir(path);
+    st = NZ_OK;
+
+done:
+    if (f) fclose(f);
+    if (fd >= 0) close(fd);
+    if (tmp) {
+        unlink(tmp);
+        free(tmp);
+    }
+    free(head);
+    free(metab.data);
+    free(graphb.data);
+    return st;
+}

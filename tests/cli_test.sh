@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# End-to-end tests of the nnzip CLI: help, usage errors, bad files, atomic outputs, and a real
+# 1-epoch LeNet-300-100 training on MNIST (< 4% test error). Needs the MNIST data
+# (scripts/fetch_data.sh). Usage: tests/cli_test.sh [path/to/nnzip]
+set -u
+NNZ=${1:-build/nnzip}
+T=$(mktemp -d /tmp/nnzip-cli-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+ok()  { pass=$((pass+1)); }
+bad() { fail=$((fail+1)); echo "FAIL: $*" >&2; }
+# expect CODE DESCRIPTION -- command...: checks the exit code; stderr kept in $T/err
+expect() {
+  local want=$1 what=$2; shift 3
+  "$@" >"$T/out" 2>"$T/err"; local got=$?
+  if [ "$got" = "$want" ]; then ok; else bad "$what: exit $got, want $want ($(head -c 200 "$T/err"))"; fi
+}
+# err_names TEXT DESCRIPTION: stderr is one line and mentions TEXT
+err_names() {
+  if [ "$(wc -l <"$T/err")" -eq 1 ] && grep -qF -- "$1" "$T/err"; then ok; else bad "$2: stderr '$(head -c 300 "$T/err")' should be one line naming '$1'"; fi
+}
+
+# ---- help and usage
+expect 0 "nnzip --help" -- "$NNZ" --help
+for c in train eval info; do expect 0 "nnzip $c --help" -- "$NNZ" $c --help; grep -q "usage: nnzip $c" "$T/out" && ok || bad "$c --help prints usage"; done
+expect 2 "unknown command" -- "$NNZ" frobnicate; err_names frobnicate "unknown command"
+expect 2 "unknown flag" -- "$NNZ" train --model lenet300 --bogus -o "$T/x.nnz"; err_names -- "--bogus" "unknown flag"
+expect 2 "bad integer" -- "$NNZ" train --model lenet300 --epochs many -o "$T/x.nnz"; err_names many "bad integer"
+expect 2 "unknown model" -- "$NNZ" train --model resnet999 --data mnist --epochs 1 -o "$T/x.nnz"; err_names resnet999 "unknown model"
+expect 2 "no args" -- "$NNZ"
+
+# ---- bad files
+expect 1 "missing model file" -- "$NNZ" eval "$T/nope.nnz"; err_names "$T/nope.nnz" "missing file"
+printf 'hello, not a model' >"$T/text.nnz"
+expect 1 "not an nnz file" -- "$NNZ" info "$T/text.nnz"; err_names "$T/text.nnz" "bad magic"
+
+# bad idx data directories
+mkdir -p "$T/badidx"
+python3 - "$T/badidx" <<'PY'
+import struct, sys, os
+d = sys.argv[1]
+def imgs(path, n, magic=0x803):
+    open(path, "wb").write(struct.pack(">IIII", magic, n, 28, 28) + bytes(n * 784))
+def labs(path, n, magic=0x801):
+    open(path, "wb").write(struct.pack(">II", magic, n) + bytes(n))
+imgs(f"{d}/train-images-idx3-ubyte", 10, magic=0x801)   # wrong magic
+labs(f"{d}/train-labels-idx1-ubyte", 10)
+imgs(f"{d}/t10k-images-idx3-ubyte", 10)
+labs(f"{d}/t10k-labels-idx1-ubyte", 9)                   # count mismatch
+PY
+expect 1 "wrong idx magic" -- "$NNZ" train --model lenet300 --data "$T/badidx" --epochs 1 -o "$T/x.nnz"
+err_names "train-images-idx3-ubyte" "wrong idx magic"
+[ ! -e "$T/x.nnz" ] && ok || bad "failed train left an output file"
+
+# ---- a real training run: LeNet-300-100, 1 epoch of MNIST
+M=$T/l300.nnz
+if "$NNZ" train --model lenet300 --data mnist --epochs 1 --seed 1 --json -o "$M" >"$T/train.json" 2>"$T/train.err"; then
+  ok
+  e=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["test_error_pct"])' "$T/train.json")
+  python3 -c "import sys; sys.exit(0 if $e < 4.0 else 1)" && ok || bad "LeNet-300-100 1 epoch: test error $e% (want < 4%)"
+  echo "cli_test: LeNet-300-100, 1 epoch: test error $e%"
+  grep -q "^epoch 1/1 " "$T/train.err" && ok || bad "no plain per-epoch line in a non-tty log"
+  "$NNZ" eval "$M" --json >"$T/eval.json" 2>"$T/err" && ok || bad "eval failed: $(cat "$T/err")"
+  e2=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["test_error_pct"])' "$T/eval.json")
+  [ "$e" = "$e2" ] && ok || bad "eval error $e2 != train error $e"
+  expect 0 "info" -- "$NNZ" info "$M"; grep -q "fc1" "$T/out" && ok || bad "info lists layers"
+  expect 0 "info --json" -- "$NNZ" info "$M" --json
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["params"]==266610, d["params"]' "$T/out" && ok || bad "info --json params"
+
+  # corruption: a flipped byte in the middle, and truncation, are refused naming the file
+  size=$(stat -c %s "$M")
+  cp "$M" "$T/flip.nnz"; printf '\xff\x00' | dd of="$T/flip.nnz" bs=1 seek=$((size/2)) conv=notrunc 2>/dev/null
+  expect 1 "bit-flipped file" -- "$NNZ" eval "$T/flip.nnz"; err_names "$T/flip.nnz" "bit-flipped file"
+  head -c $((size - 100)) "$M" >"$T/trunc.nnz"
+  expect 1 "truncated file" -- "$NNZ" eval "$T/trunc.nnz"; err_names "$T/trunc.nnz" "truncated file"
+
+  # an existing output is never clobbered by a failed run
+  cp "$M" "$T/keep.nnz"; sum0=$(sha256sum <"$T/keep.nnz")
+  expect 1 "failing train" -- "$NNZ" train --model lenet300 --data "$T/badidx" --epochs 1 -o "$T/keep.nnz"
+  [ "$(sha256sum <"$T/keep.nnz")" = "$sum0" ] && ok || bad "failed run changed an existing output"
+  expect 1 "unwritable output" -- "$NNZ" train --model lenet300 --data mnist --limit 64 --epochs 1 -o "$T/no/such/dir/x.nnz"
+  err_names "$T/no/such/dir/x.nnz" "unwritable output"
+  ls "$T" | grep -q '\.tmp\.' && bad "temporary files left behind" || ok
+
+  # determinism: 1 thread, same seed -> identical files
+  "$NNZ" train --model lenet300 --data mnist --limit 2000 --epochs 1 --seed 5 --threads 1 -q -o "$T/d1.nnz" >/dev/null 2>&1
+  "$NNZ" train --model lenet300 --data mnist --limit 2000 --epochs 1 --seed 5 --threads 1 -q -o "$T/d2.nnz" >/dev/null 2>&1
+  cmp -s "$T/d1.nnz" "$T/d2.nnz" && ok || bad "--threads 1 --seed 5 twice gave different files"
+else
+  bad "training failed: $(tail -n 2 "$T/train.err")"
+fi
+
+echo "cli_test: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

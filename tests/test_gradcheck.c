@@ -1,0 +1,965 @@
+/* Finite-difference gradient checks for every layer kind and for whole models.
+ *
+ * Kernels: a scalar loss L = sum(out * R) with a fixed random R, accumulated in double, so the
+ * analytic backward runs with dout = R. Each input and parameter element is compared with the
+ * central difference (L(x + e) - L(x - e)) / (2e) by
+ *     rel = |analytic - numeric| / max(|analytic|, |numeric|, 1e-3) <= 1e-2.
+ * The step e is chosen per layer kind from what limits the numeric estimate:
+ *  - dense and conv2d are affine in each single input or parameter, so the central difference is
+ *    exact for any step and only float rounding of `out` matters (noise ~ ulp / e): e = 0.25.
+ *  - maxpool and relu are piecewise linear: their inputs are kept far from the kinks (distinct
+ *    values >= 0.05 apart; |x| >= 0.1) and e = 1e-2 never changes the branch taken.
+ *  - softmax cross-entropy is smooth; nz_softmax_xent returns a float loss, so e = 2e-2 keeps
+ *    the rounding term (<= ulp(L) / 2e ~ 6e-6) and the truncation term (e^2 f''' / 6) small.
+ *  - whole models: L is the mean cross-entropy of the float logits computed in double (the same
+ *    formula as nz_softmax_xent, which is itself checked against it); e = 1e-2. A perturbation
+ *    that flips a relu or moves a maxpool argmax crosses a kink, where a finite difference means
+ *    nothing: such elements are detected by comparing activation patterns and skipped (counted,
+ *    and required to be rare).
+ * The checker is itself tested ("mutation" checks): a gradient with one element scaled by 1.05,
+ * or with the bias gradient dropped, must be reported as a mismatch. Backward must accumulate:
+ * calling it twice doubles every gradient. Conv runs at 1 and 2 threads (both partitions of the
+ * batch). Output and gradient buffers carry sentinel guards to catch out-of-bounds writes. */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/layers.h"
+#include "nnzip/model.h"
+#include "nnzip/rng.h"
+#include "testlib.h"
+
+#define GC_TOL 1e-2
+#define GC_FLOOR 1e-3
+#define EPS_AFFINE 0.25f
+#define EPS_PIECEWISE 1e-2f
+#define EPS_XENT 2e-2f
+#define EPS_MODEL 1e-2f
+
+/* ---------------------------------------------------------------- summary of worst errors */
+
+#define MAX_SECTIONS 64
+static struct {
+    char name[48];
+    double worst;
+} g_sections[MAX_SECTIONS];
+static int g_n_sections;
+
+static void section_record(const char *name, double err) {
+    for (int i = 0; i < g_n_sections; i++)
+        if (strcmp(g_sections[i].name, name) == 0) {
+            if (err > g_sections[i].worst || err != err) g_sections[i].worst = err;
+            return;
+        }
+    if (g_n_sections == MAX_SECTIONS) return;
+    snprintf(g_sections[g_n_sections].name, sizeof g_sections[0].name, "%s", name);
+    g_sections[g_n_sections++].worst = err;
+}
+
+/* ---------------------------------------------------------------- guarded buffers */
+
+#define GUARD 16
+static const float GUARD_VAL = -12345.678f;
+
+/* n zeroed floats with GUARD sentinels on each side */
+static float *galloc(size_t n) {
+    float *p = n < ((size_t)1 << 30) ? malloc(sizeof(float) * (n + 2 * GUARD)) : NULL;
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    for (size_t i = 0; i < GUARD; i++) p[i] = p[GUARD + n + i] = GUARD_VAL;
+    memset(p + GUARD, 0, sizeof(float) * n);
+    return p + GUARD;
+}
+
+static int guards_ok(const float *p, size_t n) {
+    for (size_t i = 1; i <= GUARD; i++)
+        if (p[-(ptrdiff_t)i] != GUARD_VAL || p[n + i - 1] != GUARD_VAL) return 0;
+    return 1;
+}
+
+static void gfree(float *p) {
+    if (p) free(p - GUARD);
+}
+
+static void fill_normal(float *x, size_t n, nz_rng *r, float scale) {
+    for (size_t i = 0; i < n; i++) x[i] = scale * nz_rng_normal(r);
+}
+
+/* n distinct values 0.05 apart in random order, centred on 0 */
+static void fill_distinct(float *x, size_t n, nz_rng *r) {
+    int32_t *perm = malloc(sizeof(int32_t) * n);
+    for (size_t i = 0; i < n; i++) perm[i] = (int32_t)i;
+    nz_rng_shuffle(r, perm, n);
+    for (size_t i = 0; i < n; i++) x[perm[i]] = 0.05f * ((float)i - (float)n / 2);
+    free(perm);
+}
+
+static double dot_d(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * (double)b[i];
+    return s;
+}
+
+/* max|a - b| / max(max|b|, tiny) */
+static double norm_err(const float *a, const float *b, size_t n) {
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - (double)b[i]);
+        if (e > d || e != e) d = (e != e) ? INFINITY : e;
+        if (fabs((double)b[i]) > m) m = fabs((double)b[i]);
+    }
+    return d / (m > 1e-30 ? m : 1e-30);
+}
+
+/* ---------------------------------------------------------------- the checker */
+
+typedef double (*loss_fn)(void *ctx);
+
+/* Optional: non-zero if the last loss evaluation took a different branch (relu/maxpool/...)
+ * than the reference evaluation; such elements are skipped. */
+typedef int (*kink_fn)(void *ctx);
+
+typedef struct {
+    double worst;
+    size_t worst_i;
+    size_t n_bad;
+} gc_report;
+
+/* numeric[i] = dL/dx[i] by central differences; x is perturbed in place and restored.
+ * With a kink test: where a step of eps crosses a kink, the step is shrunk (by 4, down to
+ * eps / 64) until both sides stay on the reference branch; skipped[i] = 1 where none did. */
+static double *numeric_grad(float *x, size_t n, float eps, loss_fn f, kink_fn kink, void *ctx,
+                            unsigned char *skipped) {
+    double *g = malloc(sizeof(double) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) {
+        const float x0 = x[i];
+        int crossed = 1;
+        for (float e = eps; crossed && e >= eps / 64; e /= 4) {
+            const float xp = x0 + e, xm = x0 - e;
+            x[i] = xp;
+            double lp = f(ctx);
+            crossed = kink ? kink(ctx) : 0;
+            x[i] = xm;
+            double lm = f(ctx);
+            if (kink) crossed |= kink(ctx);
+            x[i] = x0;
+            /* divide by the step actually taken in float */
+            g[i] = (lp - lm) / ((double)xp - (double)xm);
+            if (!kink) break;
+        }
+        if (skipped) skipped[i] = (unsigned char)crossed;
+    }
+    return g;
+}
+
+static double rel_err(double a, double n) {
+    double s = fabs(a);
+    if (fabs(n) > s) s = fabs(n);
+    if (s < GC_FLOOR) s = GC_FLOOR;
+    double e = fabs(a - n) / s;
+    return e == e ? e : INFINITY;
+}
+
+/* Compares analytic with numeric; elements with skip[i] set are ignored. */
+static gc_report grad_compare(const float *ana, const double *num, size_t n,
+                              const unsigned char *skip) {
+    gc_report r = {0, 0, 0};
+    for (size_t i = 0; i < n; i++) {
+        if (skip && skip[i]) continue;
+        double e = rel_err(ana[i], num[i]);
+        if (!(e <= GC_TOL)) r.n_bad++;
+        if (e > r.worst) {
+            r.worst = e;
+            r.worst_i = i;
+        }
+    }
+    return r;
+}
+
+static void expect_match(const char *section, const char *what, const float *ana,
+                         const double *num, size_t n, const unsigned char *skip) {
+    gc_report r = grad_compare(ana, num, n, skip);
+    CHECK(r.n_bad == 0, "%s %s: %zu of %zu elements off, worst rel err %.3g at %zu (analytic %.7g, numeric %.7g)",
+          section, what, r.n_bad, n, r.worst, r.worst_i, (double)ana[r.worst_i], num[r.worst_i]);
+    section_record(section, r.worst);
+}
+
+/* The checker must flag a corrupted gradient. */
+static void expect_mismatch(const char *what, const float *ana, const double *num, size_t n) {
+    gc_report r = grad_compare(ana, num, n, NULL);
+    CHECK(r.n_bad > 0, "mutation '%s' went unnoticed (worst rel err %.3g)", what, r.worst);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Scales the analytic gradient of the element of median |numeric| among those >= 10 x the
+ * floor (a typical one, not the largest) by 1.05 and expects the checker to report it. */
+static void mutate_scale_one(const char *what, const float *ana, const double *num, size_t n) {
+    double *mag = malloc(sizeof(double) * n);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(num[i]) >= 10 * GC_FLOOR) mag[m++] = fabs(num[i]);
+    if (m == 0) {
+        CHECK(0, "mutation '%s': no gradient element above %g", what, 10 * GC_FLOOR);
+        free(mag);
+        return;
+    }
+    qsort(mag, m, sizeof(double), cmp_double);
+    double med = mag[m / 2];
+    free(mag);
+    size_t k = 0;
+    while (k < n && fabs(num[k]) != med) k++;
+    float *bad = malloc(sizeof(float) * n);
+    memcpy(bad, ana, sizeof(float) * n);
+    bad[k] *= 1.05f;
+    char label[96];
+    snprintf(label, sizeof label, "%s[%zu] x 1.05 (|g| = %.3g)", what, k, med);
+    expect_mismatch(label, bad, num, n);
+    free(bad);
+}
+
+/* Drops a whole gradient (as if backward forgot it) and expects the checker to report it. */
+static void mutate_drop(const char *what, const double *num, size_t n) {
+    float *zero = calloc(n, sizeof(float));
+    char label[96];
+    snprintf(label, sizeof label, "%s dropped", what);
+    expect_mismatch(label, zero, num, n);
+    free(zero);
+}
+
+/* a (second call) == 2 * b (first call) up to rounding of the re-accumulation */
+static void expect_doubled(const char *what, const float *twice, const float *once, size_t n) {
+    float *two = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) two[i] = 2.0f * once[i];
+    double e = norm_err(twice, two, n);
+    CHECK(e <= 1e-5, "%s: backward twice is not 2x backward once (norm err %.3g)", what, e);
+    free(two);
+}
+
+/* ---------------------------------------------------------------- dense */
+
+typedef struct {
+    int B, NI, NO;
+    float *x, *W, *b, *R, *out;
+} dense_ctx;
+
+static double dense_loss(void *p) {
+    dense_ctx *c = p;
+    dense_forward(c->out, c->x, c->W, c->b, c->B, c->NI, c->NO);
+    return dot_d(c->out, c->R, (size_t)c->B * c->NO);
+}
+
+static void check_dense(void) {
+    const char *S = "dense";
+    dense_ctx c = {.B = 4, .NI = 13, .NO = 7};
+    const size_t nx = (size_t)c.B * c.NI, nw = (size_t)c.NO * c.NI, nb = (size_t)c.NO,
+                 no = (size_t)c.B * c.NO;
+    nz_rng r;
+    nz_rng_seed(&r, 101);
+    c.x = galloc(nx), c.W = galloc(nw), c.b = galloc(nb), c.R = galloc(no), c.out = galloc(no);
+    fill_normal(c.x, nx, &r, 1.0f);
+    fill_normal(c.W, nw, &r, 0.5f);
+    fill_normal(c.b, nb, &r, 0.5f);
+    fill_normal(c.R, no, &r, 1.0f);
+
+    /* forward against a double reference */
+    dense_loss(&c);
+    double worst = 0;
+    for (int n = 0; n < c.B; n++)
+        for (int o = 0; o < c.NO; o++) {
+            double s = c.b[o];
+            for (int i = 0; i < c.NI; i++) s += (double)c.x[n * c.NI + i] * c.W[o * c.NI + i];
+            double e = fabs(s - c.out[n * c.NO + o]) / (fabs(s) > 1 ? fabs(s) : 1);
+            if (e > worst) worst = e;
+        }
+    CHECK(worst < 1e-5, "dense forward vs double reference: %.3g", worst);
+
+    float *dx = galloc(nx), *dW = galloc(nw), *db = galloc(nb);
+    dense_backward(dx, dW, db, c.R, c.x, c.W, c.B, c.NI, c.NO);
+    double *gx = numeric_grad(c.x, nx, EPS_AFFINE, dense_loss, NULL, &c, NULL);
+    double *gW = numeric_grad(c.W, nw, EPS_AFFINE, dense_loss, NULL, &c, NULL);
+    double *gb = numeric_grad(c.b, nb, EPS_AFFINE, dense_loss, NULL, &c, NULL);
+    expect_match(S, "dx", dx, gx, nx, NULL);
+    expect_match(S, "dW", dW, gW, nw, NULL);
+    expect_match(S, "db", db, gb, nb, NULL);
+    mutate_scale_one("dense dx", dx, gx, nx);
+    mutate_scale_one("dense dW", dW, gW, nw);
+    mutate_drop("dense db", gb, nb);
+
+    /* accumulation */
+    float *dx1 = malloc(sizeof(float) * nx), *dW1 = malloc(sizeof(float) * nw),
+          *db1 = malloc(sizeof(float) * nb);
+    memcpy(dx1, dx, sizeof(float) * nx);
+    memcpy(dW1, dW, sizeof(float) * nw);
+    memcpy(db1, db, sizeof(float) * nb);
+    dense_backward(dx, dW, db, c.R, c.x, c.W, c.B, c.NI, c.NO);
+    expect_doubled("dense dx", dx, dx1, nx);
+    expect_doubled("dense dW", dW, dW1, nw);
+    expect_doubled("dense db", db, db1, nb);
+    /* din may be NULL */
+    memset(dW, 0, sizeof(float) * nw);
+    memset(db, 0, sizeof(float) * nb);
+    dense_backward(NULL, dW, db, c.R, c.x, c.W, c.B, c.NI, c.NO);
+    CHECK(norm_err(dW, dW1, nw) == 0 && norm_err(db, db1, nb) == 0,
+          "dense backward with din = NULL changes dW/db");
+    CHECK(guards_ok(c.out, no) && guards_ok(dx, nx) && guards_ok(dW, nw) && guards_ok(db, nb),
+          "dense wrote outside its buffers");
+
+    free(dx1), free(dW1), free(db1), free(gx), free(gW), free(gb);
+    gfree(dx), gfree(dW), gfree(db);
+    gfree(c.x), gfree(c.W), gfree(c.b), gfree(c.R), gfree(c.out);
+}
+
+/* ---------------------------------------------------------------- conv2d */
+
+typedef struct {
+    int B;
+    conv_dims d;
+    float *x, *W, *b, *R, *out, *scratch;
+} conv_ctx;
+
+static double conv_loss(void *p) {
+    conv_ctx *c = p;
+    conv2d_forward(c->out, c->x, c->W, c->b, c->B, &c->d, c->scratch);
+    return dot_d(c->out, c->R, (size_t)c->B * c->d.OC * c->d.OH * c->d.OW);
+}
+
+/* direct convolution in double, the definition */
+static double conv_forward_err(const conv_ctx *c) {
+    const conv_dims *d = &c->d;
+    double worst = 0;
+    for (int n = 0; n < c->B; n++)
+        for (int oc = 0; oc < d->OC; oc++)
+            for (int oh = 0; oh < d->OH; oh++)
+                for (int ow = 0; ow < d->OW; ow++) {
+                    double s = c->b[oc];
+                    for (int ic = 0; ic < d->C; ic++)
+                        for (int kh = 0; kh < d->KH; kh++)
+                            for (int kw = 0; kw < d->KW; kw++) {
+                                int ih = oh * d->stride - d->pad + kh,
+                                    iw = ow * d->stride - d->pad + kw;
+                                if (ih < 0 || ih >= d->H || iw < 0 || iw >= d->W) continue;
+                                s += (double)c->x[((n * d->C + ic) * d->H + ih) * d->W + iw] *
+                                     c->W[((oc * d->C + ic) * d->KH + kh) * d->KW + kw];
+                            }
+                    float y = c->out[((n * d->OC + oc) * d->OH + oh) * d->OW + ow];
+                    double e = fabs(s - y) / (fabs(s) > 1 ? fabs(s) : 1);
+                    if (e > worst || e != e) worst = (e != e) ? INFINITY : e;
+                }
+    return worst;
+}
+
+/* Analytic gradients of one conv config at the current thread count, into dx/dW/db. */
+static void conv_analytic(conv_ctx *c, float *dx, float *dW, float *db, float *partial) {
+    conv2d_backward(dx, dW, db, c->R, c->x, c->W, c->B, &c->d, c->scratch, partial);
+}
+
+static void check_conv(int k, int s, int pad, int threads) {
+    nz_set_threads(threads);
+    char S[48];
+    snprintf(S, sizeof S, "conv2d k%d s%d p%d", k, s, pad);
+    const int lt = layers_threads();
+    CHECK(lt == threads, "%s: nz_set_threads(%d) gives %d kernel threads", S, threads, lt);
+    const size_t T = lt > 0 && lt < 256 ? (size_t)lt : 1;
+
+    conv_ctx c = {.B = 3};
+    c.d = conv_dims_make(2, 7, 7, 4, k, s, pad);
+    const conv_dims *d = &c.d;
+    const size_t nx = (size_t)c.B * d->C * d->H * d->W, nw = (size_t)d->OC * d->C * d->KH * d->KW,
+                 nb = (size_t)d->OC, no = (size_t)c.B * d->OC * d->OH * d->OW;
+    /* dW_partial per thread holds |W| + OC floats (see conv2d_backward) */
+    const size_t nscratch = conv_scratch_per_thread(d) * T, npart = (nw + nb) * T;
+    nz_rng r;
+    nz_rng_seed(&r, 1000u + (unsigned)(k * 100 + s * 10 + pad));
+    c.x = galloc(nx), c.W = galloc(nw), c.b = galloc(nb), c.R = galloc(no), c.out = galloc(no);
+    c.scratch = galloc(nscratch);
+    float *partial = galloc(npart);
+    fill_normal(c.x, nx, &r, 1.0f);
+    fill_normal(c.W, nw, &r, 0.5f);
+    fill_normal(c.b, nb, &r, 0.5f);
+    fill_normal(c.R, no, &r, 1.0f);
+
+    conv_loss(&c);
+    double fe = conv_forward_err(&c);
+    CHECK(fe < 1e-5, "%s (%d threads) forward vs direct double convolution: %.3g", S, threads, fe);
+    section_record("conv2d forward vs direct", fe);
+
+    float *dx = galloc(nx), *dW = galloc(nw), *db = galloc(nb);
+    conv_analytic(&c, dx, dW, db, partial);
+    double *gx = numeric_grad(c.x, nx, EPS_AFFINE, conv_loss, NULL, &c, NULL);
+    double *gW = numeric_grad(c.W, nw, EPS_AFFINE, conv_loss, NULL, &c, NULL);
+    double *gb = numeric_grad(c.b, nb, EPS_AFFINE, conv_loss, NULL, &c, NULL);
+    expect_match(S, "dx", dx, gx, nx, NULL);
+    expect_match(S, "dW", dW, gW, nw, NULL);
+    expect_match(S, "db", db, gb, nb, NULL);
+    char what[64];
+    snprintf(what, sizeof what, "%s dx", S);
+    mutate_scale_one(what, dx, gx, nx);
+    snprintf(what, sizeof what, "%s dW", S);
+    mutate_scale_one(what, dW, gW, nw);
+    snprintf(what, sizeof what, "%s db", S);
+    mutate_drop(what, gb, nb);
+
+    /* accumulation, including into a dirty dW_partial */
+    float *dx1 = malloc(sizeof(float) * nx), *dW1 = malloc(sizeof(float) * nw),
+          *db1 = malloc(sizeof(float) * nb);
+    memcpy(dx1, dx, sizeof(float) * nx);
+    memcpy(dW1, dW, sizeof(float) * nw);
+    memcpy(db1, db, sizeof(float) * nb);
+    for (size_t i = 0; i < npart; i++) partial[i] = 1e6f;
+    conv_analytic(&c, dx, dW, db, partial);
+    snprintf(what, sizeof what, "%s dx", S);
+    expect_doubled(what, dx, dx1, nx);
+    snprintf(what, sizeof what, "%s dW", S);
+    expect_doubled(what, dW, dW1, nw);
+    snprintf(what, sizeof what, "%s db", S);
+    expect_doubled(what, db, db1, nb);
+    /* din may be NULL */
+    memset(dW, 0, sizeof(float) * nw);
+    memset(db, 0, sizeof(float) * nb);
+    conv2d_backward(NULL, dW, db, c.R, c.x, c.W, c.B, d, c.scratch, partial);
+    CHECK(norm_err(dW, dW1, nw) == 0 && norm_err(db, db1, nb) == 0,
+          "%s: backward with din = NULL changes dW/db", S);
+    CHECK(guards_ok(c.out, no) && guards_ok(dx, nx) && guards_ok(dW, nw) && guards_ok(db, nb) &&
+              guards_ok(c.scratch, nscratch) && guards_ok(partial, npart),
+          "%s (%d threads) wrote outside its buffers", S, threads);
+
+    free(dx1), free(dW1), free(db1), free(gx), free(gW), free(gb);
+    gfree(dx), gfree(dW), gfree(db), gfree(partial);
+    gfree(c.x), gfree(c.W), gfree(c.b), gfree(c.R), gfree(c.out), gfree(c.scratch);
+}
+
+/* ---------------------------------------------------------------- maxpool */
+
+typedef struct {
+    int B, C, H, W, k, s, OH, OW;
+    float *x, *R, *out;
+    int32_t *argmax;
+} pool_ctx;
+
+static double pool_loss(void *p) {
+    pool_ctx *c = p;
+    maxpool_forward(c->out, c->argmax, c->x, c->B, c->C, c->H, c->W, c->k, c->k, c->s, c->OH,
+                    c->OW);
+    return dot_d(c->out, c->R, (size_t)c->B * c->C * c->OH * c->OW);
+}
+
+static void check_maxpool(int k, int s) {
+    char S[48];
+    snprintf(S, sizeof S, "maxpool %dx%d/%d", k, k, s);
+    /* 7x7 also checks the floor rule: the last row/column is dropped for 2x2/2 */
+    pool_ctx c = {.B = 2, .C = 3, .H = 7, .W = 7, .k = k, .s = s};
+    c.OH = (c.H - k) / s + 1;
+    c.OW = (c.W - k) / s + 1;
+    const size_t nx = (size_t)c.B * c.C * c.H * c.W, no = (size_t)c.B * c.C * c.OH * c.OW;
+    nz_rng r;
+    nz_rng_seed(&r, 2000u + (unsigned)(k * 10 + s));
+    c.x = galloc(nx), c.R = galloc(no), c.out = galloc(no);
+    c.argmax = malloc(sizeof(int32_t) * no);
+    fill_distinct(c.x, nx, &r);
+    fill_normal(c.R, no, &r, 1.0f);
+
+    pool_loss(&c);
+    int ok = 1;
+    for (int p = 0; p < c.B * c.C; p++)
+        for (int oh = 0; oh < c.OH; oh++)
+            for (int ow = 0; ow < c.OW; ow++) {
+                float best = -FLT_MAX;
+                for (int i = 0; i < k; i++)
+                    for (int j = 0; j < k; j++) {
+                        float v = c.x[(size_t)p * c.H * c.W + (oh * s + i) * c.W + ow * s + j];
+                        if (v > best) best = v;
+                    }
+                if (c.out[((size_t)p * c.OH + oh) * c.OW + ow] != best) ok = 0;
+            }
+    CHECK(ok, "%s forward is not the window maximum", S);
+
+    float *dx = galloc(nx);
+    maxpool_backward(dx, c.R, c.argmax, c.B, c.C, c.H, c.W, c.OH, c.OW);
+    double *gx = numeric_grad(c.x, nx, EPS_PIECEWISE, pool_loss, NULL, &c, NULL);
+    expect_match(S, "dx", dx, gx, nx, NULL);
+    /* a gradient routed to the wrong element of a window */
+    {
+        float *bad = malloc(sizeof(float) * nx);
+        memcpy(bad, dx, sizeof(float) * nx);
+        size_t i = 0;
+        while (i < nx && bad[i] == 0.0f) i++;
+        size_t j = i + 1 < nx ? i + 1 : i - 1;
+        float t = bad[i];
+        bad[i] = bad[j];
+        bad[j] = t;
+        expect_mismatch("maxpool dx routed to a neighbour", bad, gx, nx);
+        free(bad);
+    }
+    float *dx1 = malloc(sizeof(float) * nx);
+    memcpy(dx1, dx, sizeof(float) * nx);
+    maxpool_backward(dx, c.R, c.argmax, c.B, c.C, c.H, c.W, c.OH, c.OW);
+    expect_doubled(S, dx, dx1, nx);
+    CHECK(guards_ok(c.out, no) && guards_ok(dx, nx), "%s wrote outside its buffers", S);
+
+    free(dx1), free(gx), free(c.argmax);
+    gfree(dx), gfree(c.x), gfree(c.R), gfree(c.out);
+}
+
+/* ---------------------------------------------------------------- relu */
+
+typedef struct {
+    size_t n;
+    float *x, *R, *out;
+} relu_ctx;
+
+static double relu_loss(void *p) {
+    relu_ctx *c = p;
+    relu_forward(c->out, c->x, c->n);
+    return dot_d(c->out, c->R, c->n);
+}
+
+static void check_relu(void) {
+    const char *S = "relu";
+    relu_ctx c = {.n = 300};
+    nz_rng r;
+    nz_rng_seed(&r, 3000);
+    c.x = galloc(c.n), c.R = galloc(c.n), c.out = galloc(c.n);
+    for (size_t i = 0; i < c.n; i++) {
+        float m = 0.1f + nz_rng_uniform(&r); /* away from the kink at 0 */
+        c.x[i] = nz_rng_uniform(&r) < 0.5f ? -m : m;
+    }
+    fill_normal(c.R, c.n, &r, 1.0f);
+    relu_loss(&c);
+    int ok = 1;
+    for (size_t i = 0; i < c.n; i++) ok &= c.out[i] == (c.x[i] > 0 ? c.x[i] : 0.0f);
+    CHECK(ok, "relu forward is not max(x, 0)");
+    float *dx = galloc(c.n);
+    relu_backward(dx, c.R, c.out, c.n);
+    double *gx = numeric_grad(c.x, c.n, EPS_PIECEWISE, relu_loss, NULL, &c, NULL);
+    expect_match(S, "dx", dx, gx, c.n, NULL);
+    float *dx1 = malloc(sizeof(float) * c.n);
+    memcpy(dx1, dx, sizeof(float) * c.n);
+    relu_backward(dx, c.R, c.out, c.n);
+    expect_doubled(S, dx, dx1, c.n);
+    /* large n takes the OpenMP path */
+    {
+        const size_t n = 200000;
+        float *x = galloc(n), *y = galloc(n), *g = galloc(n), *dn = galloc(n);
+        fill_normal(x, n, &r, 1.0f);
+        fill_normal(g, n, &r, 1.0f);
+        relu_forward(y, x, n);
+        relu_backward(dn, g, y, n);
+        int ok2 = 1;
+        for (size_t i = 0; i < n; i++)
+            ok2 &= y[i] == (x[i] > 0 ? x[i] : 0.0f) && dn[i] == (x[i] > 0 ? g[i] : 0.0f);
+        CHECK(ok2 && guards_ok(y, n) && guards_ok(dn, n), "relu on %zu elements (threaded)", n);
+        gfree(x), gfree(y), gfree(g), gfree(dn);
+    }
+    CHECK(guards_ok(c.out, c.n) && guards_ok(dx, c.n), "relu wrote outside its buffers");
+    free(dx1), free(gx);
+    gfree(dx), gfree(c.x), gfree(c.R), gfree(c.out);
+}
+
+/* ---------------------------------------------------------------- dropout */
+
+typedef struct {
+    size_t n;
+    float p;
+    uint64_t seed;
+    float *x, *R, *out, *mask;
+} drop_ctx;
+
+/* the same seed every call: a fixed mask */
+static double drop_loss(void *pc) {
+    drop_ctx *c = pc;
+    nz_rng r;
+    nz_rng_seed(&r, c->seed);
+    dropout_forward(c->out, c->mask, c->x, c->n, c->p, &r);
+    return dot_d(c->out, c->R, c->n);
+}
+
+static void check_dropout(void) {
+    const char *S = "dropout";
+    drop_ctx c = {.n = 256, .p = 0.3f, .seed = 4242};
+    nz_rng r;
+    nz_rng_seed(&r, 4000);
+    c.x = galloc(c.n), c.R = galloc(c.n), c.out = galloc(c.n), c.mask = galloc(c.n);
+    for (size_t i = 0; i < c.n; i++) {
+        float m = 0.5f + nz_rng_uniform(&r);
+        c.x[i] = nz_rng_uniform(&r) < 0.5f ? -m : m;
+    }
+    fill_normal(c.R, c.n, &r, 1.0f);
+    drop_loss(&c);
+    const float keep = 1.0f / (1.0f - c.p);
+    int ok = 1;
+    size_t zeros = 0;
+    for (size_t i = 0; i < c.n; i++) {
+        ok &= (c.mask[i] == 0.0f || c.mask[i] == keep) && c.out[i] == c.x[i] * c.mask[i];
+        zeros += c.mask[i] == 0.0f;
+    }
+    CHECK(ok, "dropout: mask values not in {0, 1/(1-p)} or out != in * mask");
+    CHECK(zeros > 0 && zeros < c.n, "dropout mask has %zu zeros of %zu", zeros, c.n);
+
+    /* backward is exactly mask * dout, and accumulates */
+    float *dx = galloc(c.n);
+    dropout_backward(dx, c.R, c.mask, c.n);
+    int exact = 1;
+    for (size_t i = 0; i < c.n; i++) exact &= dx[i] == c.R[i] * c.mask[i];
+    CHECK(exact, "dropout backward != mask * dout");
+    double *gx = numeric_grad(c.x, c.n, EPS_PIECEWISE, drop_loss, NULL, &c, NULL);
+    expect_match(S, "dx (fixed mask)", dx, gx, c.n, NULL);
+    float *dx1 = malloc(sizeof(float) * c.n);
+    memcpy(dx1, dx, sizeof(float) * c.n);
+    dropout_backward(dx, c.R, c.mask, c.n);
+    expect_doubled(S, dx, dx1, c.n);
+
+    /* E[out] = in: mean over draws of each element. Per element the mask has mean 1 and
+     * variance p/(1-p), so the draw-mean's standard deviation is sqrt(p/(1-p)/draws). */
+    const int draws = 4000;
+    double *sum = calloc(c.n, sizeof(double));
+    size_t total_zero = 0;
+    nz_rng dr;
+    nz_rng_seed(&dr, 77);
+    for (int t = 0; t < draws; t++) {
+        dropout_forward(c.out, c.mask, c.x, c.n, c.p, &dr);
+        for (size_t i = 0; i < c.n; i++) {
+            sum[i] += c.out[i];
+            total_zero += c.mask[i] == 0.0f;
+        }
+    }
+    const double sd = sqrt(c.p / (1.0 - c.p) / draws);
+    double worst = 0;
+    for (size_t i = 0; i < c.n; i++) {
+        double e = fabs(sum[i] / draws / c.x[i] - 1.0);
+        if (e > worst) worst = e;
+    }
+    CHECK(worst < 5.5 * sd, "dropout E[out]/in off by %.4f (> 5.5 sd = %.4f)", worst, 5.5 * sd);
+    const double frac = (double)total_zero / ((double)draws * c.n);
+    const double fsd = sqrt(c.p * (1 - c.p) / ((double)draws * c.n));
+    CHECK(fabs(frac - c.p) < 5 * fsd, "dropout drops %.4f of units, p = %.2f", frac, (double)c.p);
+    printf("  dropout: E[out]/in worst dev %.4f (sd %.4f), drop rate %.4f\n", worst, sd, frac);
+    CHECK(guards_ok(c.out, c.n) && guards_ok(c.mask, c.n) && guards_ok(dx, c.n),
+          "dropout wrote outside its buffers");
+
+    free(sum), free(dx1), free(gx);
+    gfree(dx), gfree(c.x), gfree(c.R), gfree(c.out), gfree(c.mask);
+}
+
+/* ---------------------------------------------------------------- softmax cross-entropy */
+
+/* mean over the batch of logsumexp(z) - z[label], in double */
+static double xent_double(const float *z, const uint8_t *y, int B, int K) {
+    double loss = 0;
+    for (int b = 0; b < B; b++) {
+        const float *zb = z + (size_t)b * K;
+        double mx = zb[0];
+        for (int k = 1; k < K; k++)
+            if (zb[k] > mx) mx = zb[k];
+        double s = 0;
+        for (int k = 0; k < K; k++) s += exp((double)zb[k] - mx);
+        loss += mx + log(s) - zb[y[b]];
+    }
+    return loss / B;
+}
+
+typedef struct {
+    int B, K;
+    float *z;
+    uint8_t *y;
+} xent_ctx;
+
+static double xent_loss(void *p) {
+    xent_ctx *c = p;
+    return nz_softmax_xent(c->z, c->y, c->B, c->K, NULL, NULL);
+}
+
+static void check_xent(void) {
+    const char *S = "softmax xent";
+    xent_ctx c = {.B = 5, .K = 10};
+    const size_t n = (size_t)c.B * c.K;
+    nz_rng r;
+    nz_rng_seed(&r, 5000);
+    c.z = galloc(n);
+    c.y = malloc((size_t)c.B);
+    fill_normal(c.z, n, &r, 2.0f);
+    for (int b = 0; b < c.B; b++) c.y[b] = (uint8_t)nz_rng_below(&r, (uint64_t)c.K);
+    c.z[3 * c.K + c.y[3]] += 10.0f; /* one confident, correct sample */
+    c.z[4 * c.K + 7] = 60.0f;       /* large logits must not overflow */
+    c.y[4] = 2;
+
+    float *dz = galloc(n);
+    int correct = -1;
+    float L = nz_softmax_xent(c.z, c.y, c.B, c.K, dz, &correct);
+    double Lref = xent_double(c.z, c.y, c.B, c.K);
+    CHECK(fabs(L - Lref) <= 1e-6 * fabs(Lref), "xent loss %.9g vs double %.9g", (double)L, Lref);
+    int cref = 0;
+    for (int b = 0; b < c.B; b++) {
+        int arg = 0;
+        for (int k = 1; k < c.K; k++)
+            if (c.z[b * c.K + k] > c.z[b * c.K + arg]) arg = k;
+        cref += arg == c.y[b];
+    }
+    CHECK(correct == cref, "xent n_correct %d, expected %d", correct, cref);
+    /* dlogits = (softmax - onehot) / B, in double */
+    double worst = 0, rowsum = 0;
+    for (int b = 0; b < c.B; b++) {
+        const float *zb = c.z + (size_t)b * c.K;
+        double mx = zb[0], s = 0, rs = 0;
+        for (int k = 1; k < c.K; k++)
+            if (zb[k] > mx) mx = zb[k];
+        for (int k = 0; k < c.K; k++) s += exp((double)zb[k] - mx);
+        for (int k = 0; k < c.K; k++) {
+            double g = (exp((double)zb[k] - mx) / s - (k == c.y[b])) / c.B;
+            double e = fabs(g - dz[b * c.K + k]);
+            if (e > worst || e != e) worst = e != e ? INFINITY : e;
+            rs += dz[b * c.K + k];
+        }
+        if (fabs(rs) > rowsum) rowsum = fabs(rs);
+    }
+    CHECK(worst < 1e-7, "xent dlogits vs (softmax - onehot)/B: max abs err %.3g", worst);
+    CHECK(rowsum < 1e-6, "xent dlogits rows do not sum to 0 (%.3g)", rowsum);
+
+    double *gz = numeric_grad(c.z, n, EPS_XENT, xent_loss, NULL, &c, NULL);
+    expect_match(S, "dlogits", dz, gz, n, NULL);
+    mutate_scale_one("xent dlogits", dz, gz, n);
+    CHECK(guards_ok(dz, n), "xent wrote outside dlogits");
+    /* dlogits may be NULL; n_correct may be NULL */
+    CHECK(nz_softmax_xent(c.z, c.y, c.B, c.K, NULL, NULL) == L, "xent loss depends on outputs");
+
+    free(gz), free(c.y);
+    gfree(dz), gfree(c.z);
+}
+
+/* ---------------------------------------------------------------- whole models */
+
+typedef struct {
+    nz_model *m;
+    nz_ws *ws;
+    const float *x;
+    const uint8_t *y;
+    int B, training;
+    uint64_t seed;      /* dropout rng, reseeded every forward: a fixed mask */
+    uint64_t pattern0;  /* branch pattern of the unperturbed forward */
+    uint64_t pattern;   /* of the last forward */
+} model_ctx;
+
+static uint64_t fnv(uint64_t h, uint32_t v) {
+    for (int i = 0; i < 4; i++) {
+        h ^= (v >> (8 * i)) & 0xffu;
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* Hash of every branch the last forward took: relu on/off bits and maxpool window argmaxes
+ * (recomputed from the pool's input with the kernel's tie rule). */
+static uint64_t branch_pattern(const model_ctx *c) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    const nz_model *m = c->m;
+    for (int i = 1; i < m->n_nodes; i++) {
+        const nz_node *n = &m->nodes[i];
+        if (n->op == NZ_OP_RELU) {
+            const float *a = nz_ws_act(c->ws, i);
+            size_t sz = nz_shape_size(n->out) * (size_t)c->B;
+            for (size_t j = 0; j < sz; j++) h = fnv(h, a[j] > 0.0f);
+        } else if (n->op == NZ_OP_MAXPOOL) {
+            const nz_shape s = m->nodes[n->inputs[0]].out;
+            const float *a = nz_ws_act(c->ws, n->inputs[0]);
+            for (int p = 0; p < c->B * s.c; p++)
+                for (int oh = 0; oh < n->out.h; oh++)
+                    for (int ow = 0; ow < n->out.w; ow++) {
+                        const float *x = a + (size_t)p * s.h * s.w;
+                        float best = -FLT_MAX;
+                        uint32_t bi = 0;
+                        for (int u = 0; u < n->kh; u++)
+                            for (int v = 0; v < n->kw; v++) {
+                                int idx = (oh * n->stride + u) * s.w + ow * n->stride + v;
+                                if (x[idx] > best) {
+                                    best = x[idx];
+                                    bi = (uint32_t)idx;
+                                }
+                            }
+                        h = fnv(h, bi);
+                    }
+        }
+    }
+    return h;
+}
+
+static double model_loss(void *p) {
+    model_ctx *c = p;
+    nz_rng r;
+    nz_rng_seed(&r, c->seed);
+    const float *z = nz_forward(c->m, c->ws, c->x, c->B, c->training, &r);
+    c->pattern = branch_pattern(c);
+    return xent_double(z, c->y, c->B, c->m->n_classes);
+}
+
+static int model_kink(void *p) {
+    model_ctx *c = p;
+    return c->pattern != c->pattern0;
+}
+
+/* Analytic gradients of the mean cross-entropy, from nz_softmax_xent's dlogits, into ws. */
+static void model_analytic(model_ctx *c, float *dlogits) {
+    nz_rng r;
+    nz_rng_seed(&r, c->seed);
+    const float *z = nz_forward(c->m, c->ws, c->x, c->B, c->training, &r);
+    nz_softmax_xent(z, c->y, c->B, c->m->n_classes, dlogits, NULL);
+    nz_ws_zero_grads(c->ws);
+    nz_backward(c->m, c->ws, dlogits, c->B);
+}
+
+/* Builds conv -> relu -> maxpool -> flatten [-> dropout] -> dense -> relu -> dense. */
+static int build_small(nz_model *m, float dropout_p) {
+    nz_error err;
+    if (nz_model_init(m, "gradcheck", (nz_shape){2, 8, 8}, 5, &err)) return -1;
+    int x = nz_model_add_conv2d(m, "conv", 0, 3, 3, 1, 1, &err);
+    if (x >= 0) x = nz_model_add_relu(m, "relu1", x, &err);
+    if (x >= 0) x = nz_model_add_maxpool(m, "pool", x, 2, 2, &err);
+    if (x >= 0) x = nz_model_add_flatten(m, "flatten", x, &err);
+    if (x >= 0 && dropout_p >= 0) x = nz_model_add_dropout(m, "drop", x, dropout_p, &err);
+    if (x >= 0) x = nz_model_add_dense(m, "fc1", x, 16, &err);
+    if (x >= 0) x = nz_model_add_relu(m, "relu2", x, &err);
+    if (x >= 0) x = nz_model_add_dense(m, "fc2", x, 5, &err);
+    if (x < 0) {
+        fprintf(stderr, "build_small: %s\n", err.msg);
+        nz_model_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+/* Gradient-checks every parameter tensor of a small model. dropout_p < 0: no dropout node. */
+static void check_model(const char *S, float dropout_p, int training) {
+    nz_model m;
+    if (build_small(&m, dropout_p) != 0) {
+        CHECK(0, "%s: cannot build the model", S);
+        return;
+    }
+    nz_error err;
+    nz_rng r;
+    nz_rng_seed(&r, 6000);
+    nz_model_init_params(&m, &r);
+    const int B = 3;
+    const size_t nx = (size_t)B * nz_shape_size(m.in), nl = (size_t)B * m.n_classes;
+    float *x = galloc(nx), *dlogits = galloc(nl);
+    uint8_t y[3];
+    fill_normal(x, nx, &r, 1.0f);
+    for (int b = 0; b < B; b++) y[b] = (uint8_t)nz_rng_below(&r, (uint64_t)m.n_classes);
+    nz_ws *ws = nz_ws_new(&m, B, &err);
+    if (!ws) {
+        CHECK(0, "%s: nz_ws_new: %s", S, err.msg);
+        nz_model_free(&m);
+        return;
+    }
+    model_ctx c = {.m = &m, .ws = ws, .x = x, .y = y, .B = B, .training = training, .seed = 99};
+
+    model_analytic(&c, dlogits);
+    float *ana = malloc(sizeof(float) * m.n_params);
+    memcpy(ana, nz_ws_grads(ws), sizeof(float) * m.n_params);
+    model_loss(&c);
+    c.pattern0 = c.pattern;
+
+    unsigned char *skip = calloc(m.n_params, 1);
+    double *num = numeric_grad(m.params, m.n_params, EPS_MODEL, model_loss, model_kink, &c, skip);
+    size_t n_skip = 0;
+    for (size_t i = 0; i < m.n_params; i++) n_skip += skip[i];
+    for (int i = 1; i < m.n_nodes; i++) {
+        const nz_node *n = &m.nodes[i];
+        for (int k = 0; k < n->n_params; k++) {
+            const nz_param *pp = &n->params[k];
+            char what[64];
+            snprintf(what, sizeof what, "%s.%s", n->name, k == 0 ? "W" : "b");
+            expect_match(S, what, ana + pp->off, num + pp->off, pp->n, skip + pp->off);
+        }
+    }
+    CHECK(n_skip * 50 <= m.n_params, "%s: %zu of %zu parameters crossed a kink (> 2%%)", S,
+          n_skip, m.n_params);
+    printf("  %s: %zu params, %zu skipped at kinks\n", S, m.n_params, n_skip);
+
+    /* mutations on the whole-model gradient */
+    {
+        unsigned char *noskip = calloc(m.n_params, 1);
+        float *bad = malloc(sizeof(float) * m.n_params);
+        /* a typical element of fc1.W, scaled */
+        const nz_param *w = NULL, *bias = NULL;
+        for (int i = 1; i < m.n_nodes; i++)
+            if (strcmp(m.nodes[i].name, "fc1") == 0) w = &m.nodes[i].params[0];
+        for (int i = 1; i < m.n_nodes; i++)
+            if (strcmp(m.nodes[i].name, "conv") == 0) bias = &m.nodes[i].params[1];
+        char label[64];
+        snprintf(label, sizeof label, "%s fc1.W", S);
+        /* use only elements not at kinks */
+        double *nw = malloc(sizeof(double) * w->n);
+        float *aw = malloc(sizeof(float) * w->n);
+        size_t cnt = 0;
+        for (size_t j = 0; j < w->n; j++)
+            if (!skip[w->off + j]) {
+                nw[cnt] = num[w->off + j];
+                aw[cnt++] = ana[w->off + j];
+            }
+        mutate_scale_one(label, aw, nw, cnt);
+        free(nw), free(aw);
+        memcpy(bad, ana, sizeof(float) * m.n_params);
+        memset(bad + bias->off, 0, sizeof(float) * bias->n);
+        gc_report rep = grad_compare(bad + bias->off, num + bias->off, bias->n, skip + bias->off);
+        CHECK(rep.n_bad > 0, "%s: dropped conv bias gradient went unnoticed", S);
+        free(bad), free(noskip);
+    }
+
+    /* accumulation: two backward passes double every parameter gradient */
+    {
+        nz_backward(&m, ws, dlogits, B);
+        expect_doubled(S, nz_ws_grads(ws), ana, m.n_params);
+    }
+    CHECK(guards_ok(x, nx) && guards_ok(dlogits, nl), "%s wrote outside its buffers", S);
+
+    free(ana), free(skip), free(num);
+    gfree(x), gfree(dlogits);
+    nz_ws_free(ws);
+    nz_model_free(&m);
+}
+
+/* ---------------------------------------------------------------- main */
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(void) {
+    double t0 = now();
+    nz_set_threads(2);
+    check_dense();
+    static const int convs[][3] = {{3, 1, 1}, {3, 2, 1}, {5, 1, 0}, {1, 1, 0}, {1, 2, 0}};
+    for (int t = 1; t <= 2; t++)
+        for (size_t i = 0; i < sizeof convs / sizeof convs[0]; i++)
+            check_conv(convs[i][0], convs[i][1], convs[i][2], t);
+    nz_set_threads(2);
+    check_maxpool(2, 2);
+    check_maxpool(3, 2);
+    check_relu();
+    check_dropout();
+    check_xent();
+    check_model("model", -1.0f, 1);
+    check_model("model+dropout(0.5) train", 0.5f, 1);
+    /* dropout is the identity in eval mode and when p = 0, for backward as for forward */
+    check_model("model+dropout(0.5) eval", 0.5f, 0);
+    check_model("model+dropout(0) train", 0.0f, 1);
+    nz_set_threads(1);
+    check_model("model 1 thread", -1.0f, 1);
+    nz_set_threads(2);
+
+    printf("worst relative error per section (limit %.0e):\n", GC_TOL);
+    for (int i = 0; i < g_n_sections; i++)
+        printf("  %-34s %.2e\n", g_sections[i].name, g_sections[i].worst);
+    printf("  time %.2f s\n", now() - t0);
+    return tl_finish("test_gradcheck");
+}

@@ -1,0 +1,606 @@
+/* nnzip: the command-line tool. Thin: one function per subcommand, option parsing, messages and
+ * exit codes. All algorithms live in libnnzip.
+ *
+ * Exit codes: 0 success; 1 a runtime failure (bad or missing file, corrupt data, training
+ * diverged); 2 a usage error (unknown command or option, bad value); 130 interrupted. */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nnzip/data.h"
+#include "nnzip/format.h"
+#include "nnzip/model.h"
+#include "nnzip/train.h"
+
+#define NNZIP_VERSION "0.1.0"
+
+enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
+
+/* ---------------------------------------------------------------- option parsing */
+
+typedef struct {
+    const char *name; /* long name without dashes */
+    char short_name;  /* 0 if none */
+    int has_arg;
+    const char *arg_name;
+    const char *help;
+} opt_def;
+
+#define MAX_OPTS 40
+typedef struct {
+    const char *cmd;
+    const opt_def *defs;
+    int n_defs;
+    const char *val[MAX_OPTS]; /* NULL: not given; "" for flags given */
+    const char *pos[8];
+    int n_pos;
+} opts;
+
+static void print_help(const char *cmd, const char *usage, const char *about, const opt_def *d,
+                       int n) {
+    printf("usage: nnzip %s %s\n\n%s\n\noptions:\n", cmd, usage, about);
+    for (int i = 0; i < n; i++) {
+        char left[64];
+        if (d[i].short_name)
+            snprintf(left, sizeof left, "-%c, --%s%s%s", d[i].short_name, d[i].name,
+                     d[i].has_arg ? " " : "", d[i].has_arg ? d[i].arg_name : "");
+        else
+            snprintf(left, sizeof left, "    --%s%s%s", d[i].name, d[i].has_arg ? " " : "",
+                     d[i].has_arg ? d[i].arg_name : "");
+        printf("  %-28s %s\n", left, d[i].help);
+    }
+    printf("  %-28s %s\n", "-h, --help", "show this help");
+}
+
+/* Returns 0, or EXIT_USAGE after printing one line. */
+static int parse_opts(opts *o, int argc, char **argv, int max_pos) {
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] != '-' || a[1] == 0) {
+            if (o->n_pos >= max_pos) {
+                fprintf(stderr, "nnzip %s: unexpected argument '%s' (see nnzip %s --help)\n",
+                        o->cmd, a, o->cmd);
+                return EXIT_USAGE;
+            }
+            o->pos[o->n_pos++] = a;
+            continue;
+        }
+        int k = -1;
+        const char *inline_val = NULL;
+        if (a[1] == '-') {
+            const char *nm = a + 2;
+            const char *eq = strchr(nm, '=');
+            size_t len = eq ? (size_t)(eq - nm) : strlen(nm);
+            for (int j = 0; j < o->n_defs; j++)
+                if (strlen(o->defs[j].name) == len && strncmp(o->defs[j].name, nm, len) == 0) k = j;
+            if (eq) inline_val = eq + 1;
+        } else if (a[2] == 0) {
+            for (int j = 0; j < o->n_defs; j++)
+                if (o->defs[j].short_name == a[1]) k = j;
+        }
+        if (k < 0) {
+            fprintf(stderr, "nnzip %s: unknown option '%s' (see nnzip %s --help)\n", o->cmd, a,
+                    o->cmd);
+            return EXIT_USAGE;
+        }
+        if (o->defs[k].has_arg) {
+            if (inline_val) {
+                o->val[k] = inline_val;
+            } else if (i + 1 < argc) {
+                o->val[k] = argv[++i];
+            } else {
+                fprintf(stderr, "nnzip %s: option '%s' needs a value\n", o->cmd, a);
+                return EXIT_USAGE;
+            }
+        } else {
+            if (inline_val) {
+                fprintf(stderr, "nnzip %s: option '--%s' takes no value\n", o->cmd,
+                        o->defs[k].name);
+                return EXIT_USAGE;
+            }
+            o->val[k] = "";
+        }
+    }
+    return 0;
+}
+
+static const char *opt_get(const opts *o, const char *name) {
+    for (int j = 0; j < o->n_defs; j++)
+        if (strcmp(o->defs[j].name, name) == 0) return o->val[j];
+    return NULL;
+}
+
+static int opt_flag(const opts *o, const char *name) { return opt_get(o, name) != NULL; }
+
+/* Integer option in [lo, hi]; returns 0 or EXIT_USAGE. */
+static int opt_int(const opts *o, const char *name, long lo, long hi, long *out) {
+    const char *v = opt_get(o, name);
+    if (!v) return 0;
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "nnzip %s: --%s expects an integer in [%ld, %ld], got '%s'\n", o->cmd,
+                name, lo, hi, v);
+        return EXIT_USAGE;
+    }
+    *out = x;
+    return 0;
+}
+
+static int opt_float(const opts *o, const char *name, double lo, double hi, float *out) {
+    const char *v = opt_get(o, name);
+    if (!v) return 0;
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !(x >= lo && x <= hi)) {
+        fprintf(stderr, "nnzip %s: --%s expects a number in [%g, %g], got '%s'\n", o->cmd, name,
+                lo, hi, v);
+        return EXIT_USAGE;
+    }
+    *out = (float)x;
+    return 0;
+}
+
+static int want_help(int argc, char **argv) {
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return 1;
+    return 0;
+}
+
+static int fail_err(const char *cmd, const nz_error *e) {
+    fprintf(stderr, "nnzip %s: %s\n", cmd, e->msg);
+    return e->code == NZ_ERR_INTERRUPTED ? EXIT_INTERRUPTED
+           : e->code == NZ_ERR_ARG       ? EXIT_USAGE
+                                         : EXIT_RUNTIME;
+}
+
+/* JSON string with escapes */
+static void json_str(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static int apply_threads(const opts *o) {
+    long t = 0;
+    if (opt_int(o, "threads", 0, 1024, &t)) return EXIT_USAGE;
+    nz_set_threads((int)t);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- progress */
+
+typedef struct {
+    int tty;
+    int quiet;
+    double last_draw;
+} progress_state;
+
+static double wall(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void fmt_eta(char *buf, size_t n, double s) {
+    if (s < 0 || !isfinite(s)) s = 0;
+    int t = (int)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, n, "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60);
+    else
+        snprintf(buf, n, "%d:%02d", t / 60, t % 60);
+}
+
+/* A bar with ETA on a terminal; one plain line per epoch otherwise (logs stay readable). */
+static void on_progress(const nz_progress *p, void *user) {
+    progress_state *ps = user;
+    if (ps->quiet) return;
+    double total = (double)p->epochs * p->steps;
+    double done = (double)(p->epoch - 1) * p->steps + p->step;
+    double eta = done > 0 ? p->elapsed * (total - done) / done : 0;
+    char etas[32];
+    fmt_eta(etas, sizeof etas, eta);
+    if (ps->tty) {
+        double t = wall();
+        if (!p->epoch_done && t - ps->last_draw < 0.1) return;
+        ps->last_draw = t;
+        int width = 30, fill = (int)(width * p->step / (p->steps ? p->steps : 1));
+        char bar[64];
+        for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+        bar[width] = 0;
+        fprintf(stderr, "\r\033[Kepoch %d/%d [%s] loss %.4f err %.2f%% %.0f img/s ETA %s",
+                p->epoch, p->epochs, bar, p->loss, p->train_err, p->images_per_s, etas);
+        if (p->epoch_done) {
+            if (p->test_err >= 0) fprintf(stderr, " test %.2f%%", p->test_err);
+            fputc('\n', stderr);
+        }
+        fflush(stderr);
+    } else if (p->epoch_done) {
+        fprintf(stderr, "epoch %d/%d loss %.4f train_err %.2f%%", p->epoch, p->epochs, p->loss,
+                p->train_err);
+        if (p->test_err >= 0) fprintf(stderr, " test_err %.2f%%", p->test_err);
+        fprintf(stderr, " lr %.5f %.0f img/s elapsed %.1fs eta %s\n", p->lr, p->images_per_s,
+                p->elapsed, etas);
+        fflush(stderr);
+    }
+}
+
+static volatile int g_stop; /* set by SIGINT; the trainer polls it between steps */
+static void on_sigint(int sig) {
+    (void)sig;
+    g_stop = 1;
+}
+
+/* ---------------------------------------------------------------- data */
+
+static int open_data(const char *cmd, const char *spec, const char *dir, int train, int limit,
+                     nz_dataset *ds) {
+    nz_error e = {0};
+    if (nz_data_open(spec, dir, train, ds, &e)) return fail_err(cmd, &e);
+    if (limit > 0 && limit < ds->n) nz_dataset_limit(ds, limit);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- train */
+
+static const opt_def train_opts[] = {
+    {"model", 'm', 1, "NAME", "architecture: lenet300, lenet500, lenet5"},
+    {"data", 'd', 1, "SET", "mnist, fashion-mnist, or a directory of idx files (default mnist)"},
+    {"data-dir", 0, 1, "DIR", "where named datasets live (default $NNZIP_DATA_DIR or ~/.cache/nnzip/data)"},
+    {"output", 'o', 1, "FILE", "write the trained model here (.nnz)"},
+    {"epochs", 'e', 1, "N", "epochs (default 20)"},
+    {"batch", 'b', 1, "N", "minibatch size (default 64)"},
+    {"lr", 0, 1, "X", "peak learning rate (default 0.1)"},
+    {"momentum", 0, 1, "X", "SGD momentum (default 0.9)"},
+    {"wd", 0, 1, "X", "weight decay (default 5e-4)"},
+    {"nesterov", 0, 0, "", "Nesterov momentum"},
+    {"schedule", 0, 1, "KIND", "cosine (default), step, const"},
+    {"step-epochs", 0, 1, "N", "step schedule: decay every N epochs (default 10)"},
+    {"gamma", 0, 1, "X", "step schedule: decay factor (default 0.1)"},
+    {"warmup", 0, 1, "N", "linear warm-up epochs (default 0)"},
+    {"limit", 0, 1, "N", "use only the first N training images"},
+    {"seed", 's', 1, "N", "random seed (default 1); with --threads 1 runs are bit-identical"},
+    {"threads", 't', 1, "N", "threads (default: all cores)"},
+    {"json", 0, 0, "", "print the result as JSON on stdout"},
+    {"quiet", 'q', 0, "", "no progress output"},
+};
+
+static int cmd_train(int argc, char **argv) {
+    const int nd = (int)(sizeof train_opts / sizeof *train_opts);
+    if (want_help(argc, argv)) {
+        print_help("train", "--model NAME --data SET -o FILE [options]",
+                   "Train a model from the zoo with minibatch SGD and save it as a .nnz file.\n"
+                   "Evaluates on the test split after every epoch.",
+                   train_opts, nd);
+        return 0;
+    }
+    opts o = {.cmd = "train", .defs = train_opts, .n_defs = nd};
+    int rc = parse_opts(&o, argc, argv, 0);
+    if (rc) return rc;
+    const char *model_name = opt_get(&o, "model"), *out = opt_get(&o, "output");
+    const char *data = opt_get(&o, "data") ? opt_get(&o, "data") : "mnist";
+    if (!model_name) {
+        fprintf(stderr, "nnzip train: --model is required (%s)\n", nz_zoo_names());
+        return EXIT_USAGE;
+    }
+    if (!out) {
+        fprintf(stderr, "nnzip train: -o FILE is required\n");
+        return EXIT_USAGE;
+    }
+    nz_train_cfg cfg;
+    nz_train_cfg_default(&cfg);
+    cfg.epochs = 20;
+    long v;
+    if ((rc = apply_threads(&o))) return rc;
+    if (opt_get(&o, "epochs")) {
+        if ((rc = opt_int(&o, "epochs", 0, 100000, &v))) return rc;
+        cfg.epochs = (int)v;
+    }
+    if (opt_get(&o, "batch")) {
+        if ((rc = opt_int(&o, "batch", 1, 65536, &v))) return rc;
+        cfg.batch = (int)v;
+    }
+    if (opt_get(&o, "step-epochs")) {
+        if ((rc = opt_int(&o, "step-epochs", 1, 100000, &v))) return rc;
+        cfg.step_epochs = (int)v;
+    }
+    if (opt_get(&o, "warmup")) {
+        if ((rc = opt_int(&o, "warmup", 0, 100000, &v))) return rc;
+        cfg.warmup_epochs = (int)v;
+    }
+    long limit = 0, seed = 1;
+    if ((rc = opt_int(&o, "limit", 1, 1L << 30, &limit))) return rc;
+    if ((rc = opt_int(&o, "seed", 0, 0x7fffffffffffffffL, &seed))) return rc;
+    cfg.seed = (uint64_t)seed;
+    if ((rc = opt_float(&o, "lr", 0, 100, &cfg.lr)) || (rc = opt_float(&o, "momentum", 0, 0.9999, &cfg.momentum)) ||
+        (rc = opt_float(&o, "wd", 0, 1, &cfg.weight_decay)) ||
+        (rc = opt_float(&o, "gamma", 0, 1, &cfg.step_gamma)))
+        return rc;
+    cfg.nesterov = opt_flag(&o, "nesterov");
+    const char *sch = opt_get(&o, "schedule");
+    if (sch) {
+        if (strcmp(sch, "cosine") == 0) cfg.sched = NZ_SCHED_COSINE;
+        else if (strcmp(sch, "step") == 0) cfg.sched = NZ_SCHED_STEP;
+        else if (strcmp(sch, "const") == 0) cfg.sched = NZ_SCHED_CONST;
+        else {
+            fprintf(stderr, "nnzip train: unknown --schedule '%s' (cosine, step, const)\n", sch);
+            return EXIT_USAGE;
+        }
+    }
+    nz_dataset tr, te;
+    memset(&tr, 0, sizeof tr);
+    memset(&te, 0, sizeof te);
+    if ((rc = open_data("train", data, opt_get(&o, "data-dir"), 1, (int)limit, &tr))) return rc;
+    if ((rc = open_data("train", data, opt_get(&o, "data-dir"), 0, 0, &te))) {
+        nz_dataset_free(&tr);
+        return rc;
+    }
+    nz_model m;
+    nz_error e = {0};
+    if (nz_zoo_build(&m, model_name, tr.shape, tr.n_classes > 10 ? tr.n_classes : 10, &e)) {
+        nz_dataset_free(&tr);
+        nz_dataset_free(&te);
+        return fail_err("train", &e);
+    }
+    nz_rng init_rng;
+    nz_rng_seed(&init_rng, cfg.seed * 2654435761u + 17);
+    nz_model_init_params(&m, &init_rng);
+
+    progress_state ps = {.tty = isatty(STDERR_FILENO), .quiet = opt_flag(&o, "quiet")};
+    signal(SIGINT, on_sigint);
+    nz_train_hooks hooks = {.progress = on_progress, .progress_user = &ps, .stop = &g_stop};
+    nz_train_result res;
+    if (nz_train(&m, &tr, &te, &cfg, &hooks, &res, &e)) {
+        rc = fail_err("train", &e);
+        if (e.code == NZ_ERR_INTERRUPTED) fprintf(stderr, "nnzip train: nothing written to %s\n", out);
+        goto done;
+    }
+    nz_meta meta;
+    memset(&meta, 0, sizeof meta);
+    char buf[128];
+    nz_meta_set(&meta, "data", tr.name);
+    snprintf(buf, sizeof buf, "%d", res.epochs_done);
+    nz_meta_set(&meta, "epochs", buf);
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)cfg.seed);
+    nz_meta_set(&meta, "seed", buf);
+    snprintf(buf, sizeof buf, "%.4f", (double)res.test_err);
+    nz_meta_set(&meta, "test_error_pct", buf);
+    snprintf(buf, sizeof buf, "batch=%d lr=%g momentum=%g wd=%g schedule=%s", cfg.batch,
+             (double)cfg.lr, (double)cfg.momentum, (double)cfg.weight_decay,
+             sch ? sch : "cosine");
+    nz_meta_set(&meta, "train_settings", buf);
+    if (nz_save(&m, &meta, out, &e)) {
+        rc = fail_err("train", &e);
+        goto done;
+    }
+    if (opt_flag(&o, "json")) {
+        printf("{\"model\": ");
+        json_str(stdout, model_name);
+        printf(", \"data\": ");
+        json_str(stdout, tr.name);
+        printf(", \"output\": ");
+        json_str(stdout, out);
+        printf(", \"epochs\": %d, \"test_error_pct\": %.4f, \"train_error_pct\": %.4f, "
+               "\"loss\": %.6f, \"seconds\": %.2f, \"images_per_s\": %.1f, \"threads\": %d}\n",
+               res.epochs_done, (double)res.test_err, (double)res.train_err,
+               (double)res.final_loss, res.seconds, res.images_per_s, nz_get_threads());
+    } else {
+        printf("%s on %s: %d epochs, test error %.2f%%, %.1f s (%.0f img/s); saved %s\n",
+               model_name, tr.name, res.epochs_done, (double)res.test_err, res.seconds,
+               res.images_per_s, out);
+    }
+done:
+    nz_model_free(&m);
+    nz_dataset_free(&tr);
+    nz_dataset_free(&te);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- eval */
+
+static const opt_def eval_opts[] = {
+    {"data", 'd', 1, "SET", "dataset (default: the one the model was trained on)"},
+    {"data-dir", 0, 1, "DIR", "where named datasets live"},
+    {"batch", 'b', 1, "N", "batch size (default 256)"},
+    {"threads", 't', 1, "N", "threads (default: all cores)"},
+    {"json", 0, 0, "", "print the result as JSON"},
+};
+
+static int cmd_eval(int argc, char **argv) {
+    const int nd = (int)(sizeof eval_opts / sizeof *eval_opts);
+    if (want_help(argc, argv)) {
+        print_help("eval", "FILE [--data SET] [options]",
+                   "Evaluate a .nnz model on the test split of a dataset; prints the test error.",
+                   eval_opts, nd);
+        return 0;
+    }
+    opts o = {.cmd = "eval", .defs = eval_opts, .n_defs = nd};
+    int rc = parse_opts(&o, argc, argv, 1);
+    if (rc) return rc;
+    if (o.n_pos != 1) {
+        fprintf(stderr, "nnzip eval: expected one model file (see nnzip eval --help)\n");
+        return EXIT_USAGE;
+    }
+    long batch = 256;
+    if ((rc = apply_threads(&o)) || (rc = opt_int(&o, "batch", 1, 65536, &batch))) return rc;
+    nz_model m;
+    nz_meta meta;
+    nz_error e = {0};
+    if (nz_load(o.pos[0], &m, &meta, &e)) return fail_err("eval", &e);
+    const char *data = opt_get(&o, "data");
+    if (!data) data = nz_meta_get(&meta, "data");
+    if (!data) data = "mnist";
+    nz_dataset te;
+    memset(&te, 0, sizeof te);
+    if ((rc = open_data("eval", data, opt_get(&o, "data-dir"), 0, 0, &te))) {
+        nz_model_free(&m);
+        return rc;
+    }
+    nz_eval_result r;
+    if (nz_evaluate(&m, &te, (int)batch, &r, &e)) {
+        rc = fail_err("eval", &e);
+    } else if (opt_flag(&o, "json")) {
+        printf("{\"file\": ");
+        json_str(stdout, o.pos[0]);
+        printf(", \"data\": ");
+        json_str(stdout, te.name);
+        printf(", \"test_error_pct\": %.4f, \"test_error\": %.4f, \"test_accuracy_pct\": %.4f, "
+               "\"n\": %d, \"correct\": %d, \"loss\": %.6f, \"seconds\": %.3f, "
+               "\"images_per_s\": %.1f}\n",
+               (double)r.error, (double)r.error, 100.0 - (double)r.error, r.n, r.correct,
+               (double)r.loss, r.seconds, r.n / (r.seconds > 0 ? r.seconds : 1e-9));
+    } else {
+        printf("%s on %s: test error %.2f%% (%d/%d correct), loss %.4f, %.2f s\n", o.pos[0],
+               te.name, (double)r.error, r.correct, r.n, (double)r.loss, r.seconds);
+    }
+    nz_dataset_free(&te);
+    nz_model_free(&m);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- info */
+
+static const opt_def info_opts[] = {
+    {"json", 0, 0, "", "print as JSON"},
+};
+
+static void shape_str(char *buf, size_t n, nz_shape s) {
+    if (s.h == 1 && s.w == 1)
+        snprintf(buf, n, "%d", s.c);
+    else
+        snprintf(buf, n, "%dx%dx%d", s.c, s.h, s.w);
+}
+
+static int cmd_info(int argc, char **argv) {
+    const int nd = (int)(sizeof info_opts / sizeof *info_opts);
+    if (want_help(argc, argv)) {
+        print_help("info", "FILE [--json]",
+                   "Show a .nnz file: format version, layers, shapes, parameter counts, bytes.",
+                   info_opts, nd);
+        return 0;
+    }
+    opts o = {.cmd = "info", .defs = info_opts, .n_defs = nd};
+    int rc = parse_opts(&o, argc, argv, 1);
+    if (rc) return rc;
+    if (o.n_pos != 1) {
+        fprintf(stderr, "nnzip info: expected one model file (see nnzip info --help)\n");
+        return EXIT_USAGE;
+    }
+    nz_model m;
+    nz_meta meta;
+    nz_error e = {0};
+    nz_file_stats st;
+    if (nz_file_stats_read(o.pos[0], &st, &e) || nz_load(o.pos[0], &m, &meta, &e))
+        return fail_err("info", &e);
+    size_t flops = nz_model_flops(&m);
+    char in[32], sh[32];
+    shape_str(in, sizeof in, m.in);
+    if (opt_flag(&o, "json")) {
+        printf("{\"params\": %zu, \"file\": ", m.n_params);
+        json_str(stdout, o.pos[0]);
+        printf(", \"format_version\": %u, \"file_bytes\": %llu, \"float32_bytes\": %zu, "
+               "\"arch\": ",
+               st.version, (unsigned long long)st.file_size, m.n_params * 4);
+        json_str(stdout, m.arch);
+        printf(", \"input\": [%d, %d, %d], \"classes\": %d, \"macs_per_sample\": %zu, "
+               "\"layers\": [",
+               m.in.c, m.in.h, m.in.w, m.n_classes, flops);
+        int first = 1;
+        for (int i = 1; i < m.n_nodes; i++) {
+            const nz_node *n = &m.nodes[i];
+            printf("%s{\"name\": ", first ? "" : ", ");
+            first = 0;
+            json_str(stdout, n->name);
+            printf(", \"op\": \"%s\", \"output\": [%d, %d, %d], \"n_params\": %zu}",
+                   nz_op_name(n->op), n->out.c, n->out.h, n->out.w, nz_node_param_count(n));
+        }
+        printf("], \"meta\": {");
+        for (int i = 0; i < meta.n; i++) {
+            printf("%s", i ? ", " : "");
+            json_str(stdout, meta.key[i]);
+            printf(": ");
+            json_str(stdout, meta.val[i]);
+        }
+        printf("}}\n");
+    } else {
+        printf("%s: nnzip format v%u, %llu bytes, %u sections\n", o.pos[0], st.version,
+               (unsigned long long)st.file_size, st.n_sections);
+        printf("arch %s, input %s, %d classes, preprocessing x*%g", m.arch, in, m.n_classes,
+               (double)m.pre.scale);
+        for (int c = 0; c < m.pre.n_ch; c++)
+            if (m.pre.mean[c] != 0.0f || m.pre.std[c] != 1.0f)
+                printf(" ch%d:(x-%g)/%g", c, (double)m.pre.mean[c], (double)m.pre.std[c]);
+        printf("\n\n  %-12s %-8s %-12s %10s %10s\n", "layer", "op", "output", "params", "bytes");
+        for (int i = 1; i < m.n_nodes; i++) {
+            const nz_node *n = &m.nodes[i];
+            shape_str(sh, sizeof sh, n->out);
+            size_t pc = nz_node_param_count(n);
+            printf("  %-12s %-8s %-12s %10zu %10zu\n", n->name, nz_op_name(n->op), sh, pc, pc * 4);
+        }
+        printf("  %-12s %-8s %-12s %10zu %10zu\n", "total", "", "", m.n_params, m.n_params * 4);
+        printf("\n%.3f M multiply-adds per sample\n", (double)flops / 1e6);
+        for (int i = 0; i < meta.n; i++) printf("%s: %s\n", meta.key[i], meta.val[i]);
+    }
+    nz_model_free(&m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- main */
+
+typedef struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *about;
+} command;
+
+static const command commands[] = {
+    {"train", cmd_train, "train a model from the zoo and save it (.nnz)"},
+    {"eval", cmd_eval, "test error of a .nnz model on a dataset"},
+    {"info", cmd_info, "layers, shapes, parameters and bytes of a .nnz file"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "nnzip %s: make trained neural networks small and fast\n\n"
+               "usage: nnzip COMMAND [options]   (nnzip COMMAND --help for each)\n\ncommands:\n",
+            NNZIP_VERSION);
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].about);
+    fprintf(f, "\nexit codes: 0 ok, 1 runtime failure (bad file or data), 2 usage error, "
+               "130 interrupted\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("nnzip %s (format v%u)\n", NNZIP_VERSION, NZF_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].fn(argc - 2, argv + 2);
+    fprintf(stderr, "nnzip: unknown command '%s' (see nnzip --help)\n", argv[1]);
+    return EXIT_USAGE;
+}
