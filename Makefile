@@ -31,15 +31,18 @@ $(BUILD)/libnnzip.a: $(LIB_OBJS)
 	@ar rcs $@ $^
 
 $(BUILD)/nnzip: $(BUILD)/tools/nnzip.o $(BUILD)/libnnzip.a
-	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
+	@echo "LD $@"
+	@$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/tests/%: tests/%.c tests/testlib.h $(BUILD)/libnnzip.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Itests -o $@ $< $(BUILD)/libnnzip.a $(LDLIBS_ALL)
+	@echo "LD $@"
+	@$(CC) $(CFLAGS_ALL) -Itests -o $@ $< $(BUILD)/libnnzip.a $(LDLIBS_ALL)
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libnnzip.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libnnzip.a $(LDLIBS_ALL)
+	@echo "LD $@"
+	@$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libnnzip.a $(LDLIBS_ALL)
 
 # The README's test command. Everything a user needs to trust the build, < 15 minutes on 2 cores.
 test:

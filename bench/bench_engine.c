@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "nnzip/model.h"
@@ -68,9 +69,11 @@ int main(int argc, char **argv) {
         t_inf = now_s() - t0;
     }
     double infer_ips = infer_n / t_inf;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
     printf("{\"impl\": \"nnzip\", \"model\": \"%s\", \"batch\": %d, \"threads\": %d, "
-           "\"train_images_per_s\": %.1f, \"infer_images_per_s\": %.1f}\n",
-           name, B, threads, train_ips, infer_ips);
+           "\"train_images_per_s\": %.1f, \"infer_images_per_s\": %.1f, \"max_rss_mb\": %.1f}\n",
+           name, B, threads, train_ips, infer_ips, ru.ru_maxrss / 1024.0);
     nz_sgd_free(&opt);
     nz_ws_free(ws);
     free(x);

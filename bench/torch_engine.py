@@ -2,7 +2,7 @@
 """PyTorch side of bench/engine_vs_torch.sh: the same zoo model, batch and threads as
 bench_engine.c, timing SGD training steps and inference on in-memory inputs.
 Usage: torch_engine.py MODEL BATCH THREADS [train_steps] [infer_images] -> one JSON line."""
-import json, sys, time
+import json, resource, sys, time
 import torch
 import torch.nn as nn
 
@@ -49,7 +49,8 @@ def main():
                 done += b
             t_inf = time.perf_counter() - t0
     print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "model": name, "batch": B, "threads": threads,
-                      "train_images_per_s": round(steps * B / t_train, 1), "infer_images_per_s": round(infer_n / t_inf, 1)}))
+                      "train_images_per_s": round(steps * B / t_train, 1), "infer_images_per_s": round(infer_n / t_inf, 1),
+                      "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 if __name__ == "__main__":
     main()

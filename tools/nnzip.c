@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -247,6 +248,34 @@ static void on_sigint(int sig) {
     g_stop = 1;
 }
 
+/* Fails early (before hours of training) when the output cannot be written: its directory must
+ * exist and be writable, and the path must not be a directory. */
+static int check_output(const char *cmd, const char *path) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+        dir[1] = 0;
+    else
+        *slash = 0;
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "nnzip %s: %s: cannot write: directory %s does not exist\n", cmd, path, dir);
+        return EXIT_RUNTIME;
+    }
+    if (access(dir, W_OK) != 0) {
+        fprintf(stderr, "nnzip %s: %s: cannot write: directory %s is not writable\n", cmd, path, dir);
+        return EXIT_RUNTIME;
+    }
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "nnzip %s: %s: cannot write: it is a directory\n", cmd, path);
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------- data */
 
 static int open_data(const char *cmd, const char *spec, const char *dir, int train, int limit,
@@ -303,6 +332,7 @@ static int cmd_train(int argc, char **argv) {
         fprintf(stderr, "nnzip train: -o FILE is required\n");
         return EXIT_USAGE;
     }
+    if ((rc = check_output("train", out))) return rc;
     nz_train_cfg cfg;
     nz_train_cfg_default(&cfg);
     cfg.epochs = 20;

@@ -1,0 +1,61 @@
+/* Writes the seed files for fuzz/fuzz_nnz.c: small valid .nnz models covering every op.
+ *
+ *   gcc -std=c11 -D_DEFAULT_SOURCE -Iinclude -Isrc fuzz/make_corpus.c src/format/{meta,nnz_read,nnz_write}.c \
+ *       src/core/model.c src/core/error.c src/core/rng.c -lz -lm -o /tmp/make_corpus
+ *   /tmp/make_corpus fuzz/corpus/nnz */
+#include <stdio.h>
+#include <string.h>
+
+#include "nnzip/format.h"
+
+static int save(nz_model *m, const nz_meta *meta, const char *dir, const char *file) {
+    char path[1024];
+    nz_error err;
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    nz_rng rng;
+    nz_rng_seed(&rng, 1);
+    nz_model_init_params(m, &rng);
+    nz_status st = nz_save(m, meta, path, &err);
+    if (st) fprintf(stderr, "%s\n", err.msg);
+    nz_model_free(m);
+    return st ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    const char *dir = argc > 1 ? argv[1] : "fuzz/corpus/nnz";
+    nz_error err;
+    nz_model m;
+    int bad = 0;
+    static nz_meta meta; /* static: 40 KB */
+
+    /* mlp: flatten -> dense -> relu -> dense */
+    if (nz_model_init(&m, "mlp", (nz_shape){1, 2, 2}, 2, &err)) return 1;
+    int x = nz_model_add_flatten(&m, "flatten", 0, &err);
+    if (x >= 0) x = nz_model_add_dense(&m, "fc1", x, 3, &err);
+    if (x >= 0) x = nz_model_add_relu(&m, "relu1", x, &err);
+    if (x >= 0) x = nz_model_add_dense(&m, "fc2", x, 2, &err);
+    bad += x < 0 || save(&m, NULL, dir, "mlp.nnz");
+
+    /* cnn: conv -> pool -> flatten -> dense */
+    if (nz_model_init(&m, "cnn", (nz_shape){1, 4, 4}, 2, &err)) return 1;
+    x = nz_model_add_conv2d(&m, "conv1", 0, 2, 3, 1, 0, &err);
+    if (x >= 0) x = nz_model_add_maxpool(&m, "pool1", x, 2, 2, &err);
+    if (x >= 0) x = nz_model_add_flatten(&m, "flatten", x, &err);
+    if (x >= 0) x = nz_model_add_dense(&m, "fc1", x, 2, &err);
+    bad += x < 0 || save(&m, NULL, dir, "cnn.nnz");
+
+    /* every op, padding and stride, preprocessing and meta facts */
+    if (nz_model_init(&m, "all", (nz_shape){2, 5, 5}, 3, &err)) return 1;
+    m.pre.mean[0] = 0.5f;
+    m.pre.std[1] = 0.25f;
+    x = nz_model_add_conv2d(&m, "conv1", 0, 2, 3, 2, 1, &err);
+    if (x >= 0) x = nz_model_add_relu(&m, "relu1", x, &err);
+    if (x >= 0) x = nz_model_add_maxpool(&m, "pool1", x, 2, 1, &err);
+    if (x >= 0) x = nz_model_add_flatten(&m, "flatten", x, &err);
+    if (x >= 0) x = nz_model_add_dropout(&m, "drop1", x, 0.5f, &err);
+    if (x >= 0) x = nz_model_add_dense(&m, "fc1", x, 3, &err);
+    nz_meta_set(&meta, "test_error", "0.0123");
+    nz_meta_set(&meta, "epochs", "2");
+    bad += x < 0 || save(&m, &meta, dir, "all.nnz");
+    return bad ? 1 : 0;
+}
