@@ -295,7 +295,7 @@ static const opt_def train_opts[] = {
     {"output", 'o', 1, "FILE", "write the trained model here (.nnz)"},
     {"epochs", 'e', 1, "N", "epochs (default 20)"},
     {"batch", 'b', 1, "N", "minibatch size (default 64)"},
-    {"lr", 0, 1, "X", "peak learning rate (default 0.1)"},
+    {"lr", 0, 1, "X", "peak learning rate (default 0.1; 0.05 for lenet5)"},
     {"momentum", 0, 1, "X", "SGD momentum (default 0.9)"},
     {"wd", 0, 1, "X", "weight decay (default 5e-4)"},
     {"nesterov", 0, 0, "", "Nesterov momentum"},
@@ -336,6 +336,7 @@ static int cmd_train(int argc, char **argv) {
     nz_train_cfg cfg;
     nz_train_cfg_default(&cfg);
     cfg.epochs = 20;
+    cfg.lr = nz_zoo_default_lr(model_name);
     long v;
     if ((rc = apply_threads(&o))) return rc;
     if (opt_get(&o, "epochs")) {

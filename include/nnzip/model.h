@@ -104,6 +104,10 @@ nz_status nz_model_copy(nz_model *dst, const nz_model *src, nz_error *err);
 /* name: lenet300 | lenet500 | lenet5. Input shape and classes come from the dataset. */
 nz_status nz_zoo_build(nz_model *m, const char *name, nz_shape in, int n_classes, nz_error *err);
 const char *nz_zoo_names(void); /* "lenet300, lenet500, lenet5" for help text */
+/* The peak SGD learning rate the zoo recipe uses for an architecture (cosine schedule, batch 64,
+ * momentum 0.9): 0.1 for the MLPs; 0.05 for lenet5, whose convs have no ReLU between them and
+ * diverge at 0.1. */
+float nz_zoo_default_lr(const char *name);
 
 /* number of weights (params of kind W) and biases, for info */
 size_t nz_node_param_count(const nz_node *n);

@@ -329,6 +329,8 @@ size_t nz_model_flops(const nz_model *m) {
 
 const char *nz_zoo_names(void) { return "lenet300, lenet500, lenet5"; }
 
+float nz_zoo_default_lr(const char *name) { return strcmp(name, "lenet5") == 0 ? 0.05f : 0.1f; }
+
 static nz_status build_mlp(nz_model *m, const int *hidden, int nh, nz_error *err) {
     int x = nz_model_add_flatten(m, "flatten", 0, err);
     char name[NZ_NAME_MAX];
