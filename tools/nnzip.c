@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "nnzip/compress.h"
 #include "nnzip/data.h"
 #include "nnzip/format.h"
 #include "nnzip/model.h"
@@ -33,7 +34,7 @@ typedef struct {
     const char *help;
 } opt_def;
 
-#define MAX_OPTS 40
+#define MAX_OPTS 48
 typedef struct {
     const char *cmd;
     const opt_def *defs;
@@ -518,6 +519,10 @@ static void shape_str(char *buf, size_t n, nz_shape s) {
         snprintf(buf, n, "%dx%dx%d", s.c, s.h, s.w);
 }
 
+static void print_size_table(FILE *f, const nz_model *m, uint64_t file_bytes);
+static void json_size_table(FILE *f, const nz_model *m);
+static int model_has_sparse(const nz_model *m);
+
 static int cmd_info(int argc, char **argv) {
     const int nd = (int)(sizeof info_opts / sizeof *info_opts);
     if (want_help(argc, argv)) {
@@ -543,11 +548,13 @@ static int cmd_info(int argc, char **argv) {
     char in[32], sh[32];
     shape_str(in, sizeof in, m.in);
     if (opt_flag(&o, "json")) {
-        printf("{\"params\": %zu, \"file\": ", m.n_params);
+        size_t total = 0;
+        for (int i = 0; i < m.n_nodes; i++) total += nz_node_param_count(&m.nodes[i]);
+        printf("{\"params\": %zu, \"file\": ", total);
         json_str(stdout, o.pos[0]);
         printf(", \"format_version\": %u, \"file_bytes\": %llu, \"float32_bytes\": %zu, "
                "\"arch\": ",
-               st.version, (unsigned long long)st.file_size, m.n_params * 4);
+               st.version, (unsigned long long)st.file_size, total * 4);
         json_str(stdout, m.arch);
         printf(", \"input\": [%d, %d, %d], \"classes\": %d, \"macs_per_sample\": %zu, "
                "\"layers\": [",
@@ -561,7 +568,9 @@ static int cmd_info(int argc, char **argv) {
             printf(", \"op\": \"%s\", \"output\": [%d, %d, %d], \"n_params\": %zu}",
                    nz_op_name(n->op), n->out.c, n->out.h, n->out.w, nz_node_param_count(n));
         }
-        printf("], \"meta\": {");
+        printf("], \"compression\": ");
+        json_size_table(stdout, &m);
+        printf(", \"meta\": {");
         for (int i = 0; i < meta.n; i++) {
             printf("%s", i ? ", " : "");
             json_str(stdout, meta.key[i]);
@@ -584,12 +593,540 @@ static int cmd_info(int argc, char **argv) {
             size_t pc = nz_node_param_count(n);
             printf("  %-12s %-8s %-12s %10zu %10zu\n", n->name, nz_op_name(n->op), sh, pc, pc * 4);
         }
-        printf("  %-12s %-8s %-12s %10zu %10zu\n", "total", "", "", m.n_params, m.n_params * 4);
+        size_t total = 0;
+        for (int i = 0; i < m.n_nodes; i++) total += nz_node_param_count(&m.nodes[i]);
+        printf("  %-12s %-8s %-12s %10zu %10zu\n", "total", "", "", total, total * 4);
         printf("\n%.3f M multiply-adds per sample\n", (double)flops / 1e6);
+        if (model_has_sparse(&m)) {
+            printf("\ncompressed storage (bits per entry before->after Huffman):\n");
+            print_size_table(stdout, &m, st.file_size);
+        }
         for (int i = 0; i < meta.n; i++) printf("%s: %s\n", meta.key[i], meta.val[i]);
     }
     nz_model_free(&m);
     return 0;
+}
+
+/* ---------------------------------------------------------------- compression commands */
+
+/* Per-layer settings "KEY=VALUE,...": KEY is a layer name, "fc" (all dense layers), "conv" (all
+ * conv layers) or "all"; names win over classes. A bare VALUE means all. Writes out[node]. */
+static int parse_layer_spec(const char *cmd, const char *opt, const char *spec, const nz_model *m,
+                            float *out, double lo, double hi) {
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", spec);
+    float cls[3] = {NAN, NAN, NAN}; /* all, fc, conv */
+    float named[NZ_MAX_PASS_NODES];
+    for (int i = 0; i < NZ_MAX_PASS_NODES; i++) named[i] = NAN;
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        char *eq = strchr(tok, '=');
+        const char *key = eq ? tok : "all", *val = eq ? eq + 1 : tok;
+        if (eq) *eq = 0;
+        char *end;
+        errno = 0;
+        double v = strtod(val, &end);
+        if (errno || end == val || *end || !(v >= lo && v <= hi)) {
+            fprintf(stderr, "nnzip %s: --%s: '%s' is not a number in [%g, %g]\n", cmd, opt, val,
+                    lo, hi);
+            return EXIT_USAGE;
+        }
+        if (strcmp(key, "all") == 0) cls[0] = (float)v;
+        else if (strcmp(key, "fc") == 0) cls[1] = (float)v;
+        else if (strcmp(key, "conv") == 0) cls[2] = (float)v;
+        else {
+            int found = 0;
+            for (int i = 1; i < m->n_nodes && i < NZ_MAX_PASS_NODES; i++)
+                if (strcmp(m->nodes[i].name, key) == 0 && nz_node_is_weighted(&m->nodes[i])) {
+                    named[i] = (float)v;
+                    found = 1;
+                }
+            if (!found) {
+                fprintf(stderr, "nnzip %s: --%s: no weighted layer named '%s'\n", cmd, opt, key);
+                return EXIT_USAGE;
+            }
+        }
+    }
+    for (int i = 1; i < m->n_nodes && i < NZ_MAX_PASS_NODES; i++) {
+        const nz_node *n = &m->nodes[i];
+        if (!nz_node_is_weighted(n)) continue;
+        float v = named[i];
+        if (isnan(v)) v = n->op == NZ_OP_DENSE ? cls[1] : cls[2];
+        if (isnan(v)) v = cls[0];
+        if (!isnan(v)) out[i] = v;
+    }
+    return 0;
+}
+
+/* The paper's per-layer table: weights, kept, bits per weight and per index before and after
+ * Huffman, bytes, ratio. */
+static void print_size_table(FILE *f, const nz_model *m, uint64_t file_bytes) {
+    nz_layer_size rows[NZ_MAX_PASS_NODES];
+    int n = nz_size_table(m, rows, NZ_MAX_PASS_NODES);
+    size_t total_w = 0, total_nz = 0, stored = 0, dense = 0;
+    fprintf(f, "  %-10s %9s %7s %8s %11s %11s %9s %7s\n", "layer", "weights", "kept", "entries",
+            "w-bits", "idx-bits", "bytes", "ratio");
+    for (int i = 0; i < n; i++) {
+        const nz_layer_size *r = &rows[i];
+        char wb[32], ib[32];
+        if (r->sparse && r->huffman) {
+            snprintf(wb, sizeof wb, "%d->%.2f", r->code_bits, r->value_bits);
+            snprintf(ib, sizeof ib, "%d->%.2f", r->index_bits, r->index_bits_stored);
+        } else if (r->sparse) {
+            snprintf(wb, sizeof wb, "%d", r->code_bits);
+            snprintf(ib, sizeof ib, "%d", r->index_bits);
+        } else {
+            snprintf(wb, sizeof wb, "%d", r->code_bits);
+            snprintf(ib, sizeof ib, "-");
+        }
+        fprintf(f, "  %-10s %9zu %6.1f%% %8zu %11s %11s %9zu %6.1fx\n", r->name, r->weights,
+                100.0 * (double)r->nonzeros / (double)(r->weights ? r->weights : 1), r->entries,
+                wb, ib, r->stored_bytes, (double)r->dense_bytes / (double)(r->stored_bytes ? r->stored_bytes : 1));
+        total_w += r->weights;
+        total_nz += r->nonzeros;
+        stored += r->stored_bytes;
+        dense += r->dense_bytes;
+    }
+    size_t all_dense = 0;
+    for (int i = 0; i < m->n_nodes; i++) all_dense += nz_node_param_count(&m->nodes[i]) * 4;
+    fprintf(f, "  %-10s %9zu %6.1f%% %8s %11s %11s %9zu %6.1fx\n", "layers", total_w,
+            100.0 * (double)total_nz / (double)(total_w ? total_w : 1), "", "", "", stored,
+            (double)dense / (double)(stored ? stored : 1));
+    if (file_bytes)
+        fprintf(f, "  file: %llu bytes on disk (graph, metadata, checksums included) = %.1fx "
+                   "smaller than the %zu bytes of float32 parameters\n",
+                (unsigned long long)file_bytes, (double)all_dense / (double)file_bytes, all_dense);
+}
+
+static void json_size_table(FILE *f, const nz_model *m) {
+    nz_layer_size rows[NZ_MAX_PASS_NODES];
+    int n = nz_size_table(m, rows, NZ_MAX_PASS_NODES);
+    fprintf(f, "[");
+    for (int i = 0; i < n; i++) {
+        const nz_layer_size *r = &rows[i];
+        fprintf(f, "%s{\"name\": ", i ? ", " : "");
+        json_str(f, r->name);
+        fprintf(f, ", \"weights\": %zu, \"nonzeros\": %zu, \"kept_pct\": %.3f, \"entries\": %zu, "
+                   "\"sparse\": %d, \"huffman\": %d, \"weight_bits\": %d, \"weight_bits_stored\": %.3f, "
+                   "\"index_bits\": %d, \"index_bits_stored\": %.3f, \"stored_bytes\": %zu, "
+                   "\"float32_bytes\": %zu}",
+                r->weights, r->nonzeros, 100.0 * (double)r->nonzeros / (double)(r->weights ? r->weights : 1),
+                r->entries, r->sparse, r->huffman, r->code_bits, r->value_bits, r->index_bits,
+                r->index_bits_stored, r->stored_bytes, r->dense_bytes);
+    }
+    fprintf(f, "]");
+}
+
+static int model_has_sparse(const nz_model *m) {
+    for (int i = 0; i < m->n_nodes; i++)
+        for (int k = 0; k < m->nodes[i].n_params; k++)
+            if (m->nodes[i].params[k].sparse) return 1;
+    return 0;
+}
+
+/* Options shared by the commands that retrain. */
+#define RETRAIN_OPTS                                                                            \
+    {"data", 'd', 1, "SET", "training/test data (default: the model's)"},                      \
+    {"data-dir", 0, 1, "DIR", "where named datasets live"},                                   \
+    {"output", 'o', 1, "FILE", "write the result here (.nnz)"},                               \
+    {"batch", 'b', 1, "N", "minibatch size (default 64)"},                                    \
+    {"limit", 0, 1, "N", "use only the first N training images"},                             \
+    {"seed", 's', 1, "N", "random seed (default 1)"},                                         \
+    {"threads", 't', 1, "N", "threads (default: all cores)"},                                 \
+    {"json", 0, 0, "", "print the result as JSON"},                                           \
+    {"quiet", 'q', 0, "", "no progress output"}
+
+typedef struct {
+    nz_model m;
+    nz_meta meta;
+    nz_dataset tr, te;
+    int loaded, have_data;
+    progress_state ps;
+    nz_train_hooks hooks;
+    long seed, batch;
+} job;
+
+static void job_free(job *j) {
+    if (j->loaded) nz_model_free(&j->m);
+    if (j->have_data) {
+        nz_dataset_free(&j->tr);
+        nz_dataset_free(&j->te);
+    }
+}
+
+/* Loads the model and (if need_data) its training and test sets; common option checks. */
+static int job_open(job *j, const char *cmd, const opts *o, int need_data) {
+    memset(j, 0, sizeof *j);
+    int rc;
+    if (o->n_pos != 1) {
+        fprintf(stderr, "nnzip %s: expected one model file (see nnzip %s --help)\n", cmd, cmd);
+        return EXIT_USAGE;
+    }
+    const char *out = opt_get(o, "output");
+    if (!out) {
+        fprintf(stderr, "nnzip %s: -o FILE is required\n", cmd);
+        return EXIT_USAGE;
+    }
+    if ((rc = check_output(cmd, out))) return rc;
+    if ((rc = apply_threads(o))) return rc;
+    j->seed = 1;
+    j->batch = 64;
+    long limit = 0;
+    if ((rc = opt_int(o, "seed", 0, 0x7fffffffffffffffL, &j->seed)) ||
+        (rc = opt_int(o, "batch", 1, 65536, &j->batch)) ||
+        (rc = opt_int(o, "limit", 1, 1L << 30, &limit)))
+        return rc;
+    nz_error e = {0};
+    if (nz_load(o->pos[0], &j->m, &j->meta, &e)) return fail_err(cmd, &e);
+    j->loaded = 1;
+    if (need_data) {
+        const char *data = opt_get(o, "data");
+        if (!data) data = nz_meta_get(&j->meta, "data");
+        if (!data) data = "mnist";
+        if ((rc = open_data(cmd, data, opt_get(o, "data-dir"), 1, (int)limit, &j->tr))) return rc;
+        if ((rc = open_data(cmd, data, opt_get(o, "data-dir"), 0, 0, &j->te))) {
+            nz_dataset_free(&j->tr);
+            return rc;
+        }
+        j->have_data = 1;
+        nz_meta_set(&j->meta, "data", j->tr.name);
+    }
+    j->ps.tty = isatty(STDERR_FILENO);
+    j->ps.quiet = opt_flag(o, "quiet");
+    signal(SIGINT, on_sigint);
+    j->hooks.progress = on_progress;
+    j->hooks.progress_user = &j->ps;
+    j->hooks.stop = &g_stop;
+    return 0;
+}
+
+static int job_save(job *j, const char *cmd, const char *out, const char *stage, double test_err) {
+    char buf[64];
+    nz_meta_set(&j->meta, "stage", stage);
+    if (test_err >= 0) {
+        snprintf(buf, sizeof buf, "%.4f", test_err);
+        nz_meta_set(&j->meta, "test_error_pct", buf);
+    }
+    nz_error e = {0};
+    if (nz_save(&j->m, &j->meta, out, &e)) return fail_err(cmd, &e);
+    return 0;
+}
+
+static uint64_t file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
+static int prune_cfg_from_opts(const char *cmd, const opts *o, const nz_model *m, long seed,
+                               long batch, nz_prune_cfg *pc) {
+    int rc;
+    nz_prune_cfg_default(pc, m);
+    pc->train.seed = (uint64_t)seed;
+    pc->train.batch = (int)batch;
+    long v;
+    const char *sch = opt_get(o, "schedule");
+    if (sch) {
+        if (strcmp(sch, "iterative") == 0) pc->schedule = NZ_PRUNE_ITERATIVE;
+        else if (strcmp(sch, "oneshot") == 0 || strcmp(sch, "one-shot") == 0) pc->schedule = NZ_PRUNE_ONESHOT;
+        else {
+            fprintf(stderr, "nnzip %s: unknown --schedule '%s' (iterative, oneshot)\n", cmd, sch);
+            return EXIT_USAGE;
+        }
+    }
+    if (opt_get(o, "rounds")) {
+        if ((rc = opt_int(o, "rounds", 1, 100, &v))) return rc;
+        pc->rounds = (int)v;
+    }
+    if (opt_get(o, "prune-epochs")) {
+        if ((rc = opt_int(o, "prune-epochs", 0, 10000, &v))) return rc;
+        pc->epochs_per_round = (int)v;
+    }
+    if ((rc = opt_float(o, "prune-lr", 0, 10, &pc->train.lr))) return rc;
+    if ((rc = opt_float(o, "quality", 0, 100, &pc->global_quality))) return rc;
+    if (opt_get(o, "sparsity") &&
+        (rc = parse_layer_spec(cmd, "sparsity", opt_get(o, "sparsity"), m, pc->sparsity, 0, 0.999)))
+        return rc;
+    return 0;
+}
+
+static int quant_cfg_from_opts(const char *cmd, const opts *o, const nz_model *m, long seed,
+                               long batch, nz_quant_cfg *qc) {
+    int rc;
+    nz_quant_cfg_default(qc);
+    qc->train.seed = (uint64_t)seed;
+    qc->train.batch = (int)batch;
+    long v;
+    const char *bits = opt_get(o, "bits");
+    if (bits) {
+        float b[NZ_MAX_PASS_NODES];
+        for (int i = 0; i < NZ_MAX_PASS_NODES; i++) b[i] = -1;
+        if ((rc = parse_layer_spec(cmd, "bits", bits, m, b, 1, 8))) return rc;
+        for (int i = 0; i < NZ_MAX_PASS_NODES; i++) qc->bits[i] = (int)b[i];
+    }
+    const char *init = opt_get(o, "init");
+    if (init) {
+        if (strcmp(init, "linear") == 0) qc->init = NZ_KMEANS_LINEAR;
+        else if (strcmp(init, "density") == 0) qc->init = NZ_KMEANS_DENSITY;
+        else if (strcmp(init, "forgy") == 0 || strcmp(init, "random") == 0) qc->init = NZ_KMEANS_FORGY;
+        else if (strcmp(init, "kmeans++") == 0) qc->init = NZ_KMEANS_PLUSPLUS;
+        else {
+            fprintf(stderr, "nnzip %s: unknown --init '%s' (linear, density, forgy, kmeans++)\n", cmd, init);
+            return EXIT_USAGE;
+        }
+    }
+    if (opt_get(o, "quant-epochs")) {
+        if ((rc = opt_int(o, "quant-epochs", 0, 10000, &v))) return rc;
+        qc->finetune_epochs = (int)v;
+    }
+    if ((rc = opt_float(o, "quant-lr", 0, 10, &qc->train.lr))) return rc;
+    return 0;
+}
+
+static int encode_cfg_from_opts(const char *cmd, const opts *o, const nz_model *m,
+                                nz_encode_cfg *ec) {
+    nz_encode_cfg_default(ec);
+    const char *ib = opt_get(o, "index-bits");
+    if (ib) {
+        float b[NZ_MAX_PASS_NODES];
+        for (int i = 0; i < NZ_MAX_PASS_NODES; i++) b[i] = -1;
+        int rc = parse_layer_spec(cmd, "index-bits", ib, m, b, 1, 12);
+        if (rc) return rc;
+        for (int i = 0; i < NZ_MAX_PASS_NODES; i++) ec->index_bits[i] = (int)b[i];
+    }
+    if (opt_flag(o, "no-huffman")) ec->huffman = 0;
+    return 0;
+}
+
+#define PRUNE_OPTS                                                                              \
+    {"schedule", 0, 1, "KIND", "iterative (default) or oneshot"},                              \
+    {"rounds", 0, 1, "N", "iterative: prune-retrain rounds (default 4)"},                      \
+    {"prune-epochs", 0, 1, "N", "retraining epochs per round (default 4)"},                    \
+    {"prune-lr", 0, 1, "X", "retraining learning rate (default 0.01)"},                        \
+    {"sparsity", 0, 1, "SPEC", "fraction removed per layer: 0.9, fc=0.92,conv=0.88, fc1=0.95"}, \
+    {"quality", 0, 1, "Q", "threshold = Q x std of each layer (instead of --sparsity)"}
+#define QUANT_OPTS                                                                              \
+    {"bits", 0, 1, "SPEC", "bits per shared weight: fc=5,conv=8 (default), or per layer"},     \
+    {"init", 0, 1, "KIND", "centroid init: linear (default), density, forgy, kmeans++"},       \
+    {"quant-epochs", 0, 1, "N", "centroid fine-tuning epochs (default 3)"},                    \
+    {"quant-lr", 0, 1, "X", "fine-tuning learning rate (default 1e-4; gradients are summed)"}
+#define ENCODE_OPTS                                                                             \
+    {"index-bits", 0, 1, "SPEC", "relative-index width per layer (default: smallest file)"},   \
+    {"no-huffman", 0, 0, "", "pack streams in fixed widths instead of Huffman codes"}
+
+static const opt_def prune_opts[] = {RETRAIN_OPTS, PRUNE_OPTS};
+static const opt_def quantize_opts[] = {RETRAIN_OPTS, QUANT_OPTS};
+static const opt_def encode_opts[] = {
+    {"output", 'o', 1, "FILE", "write the result here (.nnz)"},
+    {"threads", 't', 1, "N", "threads (default: all cores)"},
+    {"json", 0, 0, "", "print the size table as JSON"},
+    ENCODE_OPTS};
+static const opt_def compress_opts[] = {
+    RETRAIN_OPTS,
+    {"method", 'M', 1, "LIST", "methods in order; now: deep (prune, quantize, encode)"},
+    PRUNE_OPTS, QUANT_OPTS, ENCODE_OPTS};
+
+static void print_prune(const nz_prune_result *r, const nz_model *m) {
+    printf("pruned: test error %.2f%% -> %.2f%% (%.1f s)\n", (double)r->test_err_before,
+           (double)r->test_err_after, r->seconds);
+    for (int i = 0; i < r->n_layers; i++)
+        printf("  %-10s %9zu weights, %6.2f%% kept\n", m->nodes[r->node[i]].name, r->total[i],
+               100.0 * (double)r->kept[i] / (double)r->total[i]);
+}
+
+static int cmd_prune(int argc, char **argv) {
+    const int nd = (int)(sizeof prune_opts / sizeof *prune_opts);
+    if (want_help(argc, argv)) {
+        print_help("prune", "FILE --data SET -o OUT [options]",
+                   "Magnitude pruning with retraining (Deep Compression stage 1): each weighted\n"
+                   "layer keeps its largest weights (per-layer target sparsity, or quality x std);\n"
+                   "iterative schedules prune in rounds and retrain with the mask held. The output\n"
+                   "stores pruned layers sparse (relative indices, f32 values).",
+                   prune_opts, nd);
+        return 0;
+    }
+    opts o = {.cmd = "prune", .defs = prune_opts, .n_defs = nd};
+    int rc = parse_opts(&o, argc, argv, 1);
+    if (rc) return rc;
+    job j;
+    if ((rc = job_open(&j, "prune", &o, 1))) {
+        job_free(&j);
+        return rc;
+    }
+    nz_prune_cfg pc;
+    nz_error e = {0};
+    nz_prune_result pr;
+    if ((rc = prune_cfg_from_opts("prune", &o, &j.m, j.seed, j.batch, &pc))) goto done;
+    if (nz_prune(&j.m, &j.tr, &j.te, &pc, &j.hooks, &pr, &e)) {
+        rc = fail_err("prune", &e);
+        goto done;
+    }
+    for (int i = 0; i < pr.n_layers && !rc; i++)
+        if (nz_model_sparsify_param(&j.m, pr.node[i], NULL, 0, 8, &e)) rc = fail_err("prune", &e);
+    if (rc || (rc = job_save(&j, "prune", opt_get(&o, "output"), "pruned", pr.test_err_after)))
+        goto done;
+    if (opt_flag(&o, "json")) {
+        printf("{\"test_error_pct\": %.4f, \"test_error_before_pct\": %.4f, \"file_bytes\": %llu, \"layers\": ",
+               (double)pr.test_err_after, (double)pr.test_err_before,
+               (unsigned long long)file_size(opt_get(&o, "output")));
+        json_size_table(stdout, &j.m);
+        printf("}\n");
+    } else {
+        print_prune(&pr, &j.m);
+    }
+done:
+    job_free(&j);
+    return rc;
+}
+
+static int cmd_quantize(int argc, char **argv) {
+    const int nd = (int)(sizeof quantize_opts / sizeof *quantize_opts);
+    if (want_help(argc, argv)) {
+        print_help("quantize", "FILE --data SET -o OUT [options]",
+                   "Trained quantization (Deep Compression stage 2): per-layer 1-D k-means weight\n"
+                   "sharing on the surviving weights, then fine-tuning of the shared values (each\n"
+                   "centroid moves by the summed gradient of its members; pruned weights stay 0).",
+                   quantize_opts, nd);
+        return 0;
+    }
+    opts o = {.cmd = "quantize", .defs = quantize_opts, .n_defs = nd};
+    int rc = parse_opts(&o, argc, argv, 1);
+    if (rc) return rc;
+    job j;
+    if ((rc = job_open(&j, "quantize", &o, 1))) {
+        job_free(&j);
+        return rc;
+    }
+    nz_quant_cfg qc;
+    nz_error e = {0};
+    nz_quant_result qr;
+    if ((rc = quant_cfg_from_opts("quantize", &o, &j.m, j.seed, j.batch, &qc))) goto done;
+    if (nz_quantize(&j.m, &j.tr, &j.te, &qc, &j.hooks, &qr, &e)) {
+        rc = fail_err("quantize", &e);
+        goto done;
+    }
+    if ((rc = job_save(&j, "quantize", opt_get(&o, "output"), "quantized", qr.test_err_after)))
+        goto done;
+    if (opt_flag(&o, "json"))
+        printf("{\"test_error_pct\": %.4f, \"test_error_before_finetune_pct\": %.4f, \"file_bytes\": %llu}\n",
+               (double)qr.test_err_after, (double)qr.test_err_before_finetune,
+               (unsigned long long)file_size(opt_get(&o, "output")));
+    else
+        printf("quantized: test error %.2f%% after k-means, %.2f%% after fine-tuning (%.1f s)\n",
+               (double)qr.test_err_before_finetune, (double)qr.test_err_after, qr.seconds);
+done:
+    job_free(&j);
+    return rc;
+}
+
+static int cmd_encode(int argc, char **argv) {
+    const int nd = (int)(sizeof encode_opts / sizeof *encode_opts);
+    if (want_help(argc, argv)) {
+        print_help("encode", "FILE -o OUT [options]",
+                   "Deep Compression stage 3: sparse positions as relative indices (filler entries\n"
+                   "on overflow) and codebook indices, both Huffman-coded per layer; biases f16.",
+                   encode_opts, nd);
+        return 0;
+    }
+    opts o = {.cmd = "encode", .defs = encode_opts, .n_defs = nd};
+    int rc = parse_opts(&o, argc, argv, 1);
+    if (rc) return rc;
+    job j;
+    if ((rc = job_open(&j, "encode", &o, 0))) {
+        job_free(&j);
+        return rc;
+    }
+    nz_encode_cfg ec;
+    nz_error e = {0};
+    if ((rc = encode_cfg_from_opts("encode", &o, &j.m, &ec))) goto done;
+    if (nz_encode(&j.m, &ec, &e)) {
+        rc = fail_err("encode", &e);
+        goto done;
+    }
+    if ((rc = job_save(&j, "encode", opt_get(&o, "output"), "encoded", -1))) goto done;
+    if (opt_flag(&o, "json")) {
+        printf("{\"file_bytes\": %llu, \"layers\": ", (unsigned long long)file_size(opt_get(&o, "output")));
+        json_size_table(stdout, &j.m);
+        printf("}\n");
+    } else {
+        print_size_table(stdout, &j.m, file_size(opt_get(&o, "output")));
+    }
+done:
+    job_free(&j);
+    return rc;
+}
+
+static int cmd_compress(int argc, char **argv) {
+    const int nd = (int)(sizeof compress_opts / sizeof *compress_opts);
+    if (want_help(argc, argv)) {
+        print_help("compress", "FILE --data SET --method deep -o OUT [options]",
+                   "Run compression methods in one call and write the compressed .nnz. Method\n"
+                   "'deep' = prune (iterative, retraining) + quantize (k-means, fine-tuning) +\n"
+                   "encode (relative indices, Huffman). Prints the per-layer table of the paper.",
+                   compress_opts, nd);
+        return 0;
+    }
+    opts o = {.cmd = "compress", .defs = compress_opts, .n_defs = nd};
+    int rc = parse_opts(&o, argc, argv, 1);
+    if (rc) return rc;
+    const char *method = opt_get(&o, "method") ? opt_get(&o, "method") : "deep";
+    if (strcmp(method, "deep") != 0) {
+        fprintf(stderr, "nnzip compress: unknown --method '%s' (available: deep)\n", method);
+        return EXIT_USAGE;
+    }
+    job j;
+    if ((rc = job_open(&j, "compress", &o, 1))) {
+        job_free(&j);
+        return rc;
+    }
+    nz_prune_cfg pc;
+    nz_quant_cfg qc;
+    nz_encode_cfg ec;
+    nz_error e = {0};
+    nz_prune_result pr;
+    nz_quant_result qr;
+    nz_eval_result ev;
+    const int quiet = opt_flag(&o, "quiet");
+    if ((rc = prune_cfg_from_opts("compress", &o, &j.m, j.seed, j.batch, &pc)) ||
+        (rc = quant_cfg_from_opts("compress", &o, &j.m, j.seed, j.batch, &qc)) ||
+        (rc = encode_cfg_from_opts("compress", &o, &j.m, &ec)))
+        goto done;
+    if (!quiet) fprintf(stderr, "compress: stage 1/3, pruning\n");
+    if (nz_prune(&j.m, &j.tr, &j.te, &pc, &j.hooks, &pr, &e)) {
+        rc = fail_err("compress", &e);
+        goto done;
+    }
+    if (!quiet) fprintf(stderr, "compress: stage 2/3, quantizing\n");
+    if (nz_quantize(&j.m, &j.tr, &j.te, &qc, &j.hooks, &qr, &e)) {
+        rc = fail_err("compress", &e);
+        goto done;
+    }
+    if (!quiet) fprintf(stderr, "compress: stage 3/3, encoding\n");
+    if (nz_encode(&j.m, &ec, &e) || nz_evaluate(&j.m, &j.te, 256, &ev, &e)) {
+        rc = fail_err("compress", &e);
+        goto done;
+    }
+    nz_meta_set(&j.meta, "method", "deep");
+    if ((rc = job_save(&j, "compress", opt_get(&o, "output"), "compressed", ev.error))) goto done;
+    uint64_t fb = file_size(opt_get(&o, "output"));
+    size_t dense = 0;
+    for (int i = 0; i < j.m.n_nodes; i++) dense += nz_node_param_count(&j.m.nodes[i]) * 4;
+    if (opt_flag(&o, "json")) {
+        printf("{\"method\": \"deep\", \"test_error_pct\": %.4f, \"test_error_before_pct\": %.4f, "
+               "\"test_error_pruned_pct\": %.4f, \"test_error_quantized_pct\": %.4f, "
+               "\"file_bytes\": %llu, \"float32_bytes\": %zu, \"ratio\": %.2f, \"layers\": ",
+               (double)ev.error, (double)pr.test_err_before, (double)pr.test_err_after,
+               (double)qr.test_err_after, (unsigned long long)fb, dense,
+               (double)dense / (double)(fb ? fb : 1));
+        json_size_table(stdout, &j.m);
+        printf("}\n");
+    } else {
+        printf("test error: %.2f%% original, %.2f%% pruned, %.2f%% quantized, %.2f%% encoded\n",
+               (double)pr.test_err_before, (double)pr.test_err_after, (double)qr.test_err_after,
+               (double)ev.error);
+        print_size_table(stdout, &j.m, fb);
+    }
+done:
+    job_free(&j);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- main */
@@ -604,6 +1141,10 @@ static const command commands[] = {
     {"train", cmd_train, "train a model from the zoo and save it (.nnz)"},
     {"eval", cmd_eval, "test error of a .nnz model on a dataset"},
     {"info", cmd_info, "layers, shapes, parameters and bytes of a .nnz file"},
+    {"prune", cmd_prune, "magnitude pruning with retraining (Deep Compression 1)"},
+    {"quantize", cmd_quantize, "k-means weight sharing + centroid fine-tuning (Deep Compression 2)"},
+    {"encode", cmd_encode, "relative-index CSR + Huffman coding (Deep Compression 3)"},
+    {"compress", cmd_compress, "chain methods (deep) into one compressed .nnz"},
 };
 
 static void usage(FILE *f) {

@@ -26,8 +26,25 @@
  *             i32 inputs[2], u32 units, kh, kw, stride, pad; f32 p; u32 n_params;
  *             per param: u32 ndim, u32 dims[4]
  *   3 TENSOR  one per parameter tensor: u32 node, u32 slot, u32 encoding, u32 reserved,
- *             then the encoding's payload.  Encoding 0 = dense f32: count x f32, count = the
- *             product of the dims the GRAPH gives for that slot.
+ *             then the encoding's payload (count = the product of the GRAPH's dims for the slot):
+ *     encoding 0 F32     count x f32
+ *     encoding 1 F16     count x IEEE binary16 (round to nearest even)
+ *     encoding 2 SPARSE  a pruned / quantized matrix W [rows = dims[0], cols = count / rows],
+ *                        seen as one row-major sequence of positions (Deep Compression's CSR
+ *                        with relative indices):
+ *         u8  flags (bit 0: values are codebook indices, else f32; bit 1: streams Huffman-coded)
+ *         u8  index_bits b (1..12): each entry stores gap-1 where gap (1..2^b) is its distance
+ *             from the previous entry's position (the first from position -1); a larger gap is
+ *             bridged by filler entries of gap 2^b and value 0
+ *         u8  code_bits (1..8 with a codebook, else 0)
+ *         u8  0
+ *         u32 entries n (fillers included), u32 nonzeros (fillers excluded), u32 0
+ *         u16 codebook size k (0 without a codebook; k <= 2^code_bits), f32 codebook[k] with
+ *             codebook[0] = 0, the value of fillers
+ *         u32 length, index stream: n symbols, b bits each packed LSB-first, or Huffman
+ *             (src/compress/huffman.h)
+ *         u32 length, value stream: n codes (code_bits each, packed or Huffman), or n x f32
+ *     Stream lengths must match exactly; positions must stay inside the matrix; codes < k. 
  *   Unknown section kinds are an error (never silently skipped), so an older reader refuses a
  *   newer file cleanly rather than running a half-read model.
  *
@@ -63,8 +80,13 @@ typedef enum {
 
 typedef enum {
     NZF_ENC_F32 = 0,
+    NZF_ENC_F16 = 1,
+    NZF_ENC_SPARSE = 2,
     NZF_ENC__END
 } nzf_encoding;
+
+/* largest element count of one tensor */
+#define NZF_MAX_TENSOR_ELEMS ((uint64_t)1 << 31)
 
 /* Free-form key/value facts stored in META (training settings, measured error, ...). */
 typedef struct {

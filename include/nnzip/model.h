@@ -43,11 +43,21 @@ static inline size_t nz_shape_size(nz_shape s) { return (size_t)s.c * (size_t)s.
 #define NZ_MAX_DIMS 4
 #define NZ_NAME_MAX 32
 
+struct nz_sparse; /* pruned/quantized runtime form, see compress.h */
+
+/* How a dense tensor is stored on save (append only: stored in files as an encoding). */
+typedef enum { NZ_STORE_F32 = 0, NZ_STORE_F16 = 1 } nz_store;
+
 typedef struct {
-    size_t off, n;            /* view into model->params */
+    size_t off, n;            /* view into model->params; n == 0 when sparse */
     int ndim;
     int dims[NZ_MAX_DIMS];
+    struct nz_sparse *sparse; /* owned; non-NULL: the tensor lives in sparse form only */
+    nz_store store;           /* encoding of a dense tensor on save */
 } nz_param;
+
+/* elements of a parameter tensor (its dense size, whatever its storage) */
+size_t nz_param_numel(const nz_param *p);
 
 typedef struct {
     nz_op op;

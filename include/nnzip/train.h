@@ -68,11 +68,16 @@ typedef void (*nz_progress_fn)(const nz_progress *p, void *user);
  * Returning non-zero stops training with NZ_ERR_INTERRUPTED. */
 typedef int (*nz_step_hook)(nz_model *m, void *user);
 
+/* Called after backward, before the optimizer step: may rewrite the gradients (e.g. tie the
+ * weights of a codebook cluster). Non-zero stops training with NZ_ERR_INTERRUPTED. */
+typedef int (*nz_grad_hook)(nz_model *m, float *grads, void *user);
+
 typedef struct {
     nz_progress_fn progress;
     void *progress_user;
+    nz_grad_hook before_step;
     nz_step_hook after_step;
-    void *hook_user;
+    void *hook_user;           /* passed to before_step and after_step */
     volatile int *stop;      /* set non-zero (e.g. from SIGINT) to stop after the current step */
 } nz_train_hooks;
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/layers.h"
+#include "nnzip/compress.h"
 #include "nnzip/model.h"
 
 struct nz_ws {
@@ -15,10 +16,12 @@ struct nz_ws {
     int32_t **argmax; /* maxpool nodes */
     float **mask;     /* dropout nodes */
     unsigned char *owns; /* 1 where act/dact are this node's own memory (0: aliases its input) */
+    unsigned char *drop_on; /* dropout nodes: 1 if the last forward dropped (mask valid) */
     float *grads;     /* (n_params) */
     size_t n_params;
     float *scratch;   /* im2col, per thread */
     float *dw_partial;/* conv per-thread weight-gradient partials */
+    float *sp_scratch;/* sparse dense layers: input^T and output^T */
     int threads;
     int last_B;
 };
@@ -40,9 +43,11 @@ void nz_ws_free(nz_ws *ws) {
     free(ws->argmax);
     free(ws->mask);
     free(ws->owns);
+    free(ws->drop_on);
     free(ws->grads);
     free(ws->scratch);
     free(ws->dw_partial);
+    free(ws->sp_scratch);
     free(ws);
 }
 
@@ -57,10 +62,11 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     ws->argmax = calloc((size_t)m->n_nodes, sizeof(int32_t *));
     ws->mask = calloc((size_t)m->n_nodes, sizeof(float *));
     ws->owns = calloc((size_t)m->n_nodes, 1);
+    ws->drop_on = calloc((size_t)m->n_nodes, 1);
     ws->n_params = m->n_params;
     ws->grads = calloc(m->n_params ? m->n_params : 1, sizeof(float));
-    if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->grads) goto oom;
-    size_t scratch = 0, partial = 0;
+    if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->grads) goto oom;
+    size_t scratch = 0, partial = 0, sp = 0;
     for (int i = 1; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
         size_t sz = nz_shape_size(n->out) * (size_t)max_batch;
@@ -80,11 +86,17 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
             conv_dims d = conv_dims_make(s.c, s.h, s.w, n->units, n->kh, n->stride, n->pad);
             size_t c = conv_scratch_per_thread(&d);
             if (c > scratch) scratch = c;
-            size_t p = n->params[0].n + (size_t)n->units;
+            size_t p = nz_param_numel(&n->params[0]) + (size_t)n->units;
             if (p > partial) partial = p;
+        }
+        if (n->op == NZ_OP_DENSE) {
+            size_t c = (nz_shape_size(m->nodes[n->inputs[0]].out) + (size_t)n->units) *
+                       (size_t)max_batch;
+            if (c > sp) sp = c;
         }
     }
     if (scratch && !(ws->scratch = malloc(sizeof(float) * scratch * (size_t)ws->threads))) goto oom;
+    if (sp && !(ws->sp_scratch = malloc(sizeof(float) * sp))) goto oom;
     if (partial && !(ws->dw_partial = malloc(sizeof(float) * partial * (size_t)ws->threads)))
         goto oom;
     return ws;
@@ -100,9 +112,52 @@ void nz_ws_zero_grads(nz_ws *ws) { memset(ws->grads, 0, sizeof(float) * ws->n_pa
 
 const float *nz_ws_act(const nz_ws *ws, int node) { return ws->act[node]; }
 
-static conv_dims node_conv_dims(const nz_model *m, const nz_node *n) {
+static conv_dims node_conv_dims(const nz_model *m, const nz_node *n, const nz_ws *ws) {
     nz_shape s = m->nodes[n->inputs[0]].out;
-    return conv_dims_make(s.c, s.h, s.w, n->units, n->kh, n->stride, n->pad);
+    conv_dims d = conv_dims_make(s.c, s.h, s.w, n->units, n->kh, n->stride, n->pad);
+    if (d.threads > ws->threads) d.threads = ws->threads; /* scratch was sized for ws->threads */
+    return d;
+}
+
+/* out (B, O) = in (B, I) S^T + b, computed from the sparse form. Batch 1 is a gather dot
+ * product per row; larger batches transpose the input so each stored weight updates a
+ * contiguous row of B outputs (vectorizes over the batch). */
+static void sparse_dense_forward(float *out, const float *in, const nz_sparse *S, const float *b,
+                                 int B, float *scratch) {
+    const int n_in = S->cols, n_out = S->rows;
+    if (B == 1) {
+        nz_sparse_matvec(S, in, out);
+        for (int o = 0; o < n_out; o++) out[o] += b[o];
+        return;
+    }
+    float *inT = scratch, *outT = scratch + (size_t)n_in * B;
+    for (int n = 0; n < B; n++)
+        for (int i = 0; i < n_in; i++) inT[(size_t)i * B + n] = in[(size_t)n * n_in + i];
+    nz_sparse_matmul(S, inT, B, outT, 0);
+    for (int n = 0; n < B; n++)
+        for (int o = 0; o < n_out; o++)
+            out[(size_t)n * n_out + o] = outT[(size_t)o * B + n] + b[o];
+}
+
+/* Sparse conv: im2col per sample, then the sparse matrix times the columns. */
+static void sparse_conv2d_forward(float *out, const float *in, const nz_sparse *S,
+                                  const float *b, int B, const conv_dims *d, float *scratch) {
+    const int OHW = d->OH * d->OW;
+    const size_t in_sz = (size_t)d->C * d->H * d->W, out_sz = (size_t)d->OC * OHW;
+    const size_t per = conv_scratch_per_thread(d);
+    const int T = B < d->threads ? B : d->threads;
+#pragma omp parallel num_threads(T)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *cols = scratch + per * (size_t)t;
+        for (int n = (int)((long)B * t / nt); n < (int)((long)B * (t + 1) / nt); n++) {
+            float *y = out + out_sz * n;
+            conv_im2col(cols, in + in_sz * n, d);
+            for (int oc = 0; oc < d->OC; oc++)
+                for (int i = 0; i < OHW; i++) y[(size_t)oc * OHW + i] = b[oc];
+            nz_sparse_matmul(S, cols, OHW, y, 1);
+        }
+    }
 }
 
 const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int training,
@@ -118,13 +173,21 @@ const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int
         size_t sz = nz_shape_size(n->out) * (size_t)B;
         switch (n->op) {
         case NZ_OP_DENSE:
-            dense_forward(out, in, P + n->params[0].off, P + n->params[1].off, B,
-                          (int)nz_shape_size(s), n->units);
+            if (n->params[0].sparse)
+                sparse_dense_forward(out, in, n->params[0].sparse, P + n->params[1].off, B,
+                                     ws->sp_scratch);
+            else
+                dense_forward(out, in, P + n->params[0].off, P + n->params[1].off, B,
+                              (int)nz_shape_size(s), n->units);
             break;
         case NZ_OP_CONV2D: {
-            conv_dims d = node_conv_dims(m, n);
-            conv2d_forward(out, in, P + n->params[0].off, P + n->params[1].off, B, &d,
-                           ws->scratch);
+            conv_dims d = node_conv_dims(m, n, ws);
+            if (n->params[0].sparse)
+                sparse_conv2d_forward(out, in, n->params[0].sparse, P + n->params[1].off, B, &d,
+                                      ws->scratch);
+            else
+                conv2d_forward(out, in, P + n->params[0].off, P + n->params[1].off, B, &d,
+                               ws->scratch);
             break;
         }
         case NZ_OP_MAXPOOL:
@@ -135,7 +198,8 @@ const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int
             relu_forward(out, in, sz);
             break;
         case NZ_OP_DROPOUT:
-            if (training && n->p > 0.0f)
+            ws->drop_on[i] = training && n->p > 0.0f;
+            if (ws->drop_on[i])
                 dropout_forward(out, ws->mask[i], in, sz, n->p, rng);
             else
                 memcpy(out, in, sizeof(float) * sz);
@@ -170,7 +234,7 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
                            P + n->params[0].off, B, (int)nz_shape_size(s), n->units);
             break;
         case NZ_OP_CONV2D: {
-            conv_dims d = node_conv_dims(m, n);
+            conv_dims d = node_conv_dims(m, n, ws);
             conv2d_backward(din, G + n->params[0].off, G + n->params[1].off, dout, ws->act[src],
                             P + n->params[0].off, B, &d, ws->scratch, ws->dw_partial);
             break;
@@ -183,7 +247,10 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
             if (din) relu_backward(din, dout, ws->act[i], sz);
             break;
         case NZ_OP_DROPOUT:
-            if (din) dropout_backward(din, dout, ws->mask[i], sz);
+            if (din && ws->drop_on[i])
+                dropout_backward(din, dout, ws->mask[i], sz);
+            else if (din)
+                for (size_t j = 0; j < sz; j++) din[j] += dout[j];
             break;
         case NZ_OP_FLATTEN: /* shares its input's gradient buffer */
         default:

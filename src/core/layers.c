@@ -62,6 +62,7 @@ conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad
     d.pad = pad;
     d.OH = (H + 2 * pad - K) / stride + 1;
     d.OW = (W + 2 * pad - K) / stride + 1;
+    d.threads = layers_threads();
     return d;
 }
 
@@ -75,7 +76,7 @@ size_t conv_scratch_per_thread(const conv_dims *d) {
 }
 
 /* cols (C*KH*KW, OH*OW) from one sample's in (C, H, W); zero outside the image */
-static void im2col(float *cols, const float *in, const conv_dims *d) {
+void conv_im2col(float *cols, const float *in, const conv_dims *d) {
     const int OHW = d->OH * d->OW;
     for (int c = 0; c < d->C; c++)
         for (int kh = 0; kh < d->KH; kh++)
@@ -132,7 +133,7 @@ void conv2d_forward(float *out, const float *in, const float *W, const float *b,
     const int K = d->C * d->KH * d->KW, OHW = d->OH * d->OW;
     const size_t in_sz = (size_t)d->C * d->H * d->W, out_sz = (size_t)d->OC * OHW;
     const size_t per = conv_scratch_per_thread(d);
-    const int T = B < layers_threads() ? B : layers_threads();
+    const int T = B < d->threads ? B : d->threads;
 #pragma omp parallel num_threads(T)
     {
         int t = omp_get_thread_num(), lo, hi;
@@ -145,7 +146,7 @@ void conv2d_forward(float *out, const float *in, const float *W, const float *b,
                 for (int i = 0; i < OHW; i++) y[(size_t)oc * OHW + i] = b[oc];
             const float *src = x;
             if (!conv_is_pointwise(d)) {
-                im2col(cols, x, d);
+                conv_im2col(cols, x, d);
                 src = cols;
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->OC, OHW, K, 1.0f, W, K, src,
@@ -160,12 +161,14 @@ void conv2d_backward(float *din, float *dW, float *db, const float *dout, const 
     const int K = d->C * d->KH * d->KW, OHW = d->OH * d->OW;
     const size_t in_sz = (size_t)d->C * d->H * d->W, out_sz = (size_t)d->OC * OHW;
     const size_t per = conv_scratch_per_thread(d), wsz = (size_t)d->OC * K;
-    const int T = B < layers_threads() ? B : layers_threads();
+    const int T = B < d->threads ? B : d->threads;
     /* each thread owns wsz + OC floats of partial sums: dW then db */
     const size_t part = wsz + (size_t)d->OC;
+    int used = 1; /* threads OpenMP actually started (may be fewer than T) */
 #pragma omp parallel num_threads(T)
     {
         int t = omp_get_thread_num(), lo, hi;
+        if (t == 0) used = omp_get_num_threads();
         split_range(B, t, omp_get_num_threads(), &lo, &hi);
         float *cols = scratch + per * (size_t)t, *dcols = cols + per / 2;
         float *pw = dW_partial + part * (size_t)t, *pb = pw + wsz;
@@ -175,7 +178,7 @@ void conv2d_backward(float *din, float *dW, float *db, const float *dout, const 
             const float *g = dout + out_sz * n;
             const float *src = x;
             if (!conv_is_pointwise(d)) {
-                im2col(cols, x, d);
+                conv_im2col(cols, x, d);
                 src = cols;
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->OC, K, OHW, 1.0f, g, OHW, src,
@@ -200,7 +203,7 @@ void conv2d_backward(float *din, float *dW, float *db, const float *dout, const 
         }
     }
     /* fixed-order reduction: the same thread count gives the same bits */
-    for (int t = 0; t < T; t++) {
+    for (int t = 0; t < used; t++) {
         const float *pw = dW_partial + part * (size_t)t, *pb = pw + wsz;
         for (size_t i = 0; i < wsz; i++) dW[i] += pw[i];
         for (int oc = 0; oc < d->OC; oc++) db[oc] += pb[oc];
@@ -212,7 +215,7 @@ void conv2d_backward(float *din, float *dW, float *db, const float *dout, const 
 void maxpool_forward(float *out, int32_t *argmax, const float *in, int B, int C, int H, int W,
                      int kh, int kw, int stride, int OH, int OW) {
     const long planes = (long)B * C;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)planes * H * W > 65536)
     for (long p = 0; p < planes; p++) {
         const float *x = in + (size_t)p * H * W;
         float *y = out + (size_t)p * OH * OW;
@@ -239,7 +242,7 @@ void maxpool_forward(float *out, int32_t *argmax, const float *in, int B, int C,
 void maxpool_backward(float *din, const float *dout, const int32_t *argmax, int B, int C, int H,
                       int W, int OH, int OW) {
     const long planes = (long)B * C;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)planes * H * W > 65536)
     for (long p = 0; p < planes; p++) {
         float *dx = din + (size_t)p * H * W;
         const float *g = dout + (size_t)p * OH * OW;

@@ -23,16 +23,21 @@ typedef struct {
     int OC, KH, KW;   /* output channels, kernel */
     int stride, pad;
     int OH, OW;       /* output size */
+    int threads;      /* at most this many threads (scratch is sized for it); set by make */
 } conv_dims;
 
 conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad);
+/* threads = layers_threads() at the time of the call; callers whose scratch was sized for fewer
+ * threads lower it. */
 /* floats of im2col scratch one thread needs */
 size_t conv_scratch_per_thread(const conv_dims *d);
+/* cols (C*KH*KW, OH*OW) from one sample's input (C, H, W); zero outside the image */
+void conv_im2col(float *cols, const float *in, const conv_dims *d);
 /* out (B, OC, OH, OW) = conv(in (B, C, H, W), W (OC, C, KH, KW)) + b (OC).
  * scratch: nthreads * conv_scratch_per_thread floats. */
 void conv2d_forward(float *out, const float *in, const float *W, const float *b, int B,
                     const conv_dims *d, float *scratch);
-/* din (B, C, H, W) += ...; dW, db += ...; din may be NULL. dW_partial: nthreads * |W| floats of
+/* din (B, C, H, W) += ...; dW, db += ...; din may be NULL. dW_partial: threads * (|W| + OC) floats of
  * per-thread accumulators (reduced in a fixed order, so results do not depend on scheduling). */
 void conv2d_backward(float *din, float *dW, float *db, const float *dout, const float *in,
                      const float *W, int B, const conv_dims *d, float *scratch, float *dW_partial);

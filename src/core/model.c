@@ -1,5 +1,6 @@
 /* The model graph: building, shape inference and validation, initialisation, the zoo. */
 #include "nnzip/model.h"
+#include "nnzip/compress.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -94,11 +95,13 @@ static nz_status node_infer(const nz_model *m, const nz_node *n, nz_shape *out, 
     return NZ_OK;
 }
 
-static size_t param_count(const nz_param *p) {
+size_t nz_param_numel(const nz_param *p) {
     size_t c = 1;
     for (int i = 0; i < p->ndim; i++) c *= (size_t)p->dims[i];
     return c;
 }
+
+static size_t param_count(const nz_param *p) { return nz_param_numel(p); }
 
 nz_status nz_model_init(nz_model *m, const char *arch, nz_shape in, int n_classes,
                         nz_error *err) {
@@ -130,6 +133,8 @@ nz_status nz_model_init(nz_model *m, const char *arch, nz_shape in, int n_classe
 
 void nz_model_free(nz_model *m) {
     if (!m) return;
+    for (int i = 0; i < m->n_nodes && m->nodes; i++)
+        for (int k = 0; k < m->nodes[i].n_params; k++) nz_sparse_free(m->nodes[i].params[k].sparse);
     free(m->nodes);
     free(m->params);
     memset(m, 0, sizeof *m);
@@ -268,8 +273,20 @@ nz_status nz_model_validate(const nz_model *m, nz_error *err) {
                 memcmp(p->dims, expect[k].dims, sizeof(int) * (size_t)p->ndim) != 0)
                 return nz_fail(err, NZ_ERR_SHAPE, "node '%s': parameter %d has the wrong shape",
                                n->name, k);
+            if (p->sparse) {
+                size_t rows = (size_t)p->dims[0];
+                if (p->n != 0 || (size_t)p->sparse->rows != rows ||
+                    (size_t)p->sparse->cols != param_count(p) / rows)
+                    return nz_fail(err, NZ_ERR_SHAPE,
+                                   "node '%s': sparse parameter %d has the wrong shape", n->name,
+                                   k);
+                continue;
+            }
             if (p->n != param_count(p) || p->off > m->n_params || p->n > m->n_params - p->off)
                 return nz_fail(err, NZ_ERR_FORMAT, "node '%s': parameter %d out of range",
+                               n->name, k);
+            if ((unsigned)p->store > NZ_STORE_F16)
+                return nz_fail(err, NZ_ERR_FORMAT, "node '%s': parameter %d: bad storage",
                                n->name, k);
         }
     }
@@ -284,6 +301,7 @@ void nz_model_init_params(nz_model *m, nz_rng *rng) {
     for (int i = 0; i < m->n_nodes; i++) {
         nz_node *n = &m->nodes[i];
         if (n->op != NZ_OP_DENSE && n->op != NZ_OP_CONV2D) continue;
+        if (n->params[0].sparse || n->params[1].sparse) continue;
         /* PyTorch: kaiming_uniform_(a=sqrt(5)) gives bound 1/sqrt(fan_in); the bias too */
         size_t fan_in = n->params[0].n / (size_t)n->params[0].dims[0];
         float bound = 1.0f / sqrtf((float)fan_in);
@@ -306,12 +324,22 @@ nz_status nz_model_copy(nz_model *dst, const nz_model *src, nz_error *err) {
     }
     memcpy(dst->nodes, src->nodes, sizeof(nz_node) * (size_t)src->n_nodes);
     if (src->n_params) memcpy(dst->params, src->params, sizeof(float) * src->n_params);
+    for (int i = 0; i < dst->n_nodes; i++)
+        for (int k = 0; k < dst->nodes[i].n_params; k++) dst->nodes[i].params[k].sparse = NULL;
+    for (int i = 0; i < dst->n_nodes; i++)
+        for (int k = 0; k < dst->nodes[i].n_params; k++)
+            if (src->nodes[i].params[k].sparse &&
+                nz_sparse_clone(&dst->nodes[i].params[k].sparse, src->nodes[i].params[k].sparse,
+                                err)) {
+                nz_model_free(dst);
+                return err ? err->code : NZ_ERR_NOMEM;
+            }
     return NZ_OK;
 }
 
 size_t nz_node_param_count(const nz_node *n) {
     size_t c = 0;
-    for (int k = 0; k < n->n_params; k++) c += n->params[k].n;
+    for (int k = 0; k < n->n_params; k++) c += nz_param_numel(&n->params[k]);
     return c;
 }
 
@@ -319,8 +347,9 @@ size_t nz_model_flops(const nz_model *m) {
     size_t f = 0;
     for (int i = 0; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
-        if (n->op == NZ_OP_DENSE) f += n->params[0].n;
-        if (n->op == NZ_OP_CONV2D) f += n->params[0].n * (size_t)n->out.h * (size_t)n->out.w;
+        if (n->op == NZ_OP_DENSE) f += nz_param_numel(&n->params[0]);
+        if (n->op == NZ_OP_CONV2D)
+            f += nz_param_numel(&n->params[0]) * (size_t)n->out.h * (size_t)n->out.w;
     }
     return f;
 }

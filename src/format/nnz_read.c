@@ -5,6 +5,8 @@
  * file can make the reader allocate no more than about its own size. Errors name the file and,
  * where one is involved, the section. */
 #include "nnzip/format.h"
+#include "nnzip/compress.h"
+#include "core/half.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -375,10 +377,9 @@ static nz_status graph_parse(const container *ct, nz_model *m, nz_error *err) {
     if (!m->nodes) return nz_fail(err, NZ_ERR_NOMEM, "%s: out of memory", name);
     m->cap_nodes = (int)n_nodes;
 
-    /* a model has one float per parameter and each must be in some TENSOR section, so the total
-     * is bounded by the file size: this caps the params allocation on hostile input */
-    const uint64_t max_floats = ct->size / 4;
-    uint64_t total = 0;
+    /* dims are capped per tensor here; the dense allocation is bounded by the file size later,
+     * once the encodings are known (a sparse tensor may be far larger than its bytes) */
+    const uint64_t max_floats = NZF_MAX_TENSOR_ELEMS;
     for (uint32_t i = 0; i < n_nodes; i++) {
         nz_node *n = &m->nodes[i];
         uint32_t op = cur_u32(&c);
@@ -460,15 +461,8 @@ static nz_status graph_parse(const container *ct, nz_model *m, nz_error *err) {
                     count *= dims[d];
                 }
             }
-            if (count > max_floats - total)
-                return nz_fail(err, NZ_ERR_FORMAT,
-                               "%s: section %u (graph): parameters exceed what the %zu-byte file "
-                               "can hold",
-                               name, si, ct->size);
-            /* offsets in node order, as model.c's add_node assigns them */
-            p->off = (size_t)total;
-            p->n = (size_t)count;
-            total += count;
+            p->off = 0;
+            p->n = (size_t)count; /* element count until tensors_parse assigns storage */
         }
         m->n_nodes = (int)i + 1;
         n->out = infer_out(m, n);
@@ -476,9 +470,6 @@ static nz_status graph_parse(const container *ct, nz_model *m, nz_error *err) {
     if (c.left != 0)
         return nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (graph): %zu trailing bytes", name, si,
                        c.left);
-    m->n_params = (size_t)total;
-    m->params = malloc(total ? (size_t)total * sizeof(float) : 1);
-    if (!m->params) return nz_fail(err, NZ_ERR_NOMEM, "%s: out of memory", name);
     return NZ_OK;
 }
 
@@ -491,12 +482,17 @@ static const char *slot_name(int slot, char *buf, size_t n) {
     return buf;
 }
 
+/* Two passes: the first checks every TENSOR section's header and CRC and records its
+ * encoding; then dense storage is allocated (bounded by the payload bytes, so by the file size)
+ * in node order, as model.c's add_node assigns it; the second pass decodes the payloads. */
 static nz_status tensors_parse(const container *ct, nz_model *m, nz_error *err) {
     const char *name = ct->name;
-    /* which (node, slot) pairs have been filled */
-    uint8_t *seen = calloc((size_t)m->n_nodes, NZ_MAX_PARAMS);
-    if (!seen) return nz_fail(err, NZ_ERR_NOMEM, "%s: out of memory", name);
+    /* per (node, slot): 1 + the section index that holds it, 0 if none yet */
+    uint32_t *where = calloc((size_t)m->n_nodes * NZ_MAX_PARAMS, sizeof(uint32_t));
+    if (!where) return nz_fail(err, NZ_ERR_NOMEM, "%s: out of memory", name);
     nz_status st = NZ_OK;
+    uint64_t dense_bytes = 0;
+    char desc[96], sb[16];
     for (uint32_t si = 0; si < ct->n_sec && !st; si++) {
         if (ct->sec[si].kind != NZF_SEC_TENSOR) continue;
         cursor c = cur_make(sec_data(ct, si), (size_t)ct->sec[si].len);
@@ -505,7 +501,6 @@ static nz_status tensors_parse(const container *ct, nz_model *m, nz_error *err) 
         /* name the tensor in messages, even in a CRC failure, when the ids make sense */
         bool known = !c.overrun && node < (uint32_t)m->n_nodes &&
                      slot < (uint32_t)m->nodes[node].n_params;
-        char desc[96], sb[16];
         if (known)
             snprintf(desc, sizeof desc, "tensor %s.%s", m->nodes[node].name,
                      slot_name((int)slot, sb, sizeof sb));
@@ -527,33 +522,73 @@ static nz_status tensors_parse(const container *ct, nz_model *m, nz_error *err) 
         } else if (reserved != 0) {
             st = nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (%s): reserved field is not 0",
                          name, si, desc);
-        } else if (seen[(size_t)node * NZ_MAX_PARAMS + slot]) {
+        } else if (where[(size_t)node * NZ_MAX_PARAMS + slot]) {
             st = nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (%s): a second copy of this tensor",
                          name, si, desc);
         } else {
-            const nz_param *p = &m->nodes[node].params[slot];
-            /* p->n <= size/4 (graph_parse), so the byte count cannot overflow */
-            if (c.left != p->n * 4) {
+            nz_param *p = &m->nodes[node].params[slot];
+            const size_t count = p->n, width = enc == NZF_ENC_F16 ? 2 : 4;
+            if (enc == NZF_ENC_SPARSE && slot != 0) {
+                st = nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (%s): only weights can be sparse",
+                             name, si, desc);
+            } else if (enc != NZF_ENC_SPARSE && (!fits(c.left, count, width) ||
+                                                 c.left != count * width)) {
+                /* count <= 2^31, so count * width cannot overflow */
                 st = nz_fail(err, NZ_ERR_SHAPE,
                              "%s: section %u (%s): payload is %zu bytes, the graph's shape needs "
-                             "%zu floats (%zu bytes)",
-                             name, si, desc, c.left, p->n, p->n * 4);
+                             "%zu values (%zu bytes)",
+                             name, si, desc, c.left, count, count * width);
             } else {
-                const uint8_t *src = cur_take(&c, p->n * 4);
-                float *dst = m->params + p->off;
-                for (size_t j = 0; j < p->n; j++) dst[j] = bits_f32(get_u32le(src + 4 * j));
-                seen[(size_t)node * NZ_MAX_PARAMS + slot] = 1;
+                if (enc != NZF_ENC_SPARSE) dense_bytes += (uint64_t)count * 4;
+                p->store = enc == NZF_ENC_F16 ? NZ_STORE_F16 : NZ_STORE_F32;
+                where[(size_t)node * NZ_MAX_PARAMS + slot] = si + 1;
             }
         }
     }
     for (int i = 0; i < m->n_nodes && !st; i++)
         for (int k = 0; k < m->nodes[i].n_params && !st; k++)
-            if (!seen[(size_t)i * NZ_MAX_PARAMS + (size_t)k]) {
-                char sb[16];
+            if (!where[(size_t)i * NZ_MAX_PARAMS + (size_t)k])
                 st = nz_fail(err, NZ_ERR_FORMAT, "%s: no tensor section for %s.%s", name,
                              m->nodes[i].name, slot_name(k, sb, sizeof sb));
+    /* dense storage: every dense float came from at least 2 payload bytes of this file */
+    if (!st) {
+        m->params = malloc(dense_bytes ? (size_t)dense_bytes : 1);
+        if (!m->params) st = nz_fail(err, NZ_ERR_NOMEM, "%s: out of memory", name);
+    }
+    size_t total = 0;
+    for (int i = 0; i < m->n_nodes && !st; i++)
+        for (int k = 0; k < m->nodes[i].n_params && !st; k++) {
+            nz_param *p = &m->nodes[i].params[k];
+            uint32_t si = where[(size_t)i * NZ_MAX_PARAMS + (size_t)k] - 1;
+            cursor c = cur_make(sec_data(ct, si) + TENSOR_HEAD_SIZE,
+                                (size_t)ct->sec[si].len - TENSOR_HEAD_SIZE);
+            uint32_t enc = get_u32le(sec_data(ct, si) + 8);
+            snprintf(desc, sizeof desc, "tensor %s.%s", m->nodes[i].name,
+                     slot_name(k, sb, sizeof sb));
+            if (enc == NZF_ENC_SPARSE) {
+                int rows = p->dims[0];
+                int cols = (int)(p->n / (size_t)rows);
+                nz_error inner = {0};
+                if (nz_sparse_decode(c.p, c.left, rows, cols, &p->sparse, &inner)) {
+                    st = nz_fail(err, inner.code, "%s: section %u (%s): %s", name, si, desc,
+                                 inner.msg);
+                    break;
+                }
+                p->off = 0;
+                p->n = 0;
+                continue;
             }
-    free(seen);
+            p->off = total;
+            float *dst = m->params + total;
+            const uint8_t *src = c.p;
+            if (enc == NZF_ENC_F16)
+                for (size_t j = 0; j < p->n; j++) dst[j] = nz_f16_to_f32(get_u16le(src + 2 * j));
+            else
+                for (size_t j = 0; j < p->n; j++) dst[j] = bits_f32(get_u32le(src + 4 * j));
+            total += p->n;
+        }
+    m->n_params = total;
+    free(where);
     return st;
 }
 

@@ -4,6 +4,8 @@
  * host. The file is written to "<path>.tmp.XXXXXX" in the destination directory, synced, and
  * renamed over path: readers see either the old file or the complete new one, never a mix. */
 #include "nnzip/format.h"
+#include "nnzip/compress.h"
+#include "core/half.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -193,25 +195,45 @@ static void out_write(out_file *o, const void *p, size_t n) {
     if (fwrite(p, 1, n, o->f) != n) o->err = errno ? errno : EIO;
 }
 
-/* Streams one tensor section (16-byte header + little-endian floats) and returns its CRC,
- * converting through a small stack buffer so saving never doubles the model's memory. */
-static uint32_t tensor_write(out_file *o, const nz_model *m, int node, int slot) {
+/* Streams one tensor section (16-byte header + payload) and returns its CRC and length.
+ * Dense tensors are converted through a small stack buffer, so saving never doubles the model's
+ * memory; sparse ones are encoded (relative indices, codebook codes, Huffman) first. */
+static uint32_t tensor_write(out_file *o, const nz_model *m, int node, int slot, uint64_t *len,
+                             nz_status *st, nz_error *err) {
     const nz_param *p = &m->nodes[node].params[slot];
     uint8_t chunk[4096 * 4];
+    uint32_t enc = p->sparse ? NZF_ENC_SPARSE : p->store == NZ_STORE_F16 ? NZF_ENC_F16 : NZF_ENC_F32;
     put_u32le(chunk, (uint32_t)node);
     put_u32le(chunk + 4, (uint32_t)slot);
-    put_u32le(chunk + 8, NZF_ENC_F32);
+    put_u32le(chunk + 8, enc);
     put_u32le(chunk + 12, 0);
     uint32_t crc = crc32_update((uint32_t)crc32(0L, Z_NULL, 0), chunk, 16);
     out_write(o, chunk, 16);
+    *len = 16;
+    if (enc == NZF_ENC_SPARSE) {
+        uint8_t *buf;
+        size_t n;
+        *st = nz_sparse_encode(p->sparse, &buf, &n, err);
+        if (*st) return 0;
+        crc = crc32_update(crc, buf, n);
+        out_write(o, buf, n);
+        free(buf);
+        *len += n;
+        return crc;
+    }
     const float *src = m->params + p->off;
+    const size_t width = enc == NZF_ENC_F16 ? 2 : 4;
     for (size_t i = 0; i < p->n;) {
         size_t k = p->n - i < 4096 ? p->n - i : 4096;
-        for (size_t j = 0; j < k; j++) put_u32le(chunk + 4 * j, f32_bits(src[i + j]));
-        crc = crc32_update(crc, chunk, 4 * k);
-        out_write(o, chunk, 4 * k);
+        if (width == 2)
+            for (size_t j = 0; j < k; j++) put_u16le(chunk + 2 * j, nz_f32_to_f16(src[i + j]));
+        else
+            for (size_t j = 0; j < k; j++) put_u32le(chunk + 4 * j, f32_bits(src[i + j]));
+        crc = crc32_update(crc, chunk, width * k);
+        out_write(o, chunk, width * k);
         i += k;
     }
+    *len += (uint64_t)p->n * width;
     return crc;
 }
 
@@ -320,8 +342,13 @@ nz_status nz_save(const nz_model *m, const nz_meta *meta, const char *path, nz_e
     e += NZF_ENTRY_SIZE;
     for (int i = 0; i < m->n_nodes; i++) {
         for (int k = 0; k < m->nodes[i].n_params; k++) {
-            uint64_t len = 16 + (uint64_t)m->nodes[i].params[k].n * 4;
-            uint32_t crc = tensor_write(&o, m, i, k);
+            uint64_t len;
+            nz_status tst = NZ_OK;
+            uint32_t crc = tensor_write(&o, m, i, k, &len, &tst, err);
+            if (tst) {
+                st = tst;
+                goto done;
+            }
             entry_put(e, NZF_SEC_TENSOR, off, len, crc);
             off += len;
             e += NZF_ENTRY_SIZE;

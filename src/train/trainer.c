@@ -107,6 +107,12 @@ nz_status nz_train(nz_model *m, const nz_dataset *train, const nz_dataset *test,
     if (cfg->batch <= 0 || cfg->epochs < 0 || !(cfg->lr >= 0))
         return nz_fail(err, NZ_ERR_ARG, "bad training settings (batch %d, epochs %d)", cfg->batch,
                        cfg->epochs);
+    for (int i = 0; i < m->n_nodes; i++)
+        for (int k = 0; k < m->nodes[i].n_params; k++)
+            if (m->nodes[i].params[k].sparse)
+                return nz_fail(err, NZ_ERR_ARG,
+                               "layer '%s' is stored sparse: expand it (nz_model_densify) to train",
+                               m->nodes[i].name);
     const int batch = cfg->batch;
     nz_status st = NZ_OK;
     nz_sgd opt;
@@ -161,6 +167,10 @@ nz_status nz_train(nz_model *m, const nz_dataset *train, const nz_dataset *test,
                 goto done;
             }
             nz_backward(m, ws, dlogits, B);
+            if (hooks->before_step && hooks->before_step(m, nz_ws_grads(ws), hooks->hook_user)) {
+                st = nz_fail(err, NZ_ERR_INTERRUPTED, "stopped by a training hook");
+                goto done;
+            }
             nz_sgd_step(&opt, m->params, nz_ws_grads(ws), lr);
             if (hooks->after_step && hooks->after_step(m, hooks->hook_user)) {
                 st = nz_fail(err, NZ_ERR_INTERRUPTED, "stopped by a training hook");

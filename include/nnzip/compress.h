@@ -1,0 +1,201 @@
+/* nnzip compression: Deep Compression (Han, Mao, Dally 2016) as passes over a model.
+ *
+ *   prune     per-layer magnitude pruning (threshold = quality x std, or a target sparsity),
+ *             one-shot or iterative, retraining the survivors with the mask held
+ *   quantize  per-layer 1-D k-means weight sharing on the survivors (exact Lloyd on sorted values),
+ *             then centroid fine-tuning (a centroid's gradient is the sum of its members')
+ *   encode    sparse positions as relative indices of a fixed width with filler entries on
+ *             overflow, codebook indices packed, both Huffman-coded per layer
+ *
+ * A pruned or quantized weight tensor lives in the model as an nz_sparse (nz_param.sparse): the
+ * runtime form the kernels compute from (CSR rows, column indices, codebook codes). Loading a
+ * compressed file decodes the streams into this form; dense weights are never rebuilt unless
+ * nz_model_densify is called (for fine-tuning). */
+#ifndef NNZIP_COMPRESS_H
+#define NNZIP_COMPRESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "data.h"
+#include "error.h"
+#include "model.h"
+#include "train.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* per-node settings and results are arrays indexed by node id */
+#define NZ_MAX_PASS_NODES 512
+
+/* ---------------------------------------------------------------- sparse runtime form */
+
+/* A weight tensor W viewed as a matrix [rows = dims[0], cols = product of the other dims]. */
+struct nz_sparse {
+    int rows, cols;
+    uint32_t nnz;        /* stored entries (filler entries are dropped when decoding) */
+    uint32_t *row_ptr;   /* [rows + 1] */
+    uint32_t *col;       /* [nnz] column of each entry */
+    int n_codebook;      /* 0: values are f32 in val[]; else codes into codebook[] */
+    float *codebook;     /* [n_codebook], codebook[0] == 0 is reserved for fillers */
+    uint8_t *code;       /* [nnz] when n_codebook > 0 */
+    float *val;          /* [nnz] when n_codebook == 0 */
+    /* how it is (or will be) stored */
+    int index_bits;      /* width of a relative index: gaps 1..2^index_bits, fillers beyond */
+    int code_bits;       /* width of a codebook index (0 for f32 values) */
+    int huffman;         /* 1: both streams Huffman-coded */
+    /* sizes measured when last encoded or decoded (for the paper's table) */
+    uint32_t n_entries;  /* entries including fillers */
+    uint64_t index_stream_bytes, value_stream_bytes, codebook_bytes;
+};
+typedef struct nz_sparse nz_sparse;
+
+/* Builds the sparse form of a dense matrix [rows, cols], keeping entries != 0. codebook may be
+ * NULL (f32 values); else every nonzero must equal one of codebook[1..k-1] exactly. */
+nz_status nz_sparse_from_dense(nz_sparse **out, const float *W, int rows, int cols,
+                               const float *codebook, int n_codebook, int index_bits,
+                               nz_error *err);
+void nz_sparse_free(nz_sparse *s);
+nz_status nz_sparse_clone(nz_sparse **out, const nz_sparse *s, nz_error *err);
+/* W [rows, cols] = the dense matrix (zeros elsewhere). */
+void nz_sparse_to_dense(const nz_sparse *s, float *W);
+static inline float nz_sparse_value(const nz_sparse *s, uint32_t j) {
+    return s->n_codebook ? s->codebook[s->code[j]] : s->val[j];
+}
+
+/* Serialization of the tensor payload (encoding NZF_ENC_SPARSE; layout in format.h). */
+nz_status nz_sparse_encode(nz_sparse *s, uint8_t **out, size_t *out_len, nz_error *err);
+nz_status nz_sparse_decode(const uint8_t *in, size_t len, int rows, int cols, nz_sparse **out,
+                           nz_error *err);
+
+/* Y [rows, N] (+)= S X, X [cols, N] (row-major). accumulate = 0 overwrites Y.
+ * The compute kernel of every sparse layer: dense layers pass X = input^T, conv layers im2col. */
+void nz_sparse_matmul(const nz_sparse *s, const float *X, int N, float *Y, int accumulate);
+/* y [rows] = S x: the batch-1 path */
+void nz_sparse_matvec(const nz_sparse *s, const float *x, float *y);
+
+/* Model-level conversions. */
+/* Expands every sparse tensor to dense storage (for fine-tuning). */
+nz_status nz_model_densify(nz_model *m, nz_error *err);
+/* Moves tensor (node, slot 0) into sparse form, dropping zeros; codebook optional. */
+nz_status nz_model_sparsify_param(nz_model *m, int node, const float *codebook, int n_codebook,
+                                  int index_bits, nz_error *err);
+/* Stored bytes of a tensor as it would be saved (encodes sparse ones to measure). */
+size_t nz_param_stored_bytes(const nz_model *m, const nz_param *p);
+
+/* Weight tensors the passes act on: the W of dense and conv2d nodes. */
+static inline int nz_node_is_weighted(const nz_node *n) {
+    return n->op == NZ_OP_DENSE || n->op == NZ_OP_CONV2D;
+}
+
+/* ---------------------------------------------------------------- pruning */
+
+typedef enum { NZ_PRUNE_ONESHOT = 0, NZ_PRUNE_ITERATIVE = 1 } nz_prune_schedule;
+
+typedef struct {
+    /* per weighted node (indexed by node id; < 0 = unset): target fraction of weights removed.
+     * If unset, quality x std thresholding is used with quality[node] (or the global quality). */
+    float sparsity[NZ_MAX_PASS_NODES];
+    float quality[NZ_MAX_PASS_NODES];
+    float global_quality;      /* used where neither is set; <= 0: use default sparsities */
+    nz_prune_schedule schedule;
+    int rounds;                /* iterative: prune-retrain rounds (the target is reached in the last) */
+    int epochs_per_round;      /* retraining epochs after each round */
+    nz_train_cfg train;        /* retraining settings (lr typically 1/10 of the original) */
+    int remove_dead_neurons;   /* drop fc neurons left with no inputs or no outputs */
+} nz_prune_cfg;
+
+void nz_prune_cfg_default(nz_prune_cfg *cfg, const nz_model *m);
+
+/* Han et al.'s per-layer defaults for a layer: fraction removed by layer kind and size. */
+float nz_prune_default_sparsity(const nz_model *m, int node);
+
+typedef struct {
+    int n_layers;
+    int node[NZ_MAX_PASS_NODES];
+    size_t total[NZ_MAX_PASS_NODES], kept[NZ_MAX_PASS_NODES];
+    float test_err_before, test_err_after; /* % */
+    double seconds;
+} nz_prune_result;
+
+/* Prunes m in place (its weights end with exact zeros where pruned), retraining on train. */
+nz_status nz_prune(nz_model *m, const nz_dataset *train, const nz_dataset *test,
+                   const nz_prune_cfg *cfg, const nz_train_hooks *hooks, nz_prune_result *res,
+                   nz_error *err);
+
+/* Zeroes every weight with |w| below the threshold that removes `sparsity` of the layer's
+ * weights (already-zero weights count as removed). Returns the number kept. */
+size_t nz_prune_layer_to_sparsity(float *W, size_t n, float sparsity);
+
+/* ---------------------------------------------------------------- quantization */
+
+typedef enum {
+    NZ_KMEANS_LINEAR = 0,  /* evenly spaced between min and max (the paper's best) */
+    NZ_KMEANS_DENSITY = 1, /* spaced by the CDF of the weights */
+    NZ_KMEANS_FORGY = 2,   /* random weights */
+    NZ_KMEANS_PLUSPLUS = 3 /* k-means++ seeding */
+} nz_kmeans_init;
+
+/* 1-D k-means (Lloyd) on values x[n]: centroids [k] sorted, assign[n] in 0..k-1.
+ * Exact on sorted data: clusters are contiguous ranges, updated with prefix sums. */
+nz_status nz_kmeans_1d(const float *x, size_t n, int k, nz_kmeans_init init, int max_iter,
+                       nz_rng *rng, float *centroids, int32_t *assign, nz_error *err);
+
+typedef struct {
+    int bits[NZ_MAX_PASS_NODES];  /* per node; <= 0: use fc_bits / conv_bits */
+    int fc_bits, conv_bits;         /* defaults 5 and 8, as the paper */
+    nz_kmeans_init init;
+    int finetune_epochs;
+    nz_train_cfg train;             /* fine-tuning settings */
+} nz_quant_cfg;
+
+void nz_quant_cfg_default(nz_quant_cfg *cfg);
+
+typedef struct {
+    int n_layers;
+    int node[NZ_MAX_PASS_NODES];
+    int bits[NZ_MAX_PASS_NODES];
+    float test_err_before_finetune, test_err_after; /* % */
+    double seconds;
+} nz_quant_result;
+
+/* Quantizes the weighted layers of m (pruned zeros stay zero), fine-tunes the centroids on train,
+ * and leaves every weighted layer in sparse codebook form. */
+nz_status nz_quantize(nz_model *m, const nz_dataset *train, const nz_dataset *test,
+                      const nz_quant_cfg *cfg, const nz_train_hooks *hooks, nz_quant_result *res,
+                      nz_error *err);
+
+/* ---------------------------------------------------------------- encoding */
+
+typedef struct {
+    int index_bits[NZ_MAX_PASS_NODES]; /* per node; <= 0: the width giving the smallest stream */
+    int huffman;                       /* Huffman-code index and value streams (default 1) */
+    int f16_biases;                    /* store biases as binary16 (default 1) */
+    float sparse_min;                  /* dense weights with at least this fraction of zeros are
+                                          stored sparse with f32 values (default 0.5) */
+} nz_encode_cfg;
+
+void nz_encode_cfg_default(nz_encode_cfg *cfg);
+/* Sets every weighted layer's storage for saving: sparse streams (relative-index width,
+ * Huffman), f16 biases. Changes no value except biases' f16 rounding. */
+nz_status nz_encode(nz_model *m, const nz_encode_cfg *cfg, nz_error *err);
+
+/* One row of the paper's per-layer table. */
+typedef struct {
+    char name[NZ_NAME_MAX];
+    int node;
+    size_t weights, nonzeros, entries; /* entries include filler entries */
+    int sparse, huffman, code_bits, index_bits;
+    double value_bits, index_bits_stored; /* average stored bits per entry (after Huffman) */
+    size_t stored_bytes;                   /* all of the node's tensor sections */
+    size_t dense_bytes;                    /* the node's parameters as float32 */
+} nz_layer_size;
+
+/* Fills up to max rows for the weighted layers; returns the number of rows. */
+int nz_size_table(const nz_model *m, nz_layer_size *rows, int max);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,116 @@
+/* Deep Compression stage 3 settings: which tensors are stored sparse, the relative-index width
+ * per layer, Huffman coding of both streams, f16 biases; and the per-layer size table. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/half.h"
+#include "nnzip/compress.h"
+
+void nz_encode_cfg_default(nz_encode_cfg *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->huffman = 1;
+    cfg->f16_biases = 1;
+    cfg->sparse_min = 0.5f;
+}
+
+/* Bytes of the encoded payload at a given index width. */
+static size_t encoded_size(nz_sparse *s, int bits) {
+    int keep = s->index_bits;
+    s->index_bits = bits;
+    uint8_t *buf;
+    size_t len = 0;
+    if (nz_sparse_encode(s, &buf, &len, NULL) == NZ_OK)
+        free(buf);
+    else
+        len = SIZE_MAX;
+    s->index_bits = keep;
+    return len;
+}
+
+nz_status nz_encode(nz_model *m, const nz_encode_cfg *cfg, nz_error *err) {
+    for (int i = 0; i < m->n_nodes; i++) {
+        nz_node *n = &m->nodes[i];
+        if (!nz_node_is_weighted(n)) continue;
+        nz_param *w = &n->params[0];
+        if (!w->sparse) {
+            size_t zeros = 0;
+            const float *W = m->params + w->off;
+            for (size_t j = 0; j < w->n; j++) zeros += W[j] == 0.0f;
+            if (w->n == 0 || (double)zeros < (double)cfg->sparse_min * (double)w->n) continue;
+            nz_status st = nz_model_sparsify_param(m, i, NULL, 0, 8, err);
+            if (st) return st;
+        }
+        nz_sparse *s = n->params[0].sparse;
+        s->huffman = cfg->huffman != 0;
+        int want = i < NZ_MAX_PASS_NODES ? cfg->index_bits[i] : 0;
+        if (want > 0) {
+            if (want > 12) return nz_fail(err, NZ_ERR_ARG, "layer '%s': index width %d (1..12)", n->name, want);
+            s->index_bits = want;
+        } else {
+            /* the width that makes the smallest stream: narrow widths need many fillers,
+             * wide ones waste bits (Huffman narrows the gap but not entirely) */
+            size_t best = SIZE_MAX;
+            int best_bits = s->index_bits;
+            for (int b = 2; b <= 10; b++) {
+                size_t sz = encoded_size(s, b);
+                if (sz < best) {
+                    best = sz;
+                    best_bits = b;
+                }
+            }
+            s->index_bits = best_bits;
+        }
+        if (cfg->f16_biases && n->n_params > 1 && !n->params[1].sparse)
+            n->params[1].store = NZ_STORE_F16;
+    }
+    /* apply the f16 rounding now, so the model in memory computes what the file will hold */
+    for (int i = 0; i < m->n_nodes; i++)
+        for (int k = 0; k < m->nodes[i].n_params; k++) {
+            nz_param *p = &m->nodes[i].params[k];
+            if (p->sparse || p->store != NZ_STORE_F16) continue;
+            for (size_t j = 0; j < p->n; j++) {
+                /* round trip through binary16 (same rounding as the writer) */
+                m->params[p->off + j] = nz_f16_to_f32(nz_f32_to_f16(m->params[p->off + j]));
+            }
+        }
+    return NZ_OK;
+}
+
+int nz_size_table(const nz_model *m, nz_layer_size *rows, int max) {
+    int r = 0;
+    for (int i = 0; i < m->n_nodes && r < max; i++) {
+        const nz_node *n = &m->nodes[i];
+        if (!nz_node_is_weighted(n)) continue;
+        nz_layer_size *row = &rows[r++];
+        memset(row, 0, sizeof *row);
+        snprintf(row->name, sizeof row->name, "%s", n->name);
+        row->node = i;
+        const nz_param *w = &n->params[0];
+        row->weights = nz_param_numel(w);
+        for (int k = 0; k < n->n_params; k++) {
+            row->stored_bytes += nz_param_stored_bytes(m, &n->params[k]);
+            row->dense_bytes += nz_param_numel(&n->params[k]) * 4;
+        }
+        if (w->sparse) {
+            nz_sparse *s = w->sparse; /* stored_bytes encoded it: the stream sizes are fresh */
+            row->sparse = 1;
+            row->nonzeros = s->nnz;
+            row->entries = s->n_entries;
+            row->huffman = s->huffman;
+            row->code_bits = s->n_codebook ? s->code_bits : 32;
+            row->index_bits = s->index_bits;
+            if (s->n_entries) {
+                row->value_bits = 8.0 * (double)s->value_stream_bytes / s->n_entries;
+                row->index_bits_stored = 8.0 * (double)s->index_stream_bytes / s->n_entries;
+            }
+        } else {
+            const float *W = m->params + w->off;
+            for (size_t j = 0; j < w->n; j++) row->nonzeros += W[j] != 0.0f;
+            row->entries = w->n;
+            row->code_bits = w->store == NZ_STORE_F16 ? 16 : 32;
+            row->value_bits = row->code_bits;
+        }
+    }
+    return r;
+}

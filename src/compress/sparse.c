@@ -1,0 +1,580 @@
+/* Sparse weight tensors: the runtime form (CSR rows, columns, codebook codes), its compute
+ * kernels, and the stream encoding of Deep Compression (relative indices with filler entries,
+ * packed or Huffman-coded). Layout of the encoded payload: include/nnzip/format.h. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compress/huffman.h"
+#include "nnzip/compress.h"
+#include "nnzip/format.h"
+
+#define SPARSE_MAX_ROWS (1 << 24)
+#define SPARSE_FLAG_CODEBOOK 1u
+#define SPARSE_FLAG_HUFFMAN 2u
+#define SPARSE_HEADER_BYTES 16u
+
+void nz_sparse_free(nz_sparse *s) {
+    if (!s) return;
+    free(s->row_ptr);
+    free(s->col);
+    free(s->codebook);
+    free(s->code);
+    free(s->val);
+    free(s);
+}
+
+static nz_sparse *sparse_alloc(int rows, int cols, uint32_t nnz, int n_codebook) {
+    nz_sparse *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->rows = rows;
+    s->cols = cols;
+    s->nnz = nnz;
+    s->n_codebook = n_codebook;
+    s->row_ptr = calloc((size_t)rows + 1, sizeof(uint32_t));
+    s->col = malloc(sizeof(uint32_t) * (nnz ? nnz : 1));
+    if (n_codebook) {
+        s->codebook = calloc((size_t)n_codebook, sizeof(float));
+        s->code = malloc(nnz ? nnz : 1);
+    } else {
+        s->val = malloc(sizeof(float) * (nnz ? nnz : 1));
+    }
+    if (!s->row_ptr || !s->col || (n_codebook && (!s->codebook || !s->code)) ||
+        (!n_codebook && !s->val)) {
+        nz_sparse_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+nz_status nz_sparse_from_dense(nz_sparse **out, const float *W, int rows, int cols,
+                               const float *codebook, int n_codebook, int index_bits,
+                               nz_error *err) {
+    *out = NULL;
+    if (rows <= 0 || cols <= 0 || rows > SPARSE_MAX_ROWS || index_bits < 1 || index_bits > 12 ||
+        (codebook && (n_codebook < 2 || n_codebook > 256)))
+        return nz_fail(err, NZ_ERR_ARG, "sparse: bad shape %dx%d, index bits %d or codebook %d",
+                       rows, cols, index_bits, n_codebook);
+    if (codebook && codebook[0] != 0.0f)
+        return nz_fail(err, NZ_ERR_ARG, "sparse: codebook[0] must be 0 (the filler value)");
+    size_t total = (size_t)rows * (size_t)cols, nnz = 0;
+    for (size_t i = 0; i < total; i++) nnz += W[i] != 0.0f;
+    if (nnz > UINT32_MAX) return nz_fail(err, NZ_ERR_ARG, "sparse: too many entries");
+    nz_sparse *s = sparse_alloc(rows, cols, (uint32_t)nnz, codebook ? n_codebook : 0);
+    if (!s) return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    if (codebook) memcpy(s->codebook, codebook, sizeof(float) * (size_t)n_codebook);
+    s->index_bits = index_bits;
+    uint32_t j = 0;
+    for (int r = 0; r < rows; r++) {
+        s->row_ptr[r] = j;
+        const float *w = W + (size_t)r * cols;
+        for (int c = 0; c < cols; c++) {
+            if (w[c] == 0.0f) continue;
+            s->col[j] = (uint32_t)c;
+            if (codebook) {
+                int k = 1;
+                while (k < n_codebook && codebook[k] != w[c]) k++;
+                if (k == n_codebook) {
+                    nz_sparse_free(s);
+                    return nz_fail(err, NZ_ERR_ARG,
+                                   "sparse: weight %g at (%d, %d) is not in the codebook",
+                                   (double)w[c], r, c);
+                }
+                s->code[j] = (uint8_t)k;
+            } else {
+                s->val[j] = w[c];
+            }
+            j++;
+        }
+    }
+    s->row_ptr[rows] = j;
+    if (codebook) {
+        int b = 1;
+        while ((1 << b) < n_codebook) b++;
+        s->code_bits = b;
+    }
+    *out = s;
+    return NZ_OK;
+}
+
+nz_status nz_sparse_clone(nz_sparse **out, const nz_sparse *s, nz_error *err) {
+    nz_sparse *c = sparse_alloc(s->rows, s->cols, s->nnz, s->n_codebook);
+    if (!c) {
+        *out = NULL;
+        return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    }
+    uint32_t *rp = c->row_ptr, *col = c->col;
+    float *cb = c->codebook, *val = c->val;
+    uint8_t *code = c->code;
+    *c = *s;
+    c->row_ptr = rp;
+    c->col = col;
+    c->codebook = cb;
+    c->val = val;
+    c->code = code;
+    memcpy(c->row_ptr, s->row_ptr, sizeof(uint32_t) * ((size_t)s->rows + 1));
+    if (s->nnz) memcpy(c->col, s->col, sizeof(uint32_t) * s->nnz);
+    if (s->n_codebook) {
+        memcpy(c->codebook, s->codebook, sizeof(float) * (size_t)s->n_codebook);
+        if (s->nnz) memcpy(c->code, s->code, s->nnz);
+    } else if (s->nnz) {
+        memcpy(c->val, s->val, sizeof(float) * s->nnz);
+    }
+    *out = c;
+    return NZ_OK;
+}
+
+void nz_sparse_to_dense(const nz_sparse *s, float *W) {
+    memset(W, 0, sizeof(float) * (size_t)s->rows * (size_t)s->cols);
+    for (int r = 0; r < s->rows; r++)
+        for (uint32_t j = s->row_ptr[r]; j < s->row_ptr[r + 1]; j++)
+            W[(size_t)r * s->cols + s->col[j]] = nz_sparse_value(s, j);
+}
+
+/* ---------------------------------------------------------------- kernels */
+
+void nz_sparse_matmul(const nz_sparse *s, const float *X, int N, float *Y, int accumulate) {
+    const int rows = s->rows;
+    const uint32_t *rp = s->row_ptr, *col = s->col;
+    /* threads only when there is enough work to pay for waking them */
+    const int par = (double)s->nnz * N > 65536.0 && !omp_in_parallel();
+#pragma omp parallel for schedule(static) if (par)
+    for (int r = 0; r < rows; r++) {
+        float *y = Y + (size_t)r * N;
+        if (!accumulate) memset(y, 0, sizeof(float) * (size_t)N);
+        if (s->n_codebook) {
+            const float *cb = s->codebook;
+            const uint8_t *code = s->code;
+            for (uint32_t j = rp[r]; j < rp[r + 1]; j++) {
+                const float w = cb[code[j]];
+                const float *x = X + (size_t)col[j] * N;
+#pragma omp simd
+                for (int n = 0; n < N; n++) y[n] += w * x[n];
+            }
+        } else {
+            const float *val = s->val;
+            for (uint32_t j = rp[r]; j < rp[r + 1]; j++) {
+                const float w = val[j];
+                const float *x = X + (size_t)col[j] * N;
+#pragma omp simd
+                for (int n = 0; n < N; n++) y[n] += w * x[n];
+            }
+        }
+    }
+}
+
+void nz_sparse_matvec(const nz_sparse *s, const float *x, float *y) {
+    const int rows = s->rows;
+    const uint32_t *rp = s->row_ptr, *col = s->col;
+    const int par = s->nnz > 32768 && !omp_in_parallel();
+#pragma omp parallel for schedule(static) if (par)
+    for (int r = 0; r < rows; r++) {
+        float acc = 0.0f;
+        if (s->n_codebook) {
+            const float *cb = s->codebook;
+            const uint8_t *code = s->code;
+            for (uint32_t j = rp[r]; j < rp[r + 1]; j++) acc += cb[code[j]] * x[col[j]];
+        } else {
+            for (uint32_t j = rp[r]; j < rp[r + 1]; j++) acc += s->val[j] * x[col[j]];
+        }
+        y[r] = acc;
+    }
+}
+
+/* ---------------------------------------------------------------- bit packing */
+
+typedef struct {
+    uint8_t *buf;
+    size_t len, cap;
+    uint64_t acc;
+    int nacc;
+    int oom;
+} bit_writer;
+
+static void bw_put(bit_writer *w, uint32_t v, int bits) {
+    w->acc |= (uint64_t)v << w->nacc;
+    w->nacc += bits;
+    while (w->nacc >= 8) {
+        if (w->len == w->cap) {
+            size_t cap = w->cap ? w->cap * 2 : 256;
+            uint8_t *b = realloc(w->buf, cap);
+            if (!b) {
+                w->oom = 1;
+                w->nacc = 0;
+                return;
+            }
+            w->buf = b;
+            w->cap = cap;
+        }
+        w->buf[w->len++] = (uint8_t)w->acc;
+        w->acc >>= 8;
+        w->nacc -= 8;
+    }
+}
+
+static void bw_flush(bit_writer *w) {
+    if (w->nacc > 0) bw_put(w, 0, 8 - w->nacc);
+}
+
+/* Reads n values of `bits` bits, LSB-first; the stream must be exactly ceil(n*bits/8) bytes
+ * with zero padding. */
+static nz_status unpack_fixed(const uint8_t *in, size_t len, uint16_t *out, size_t n, int bits,
+                              nz_error *err) {
+    uint64_t need = ((uint64_t)n * (uint64_t)bits + 7) / 8;
+    if (len != need)
+        return nz_fail(err, NZ_ERR_CORRUPT, "packed stream is %zu bytes, %llu expected", len,
+                       (unsigned long long)need);
+    uint64_t acc = 0;
+    int nacc = 0;
+    size_t pos = 0;
+    const uint32_t mask = (1u << bits) - 1;
+    for (size_t i = 0; i < n; i++) {
+        while (nacc < bits) {
+            acc |= (uint64_t)in[pos++] << nacc;
+            nacc += 8;
+        }
+        out[i] = (uint16_t)(acc & mask);
+        acc >>= bits;
+        nacc -= bits;
+    }
+    if (acc != 0) return nz_fail(err, NZ_ERR_CORRUPT, "non-zero padding bits");
+    return NZ_OK;
+}
+
+/* ---------------------------------------------------------------- encode / decode */
+
+static void put_u32le(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get_u32le(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* The entry streams: relative index symbols (gap - 1) and values, with a filler entry
+ * (value 0) wherever a gap exceeds 2^index_bits. */
+static nz_status sparse_streams(const nz_sparse *s, uint16_t **gaps, uint16_t **codes,
+                                float **vals, uint32_t *n_entries, nz_error *err) {
+    const uint64_t span = 1ull << s->index_bits;
+    uint64_t n = 0, prev = (uint64_t)-1;
+    for (int r = 0; r < s->rows; r++)
+        for (uint32_t j = s->row_ptr[r]; j < s->row_ptr[r + 1]; j++) {
+            uint64_t pos = (uint64_t)r * s->cols + s->col[j];
+            uint64_t gap = pos - prev;
+            n += (gap - 1) / span + 1;
+            prev = pos;
+        }
+    if (n > UINT32_MAX) return nz_fail(err, NZ_ERR_ARG, "sparse: too many entries to encode");
+    *gaps = malloc(sizeof(uint16_t) * (n ? n : 1));
+    *codes = s->n_codebook ? malloc(sizeof(uint16_t) * (n ? n : 1)) : NULL;
+    *vals = s->n_codebook ? NULL : malloc(sizeof(float) * (n ? n : 1));
+    if (!*gaps || (s->n_codebook ? !*codes : !*vals)) {
+        free(*gaps);
+        free(*codes);
+        free(*vals);
+        return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    }
+    uint64_t e = 0;
+    prev = (uint64_t)-1;
+    for (int r = 0; r < s->rows; r++)
+        for (uint32_t j = s->row_ptr[r]; j < s->row_ptr[r + 1]; j++) {
+            uint64_t pos = (uint64_t)r * s->cols + s->col[j];
+            uint64_t gap = pos - prev;
+            while (gap > span) { /* filler: a zero weight span positions ahead */
+                (*gaps)[e] = (uint16_t)(span - 1);
+                if (s->n_codebook)
+                    (*codes)[e] = 0;
+                else
+                    (*vals)[e] = 0.0f;
+                e++;
+                gap -= span;
+            }
+            (*gaps)[e] = (uint16_t)(gap - 1);
+            if (s->n_codebook)
+                (*codes)[e] = s->code[j];
+            else
+                (*vals)[e] = s->val[j];
+            e++;
+            prev = pos;
+        }
+    *n_entries = (uint32_t)n;
+    return NZ_OK;
+}
+
+static nz_status symbols_encode(const uint16_t *sym, size_t n, int bits, int huffman,
+                                uint8_t **out, size_t *len, nz_error *err) {
+    if (huffman) return huf_encode(sym, n, 1 << bits, out, len, err);
+    bit_writer w = {0};
+    for (size_t i = 0; i < n; i++) bw_put(&w, sym[i], bits);
+    bw_flush(&w);
+    if (w.oom) {
+        free(w.buf);
+        return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    }
+    *out = w.buf ? w.buf : malloc(1);
+    *len = w.len;
+    return *out ? NZ_OK : nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+}
+
+nz_status nz_sparse_encode(nz_sparse *s, uint8_t **out, size_t *out_len, nz_error *err) {
+    *out = NULL;
+    *out_len = 0;
+    uint16_t *gaps = NULL, *codes = NULL;
+    float *vals = NULL;
+    uint8_t *gs = NULL, *vs = NULL;
+    size_t gl = 0, vl = 0;
+    uint32_t n = 0;
+    nz_status st = sparse_streams(s, &gaps, &codes, &vals, &n, err);
+    if (st) return st;
+    st = symbols_encode(gaps, n, s->index_bits, s->huffman, &gs, &gl, err);
+    if (!st && s->n_codebook) st = symbols_encode(codes, n, s->code_bits, s->huffman, &vs, &vl, err);
+    if (!st && !s->n_codebook) {
+        vl = (size_t)n * 4;
+        vs = malloc(vl ? vl : 1);
+        if (!vs)
+            st = nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+        else
+            for (uint32_t i = 0; i < n; i++) {
+                uint32_t u;
+                memcpy(&u, &vals[i], 4);
+                put_u32le(vs + 4 * (size_t)i, u);
+            }
+    }
+    size_t cb_bytes = 2 + 4 * (size_t)s->n_codebook;
+    size_t total = SPARSE_HEADER_BYTES + cb_bytes + 4 + gl + 4 + vl;
+    uint8_t *buf = st ? NULL : malloc(total);
+    if (!st && !buf) st = nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    if (!st) {
+        uint8_t *p = buf;
+        p[0] = (uint8_t)((s->n_codebook ? SPARSE_FLAG_CODEBOOK : 0) |
+                         (s->huffman ? SPARSE_FLAG_HUFFMAN : 0));
+        p[1] = (uint8_t)s->index_bits;
+        p[2] = (uint8_t)s->code_bits;
+        p[3] = 0;
+        put_u32le(p + 4, n);
+        put_u32le(p + 8, s->nnz);
+        put_u32le(p + 12, 0);
+        p += SPARSE_HEADER_BYTES;
+        p[0] = (uint8_t)s->n_codebook;
+        p[1] = (uint8_t)(s->n_codebook >> 8);
+        p += 2;
+        for (int k = 0; k < s->n_codebook; k++) {
+            uint32_t u;
+            memcpy(&u, &s->codebook[k], 4);
+            put_u32le(p, u);
+            p += 4;
+        }
+        put_u32le(p, (uint32_t)gl);
+        memcpy(p + 4, gs, gl);
+        p += 4 + gl;
+        put_u32le(p, (uint32_t)vl);
+        memcpy(p + 4, vs, vl);
+        *out = buf;
+        *out_len = total;
+        s->n_entries = n;
+        s->index_stream_bytes = gl;
+        s->value_stream_bytes = vl;
+        s->codebook_bytes = cb_bytes;
+    }
+    free(gaps);
+    free(codes);
+    free(vals);
+    free(gs);
+    free(vs);
+    return st;
+}
+
+/* One safety check for every read of the payload. */
+#define NEED(cond, ...)                                                                        \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            st = nz_fail(err, NZ_ERR_CORRUPT, __VA_ARGS__);                                    \
+            goto fail;                                                                         \
+        }                                                                                      \
+    } while (0)
+
+nz_status nz_sparse_decode(const uint8_t *in, size_t len, int rows, int cols, nz_sparse **out,
+                           nz_error *err) {
+    nz_status st = NZ_OK;
+    uint16_t *gaps = NULL, *codes = NULL;
+    nz_sparse *s = NULL;
+    *out = NULL;
+    NEED(rows > 0 && cols > 0 && rows <= SPARSE_MAX_ROWS, "sparse tensor: bad shape %dx%d", rows,
+         cols);
+    NEED(len >= SPARSE_HEADER_BYTES + 2, "sparse tensor: payload too short");
+    const unsigned flags = in[0], index_bits = in[1], code_bits = in[2];
+    const uint32_t n = get_u32le(in + 4), nnz_hdr = get_u32le(in + 8);
+    NEED(flags <= 3 && in[3] == 0 && get_u32le(in + 12) == 0, "sparse tensor: bad flags");
+    NEED(index_bits >= 1 && index_bits <= 12, "sparse tensor: index width %u not in 1..12",
+         index_bits);
+    const int has_cb = flags & SPARSE_FLAG_CODEBOOK, huff = (flags & SPARSE_FLAG_HUFFMAN) != 0;
+    NEED(has_cb ? (code_bits >= 1 && code_bits <= 8) : code_bits == 0,
+         "sparse tensor: codebook index width %u out of range", code_bits);
+    size_t off = SPARSE_HEADER_BYTES;
+    const int n_cb = in[off] | in[off + 1] << 8;
+    off += 2;
+    NEED(has_cb ? (n_cb >= 2 && n_cb <= (1 << code_bits)) : n_cb == 0,
+         "sparse tensor: codebook size %d does not fit %u-bit indices", n_cb, code_bits);
+    NEED(len - off >= 4 * (size_t)n_cb + 4, "sparse tensor: codebook runs past the end");
+    const uint8_t *cbp = in + off;
+    off += 4 * (size_t)n_cb;
+    const size_t gl = get_u32le(in + off);
+    off += 4;
+    NEED(gl <= len - off && len - off - gl >= 4, "sparse tensor: index stream runs past the end");
+    const uint8_t *gs = in + off;
+    off += gl;
+    const size_t vl = get_u32le(in + off);
+    off += 4;
+    NEED(vl == len - off, "sparse tensor: value stream is %zu bytes, %zu remain", vl, len - off);
+    const uint8_t *vs = in + off;
+    /* every entry costs at least one bit of the index stream: bounds the allocation */
+    NEED((uint64_t)n <= (uint64_t)gl * 8 && (uint64_t)n <= (uint64_t)rows * (uint64_t)cols,
+         "sparse tensor: %u entries cannot fit", n);
+    NEED(nnz_hdr <= n, "sparse tensor: %u nonzeros in %u entries", nnz_hdr, n);
+    gaps = malloc(sizeof(uint16_t) * (n ? n : 1));
+    if (!gaps) {
+        st = nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    nz_error inner = {0};
+    st = huff ? huf_decode(gs, gl, gaps, n, 1 << index_bits, &inner)
+              : unpack_fixed(gs, gl, gaps, n, (int)index_bits, &inner);
+    if (st) {
+        st = nz_fail(err, NZ_ERR_CORRUPT, "sparse tensor: index stream: %s", inner.msg);
+        goto fail;
+    }
+    if (has_cb) {
+        codes = malloc(sizeof(uint16_t) * (n ? n : 1));
+        if (!codes) {
+            st = nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+        st = huff ? huf_decode(vs, vl, codes, n, 1 << code_bits, &inner)
+                  : unpack_fixed(vs, vl, codes, n, (int)code_bits, &inner);
+        if (st) {
+            st = nz_fail(err, NZ_ERR_CORRUPT, "sparse tensor: value stream: %s", inner.msg);
+            goto fail;
+        }
+    } else {
+        NEED(vl == (size_t)n * 4, "sparse tensor: %zu value bytes for %u entries", vl, n);
+    }
+    s = sparse_alloc(rows, cols, nnz_hdr, has_cb ? n_cb : 0);
+    if (!s) {
+        st = nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    for (int k = 0; k < n_cb; k++) {
+        uint32_t u = get_u32le(cbp + 4 * (size_t)k);
+        memcpy(&s->codebook[k], &u, 4);
+        NEED(isfinite(s->codebook[k]), "sparse tensor: codebook entry %d is not finite", k);
+    }
+    NEED(!has_cb || s->codebook[0] == 0.0f, "sparse tensor: codebook[0] is not 0");
+    s->index_bits = (int)index_bits;
+    s->code_bits = (int)code_bits;
+    s->huffman = huff;
+    s->n_entries = n;
+    s->index_stream_bytes = gl;
+    s->value_stream_bytes = vl;
+    s->codebook_bytes = 2 + 4 * (size_t)n_cb;
+    const uint64_t total = (uint64_t)rows * (uint64_t)cols;
+    uint64_t pos = (uint64_t)-1;
+    uint32_t j = 0;
+    int r = 0;
+    for (uint32_t e = 0; e < n; e++) {
+        pos += (uint64_t)gaps[e] + 1;
+        NEED(pos < total, "sparse tensor: entry %u indexes past the end of the %dx%d matrix", e,
+             rows, cols);
+        float v;
+        if (has_cb) {
+            NEED(codes[e] < n_cb, "sparse tensor: codebook index %u out of range (%d entries)",
+                 codes[e], n_cb);
+            if (codes[e] == 0) continue; /* a filler */
+        } else {
+            uint32_t u = get_u32le(vs + 4 * (size_t)e);
+            memcpy(&v, &u, 4);
+            if (v == 0.0f) continue;
+        }
+        NEED(j < nnz_hdr, "sparse tensor: more nonzeros than the %u declared", nnz_hdr);
+        const int row = (int)(pos / (uint64_t)cols);
+        while (r < row) s->row_ptr[++r] = j;
+        s->col[j] = (uint32_t)(pos % (uint64_t)cols);
+        if (has_cb)
+            s->code[j] = (uint8_t)codes[e];
+        else
+            s->val[j] = v;
+        j++;
+    }
+    NEED(j == nnz_hdr, "sparse tensor: %u nonzeros, %u declared", j, nnz_hdr);
+    while (r < rows) s->row_ptr[++r] = j;
+    free(gaps);
+    free(codes);
+    *out = s;
+    return NZ_OK;
+fail:
+    free(gaps);
+    free(codes);
+    nz_sparse_free(s);
+    return st;
+}
+
+/* ---------------------------------------------------------------- model-level */
+
+nz_status nz_model_densify(nz_model *m, nz_error *err) {
+    size_t add = 0;
+    for (int i = 0; i < m->n_nodes; i++)
+        for (int k = 0; k < m->nodes[i].n_params; k++)
+            if (m->nodes[i].params[k].sparse) add += nz_param_numel(&m->nodes[i].params[k]);
+    if (!add) return NZ_OK;
+    float *p = realloc(m->params, sizeof(float) * (m->n_params + add));
+    if (!p) return nz_fail(err, NZ_ERR_NOMEM, "out of memory expanding sparse weights");
+    m->params = p;
+    for (int i = 0; i < m->n_nodes; i++)
+        for (int k = 0; k < m->nodes[i].n_params; k++) {
+            nz_param *q = &m->nodes[i].params[k];
+            if (!q->sparse) continue;
+            q->off = m->n_params;
+            q->n = nz_param_numel(q);
+            nz_sparse_to_dense(q->sparse, m->params + q->off);
+            m->n_params += q->n;
+            nz_sparse_free(q->sparse);
+            q->sparse = NULL;
+        }
+    return NZ_OK;
+}
+
+nz_status nz_model_sparsify_param(nz_model *m, int node, const float *codebook, int n_codebook,
+                                  int index_bits, nz_error *err) {
+    if (node <= 0 || node >= m->n_nodes || !nz_node_is_weighted(&m->nodes[node]))
+        return nz_fail(err, NZ_ERR_ARG, "node %d has no weights to sparsify", node);
+    nz_param *p = &m->nodes[node].params[0];
+    if (p->sparse) return nz_fail(err, NZ_ERR_ARG, "node '%s' is already sparse", m->nodes[node].name);
+    int rows = p->dims[0];
+    int cols = (int)(nz_param_numel(p) / (size_t)rows);
+    nz_sparse *s;
+    nz_status st = nz_sparse_from_dense(&s, m->params + p->off, rows, cols, codebook, n_codebook,
+                                        index_bits, err);
+    if (st) return st;
+    /* compact the dense buffer: drop this tensor's floats and shift later offsets */
+    const size_t off = p->off, n = p->n;
+    memmove(m->params + off, m->params + off + n, sizeof(float) * (m->n_params - off - n));
+    m->n_params -= n;
+    for (int i = 0; i < m->n_nodes; i++)
+        for (int k = 0; k < m->nodes[i].n_params; k++) {
+            nz_param *q = &m->nodes[i].params[k];
+            if (!q->sparse && q != p && q->off > off) q->off -= n;
+        }
+    p->sparse = s;
+    p->off = 0;
+    p->n = 0;
+    return NZ_OK;
+}
+
+size_t nz_param_stored_bytes(const nz_model *m, const nz_param *p) {
+    (void)m;
+    if (!p->sparse) return 16 + p->n * (p->store == NZ_STORE_F16 ? 2 : 4);
+    uint8_t *buf;
+    size_t len;
+    if (nz_sparse_encode(p->sparse, &buf, &len, NULL)) return 0;
+    free(buf);
+    return 16 + len;
+}

@@ -1,0 +1,586 @@
+/* nnzip against PyTorch: every layer kernel and a whole LeNet-5 training step.
+ *
+ * scripts/torch_ref.py writes inputs, weights, outputs, upstream gradients and autograd's
+ * gradients for each layer kind and for one LeNet-5 step (format in that script's docstring:
+ * magic "NZTREF01", then records of u32 name length, name, u32 ndim, u32 dims, f32 data, all
+ * little-endian). This test feeds the same inputs and weights through nnzip's kernels and through
+ * nz_forward / nz_softmax_xent / nz_backward / nz_sgd_step, and compares every tensor by
+ *     err = max|nnzip - torch| / max(max|torch|, 1e-30) <= 1e-4.
+ * A missing or malformed reference file is a failure, never a skip.
+ *
+ * Usage: test_torch_ref [REF]      (default build/torch_ref.bin)
+ * Generate: scripts/torch_ref.py build/torch_ref.bin */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/layers.h"
+#include "nnzip/model.h"
+#include "nnzip/rng.h"
+#include "nnzip/train.h"
+#include "testlib.h"
+
+#define REF_DEFAULT "build/torch_ref.bin"
+#define REF_TOL 1e-4
+#define REF_MAX_BYTES ((long)1 << 30)
+#define REF_MAX_DIM (1u << 24)
+
+/* ---------------------------------------------------------------- the reference file */
+
+typedef struct {
+    char name[256];
+    int ndim;
+    int dims[4];
+    size_t n;
+    float *data;
+} ref_tensor;
+
+typedef struct {
+    ref_tensor *t;
+    size_t count, cap;
+} ref_file;
+
+static uint32_t le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void ref_free(ref_file *rf) {
+    for (size_t i = 0; i < rf->count; i++) free(rf->t[i].data);
+    free(rf->t);
+    memset(rf, 0, sizeof *rf);
+}
+
+/* Reads and validates the whole file; on failure returns -1 with a message in msg. */
+static int ref_load(ref_file *rf, const char *path, char *msg, size_t msglen) {
+    memset(rf, 0, sizeof *rf);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(msg, msglen, "cannot open: %s", strerror(errno));
+        return -1;
+    }
+    unsigned char *buf = NULL;
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
+    if (size < 0 || size > REF_MAX_BYTES || fseek(f, 0, SEEK_SET) != 0) {
+        snprintf(msg, msglen, "cannot get its size, or larger than %ld bytes", REF_MAX_BYTES);
+        fclose(f);
+        return -1;
+    }
+    buf = malloc((size_t)size + 1);
+    if (!buf || fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        snprintf(msg, msglen, "cannot read %ld bytes", size);
+        free(buf);
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    const size_t len = (size_t)size;
+    size_t pos = 8;
+    int ok = len >= 8 && memcmp(buf, "NZTREF01", 8) == 0;
+    if (!ok) snprintf(msg, msglen, "bad magic (expected NZTREF01)");
+    while (ok && pos < len) {
+        ref_tensor t;
+        memset(&t, 0, sizeof t);
+        uint32_t nl;
+        if (len - pos < 4 || (nl = le32(buf + pos)) == 0 || nl > 255 || len - pos - 4 < nl) {
+            snprintf(msg, msglen, "record %zu at byte %zu: bad name length", rf->count, pos);
+            ok = 0;
+            break;
+        }
+        memcpy(t.name, buf + pos + 4, nl);
+        t.name[nl] = 0;
+        pos += 4 + nl;
+        uint32_t nd;
+        if (len - pos < 4 || (nd = le32(buf + pos)) < 1 || nd > 4 || len - pos - 4 < 4 * nd) {
+            snprintf(msg, msglen, "record '%.64s': bad dimension count", t.name);
+            ok = 0;
+            break;
+        }
+        pos += 4;
+        t.ndim = (int)nd;
+        t.n = 1;
+        for (uint32_t d = 0; d < nd; d++, pos += 4) {
+            uint32_t v = le32(buf + pos);
+            /* each dim < 2^24 and the product bounded by the bytes left: no overflow */
+            if (v < 1 || v > REF_MAX_DIM) {
+                snprintf(msg, msglen, "record '%.64s': bad dimension %u", t.name, v);
+                ok = 0;
+                break;
+            }
+            /* the product stays below the bytes left (< 2^30), so it cannot overflow */
+            if (t.n * v > (len - pos) / 4 + 1) {
+                snprintf(msg, msglen, "record '%.64s': data runs past the end of the file",
+                         t.name);
+                ok = 0;
+                break;
+            }
+            t.dims[d] = (int)v;
+            t.n *= v;
+        }
+        if (!ok) break;
+        if ((len - pos) / 4 < t.n) {
+            snprintf(msg, msglen, "record '%.64s': %zu floats past the end of the file", t.name,
+                     t.n);
+            ok = 0;
+            break;
+        }
+        t.data = malloc(sizeof(float) * t.n);
+        if (!t.data) {
+            snprintf(msg, msglen, "out of memory");
+            ok = 0;
+            break;
+        }
+        for (size_t i = 0; i < t.n; i++, pos += 4) {
+            uint32_t u = le32(buf + pos);
+            memcpy(&t.data[i], &u, 4);
+        }
+        if (rf->count == rf->cap) {
+            size_t cap = rf->cap ? 2 * rf->cap : 64;
+            ref_tensor *nt = realloc(rf->t, sizeof(ref_tensor) * cap);
+            if (!nt) {
+                free(t.data);
+                snprintf(msg, msglen, "out of memory");
+                ok = 0;
+                break;
+            }
+            rf->t = nt;
+            rf->cap = cap;
+        }
+        rf->t[rf->count++] = t;
+    }
+    free(buf);
+    if (ok && rf->count == 0) {
+        snprintf(msg, msglen, "no records");
+        ok = 0;
+    }
+    if (!ok) ref_free(rf);
+    return ok ? 0 : -1;
+}
+
+static const ref_file *g_ref;
+
+/* The record `name`; a missing one is a failure. */
+static const ref_tensor *ref_get(const char *name) {
+    for (size_t i = 0; i < g_ref->count; i++)
+        if (strcmp(g_ref->t[i].name, name) == 0) return &g_ref->t[i];
+    CHECK(0, "reference record '%s' missing (regenerate with scripts/torch_ref.py)", name);
+    return NULL;
+}
+
+static const ref_tensor *ref_getf(const char *fmt, const char *a, const char *b) {
+    char name[256];
+    snprintf(name, sizeof name, fmt, a, b);
+    return ref_get(name);
+}
+
+static int ref_shape_is(const ref_tensor *t, int ndim, const int *dims) {
+    if (!t || t->ndim != ndim) return 0;
+    for (int i = 0; i < ndim; i++)
+        if (t->dims[i] != dims[i]) return 0;
+    return 1;
+}
+
+static void shape_str(char *s, size_t sz, const ref_tensor *t) {
+    int k = snprintf(s, sz, "(");
+    for (int i = 0; i < t->ndim && k > 0 && (size_t)k < sz; i++)
+        k += snprintf(s + k, sz - (size_t)k, i ? ", %d" : "%d", t->dims[i]);
+    if (k > 0 && (size_t)k < sz) snprintf(s + k, sz - (size_t)k, ")");
+}
+
+/* Checks a record's shape; reports and returns 0 on a mismatch. */
+static int expect_shape(const ref_tensor *t, int ndim, const int *dims) {
+    if (!t) return 0;
+    if (ref_shape_is(t, ndim, dims)) return 1;
+    char s[96];
+    shape_str(s, sizeof s, t);
+    CHECK(0, "reference '%s' has shape %s, not the one nnzip computes", t->name, s);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- comparing */
+
+#define MAX_GROUPS 32
+static struct {
+    char name[32];
+    double worst;
+} g_groups[MAX_GROUPS];
+static int g_n_groups;
+
+static void group_record(const char *name, double err) {
+    char g[32];
+    snprintf(g, sizeof g, "%s", name);
+    char *dot = strchr(g, '.');
+    if (dot) *dot = 0;
+    if (strcmp(g, "lenet") == 0) {
+        if (strstr(name, ".grad.")) snprintf(g, sizeof g, "lenet grads");
+        if (strstr(name, ".step.")) snprintf(g, sizeof g, "lenet sgd step");
+        if (strstr(name, ".update.")) snprintf(g, sizeof g, "lenet sgd update");
+    }
+    for (int i = 0; i < g_n_groups; i++)
+        if (strcmp(g_groups[i].name, g) == 0) {
+            if (err > g_groups[i].worst || err != err) g_groups[i].worst = err;
+            return;
+        }
+    if (g_n_groups == MAX_GROUPS) return;
+    snprintf(g_groups[g_n_groups].name, sizeof g_groups[0].name, "%s", g);
+    g_groups[g_n_groups++].worst = err;
+}
+
+/* max|got - ref| / max(max|ref|, tiny) */
+static double norm_err(const float *got, const float *ref, size_t n) {
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - (double)ref[i]);
+        if (e > d || e != e) d = e != e ? INFINITY : e;
+        if (fabs((double)ref[i]) > m) m = fabs((double)ref[i]);
+    }
+    return d / (m > 1e-30 ? m : 1e-30);
+}
+
+/* Compares n values of nnzip's `got` with record ref (label: what nnzip computed, e.g. with
+ * the thread count); prints one line per tensor. */
+static void compare(const char *label, const float *got, const ref_tensor *ref, size_t n) {
+    if (!ref) return;
+    if (ref->n != n) {
+        CHECK(0, "%s: nnzip has %zu values, reference '%s' %zu", label, n, ref->name, ref->n);
+        return;
+    }
+    double e = norm_err(got, ref->data, n);
+    printf("  %-34s %8zu values  err %.2e\n", label, n, e);
+    CHECK(e <= REF_TOL, "%s: normalized max error %.3g > %.0e vs PyTorch", label, e, REF_TOL);
+    group_record(label, e);
+}
+
+static float *zalloc(size_t n) {
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* ---------------------------------------------------------------- layers */
+
+static void check_linear(void) {
+    const ref_tensor *x = ref_get("linear.x"), *W = ref_get("linear.W"), *b = ref_get("linear.b"),
+                     *out = ref_get("linear.out"), *dout = ref_get("linear.dout"),
+                     *dx = ref_get("linear.dx"), *dW = ref_get("linear.dW"),
+                     *db = ref_get("linear.db");
+    if (!x || !W || !b || !out || !dout || !dx || !dW || !db || x->ndim != 2 || W->ndim != 2)
+        return;
+    const int B = x->dims[0], NI = x->dims[1], NO = W->dims[0];
+    if (!expect_shape(W, 2, (int[]){NO, NI}) || !expect_shape(b, 1, (int[]){NO}) ||
+        !expect_shape(out, 2, (int[]){B, NO}) || !expect_shape(dout, 2, (int[]){B, NO}))
+        return;
+    float *y = zalloc((size_t)B * NO), *gx = zalloc((size_t)B * NI), *gW = zalloc(W->n),
+          *gb = zalloc(b->n);
+    dense_forward(y, x->data, W->data, b->data, B, NI, NO);
+    dense_backward(gx, gW, gb, dout->data, x->data, W->data, B, NI, NO);
+    compare("linear.out", y, out, (size_t)B * NO);
+    compare("linear.dx", gx, dx, (size_t)B * NI);
+    compare("linear.dW", gW, dW, W->n);
+    compare("linear.db", gb, db, b->n);
+    free(y), free(gx), free(gW), free(gb);
+}
+
+static void check_conv(int i, int threads) {
+    nz_set_threads(threads);
+    char p[16];
+    snprintf(p, sizeof p, "conv%d", i);
+    const ref_tensor *cfg = ref_getf("%s.%s", p, "cfg"), *x = ref_getf("%s.%s", p, "x"),
+                     *W = ref_getf("%s.%s", p, "W"), *b = ref_getf("%s.%s", p, "b"),
+                     *out = ref_getf("%s.%s", p, "out"), *dout = ref_getf("%s.%s", p, "dout"),
+                     *dx = ref_getf("%s.%s", p, "dx"), *dW = ref_getf("%s.%s", p, "dW"),
+                     *db = ref_getf("%s.%s", p, "db");
+    if (!cfg || !x || !W || !b || !out || !dout || !dx || !dW || !db) return;
+    if (!expect_shape(cfg, 1, (int[]){7}) || x->ndim != 4) return;
+    int c[7];
+    for (int k = 0; k < 7; k++) c[k] = (int)cfg->data[k];
+    if (c[0] < 1 || c[1] < 1 || c[2] < 1 || c[3] < 1 || c[4] < 1 || c[5] < 1 || c[6] < 0 ||
+        c[1] + 2 * c[6] < c[4] || c[2] + 2 * c[6] < c[4]) {
+        CHECK(0, "%s.cfg: bad configuration", p);
+        return;
+    }
+    const int B = x->dims[0];
+    const conv_dims d = conv_dims_make(c[0], c[1], c[2], c[3], c[4], c[5], c[6]);
+    if (!expect_shape(x, 4, (int[]){B, d.C, d.H, d.W}) ||
+        !expect_shape(W, 4, (int[]){d.OC, d.C, d.KH, d.KW}) ||
+        !expect_shape(b, 1, (int[]){d.OC}) || !expect_shape(out, 4, (int[]){B, d.OC, d.OH, d.OW}) ||
+        !expect_shape(dout, 4, (int[]){B, d.OC, d.OH, d.OW}))
+        return;
+    const size_t T = (size_t)(layers_threads() > 0 ? layers_threads() : 1);
+    float *scratch = zalloc(conv_scratch_per_thread(&d) * T);
+    float *partial = zalloc((W->n + b->n) * T); /* |W| + OC per thread, see conv2d_backward */
+    float *y = zalloc(out->n), *gx = zalloc(x->n), *gW = zalloc(W->n), *gb = zalloc(b->n);
+    conv2d_forward(y, x->data, W->data, b->data, B, &d, scratch);
+    conv2d_backward(gx, gW, gb, dout->data, x->data, W->data, B, &d, scratch, partial);
+    char label[64];
+    const char *names[4] = {"out", "dx", "dW", "db"};
+    const float *got[4] = {y, gx, gW, gb};
+    const ref_tensor *refs[4] = {out, dx, dW, db};
+    for (int k = 0; k < 4; k++) {
+        snprintf(label, sizeof label, "%s.%s k%d s%d p%d %dt", p, names[k], c[4], c[5], c[6],
+                 threads);
+        compare(label, got[k], refs[k], refs[k]->n);
+    }
+    free(scratch), free(partial), free(y), free(gx), free(gW), free(gb);
+}
+
+static void check_pool(int i) {
+    char p[16];
+    snprintf(p, sizeof p, "pool%d", i);
+    const ref_tensor *cfg = ref_getf("%s.%s", p, "cfg"), *x = ref_getf("%s.%s", p, "x"),
+                     *out = ref_getf("%s.%s", p, "out"), *dout = ref_getf("%s.%s", p, "dout"),
+                     *dx = ref_getf("%s.%s", p, "dx");
+    if (!cfg || !x || !out || !dout || !dx || !expect_shape(cfg, 1, (int[]){2}) || x->ndim != 4)
+        return;
+    const int k = (int)cfg->data[0], s = (int)cfg->data[1];
+    const int B = x->dims[0], C = x->dims[1], H = x->dims[2], W = x->dims[3];
+    if (k < 1 || s < 1 || k > H || k > W) {
+        CHECK(0, "%s.cfg: bad configuration", p);
+        return;
+    }
+    const int OH = (H - k) / s + 1, OW = (W - k) / s + 1;
+    if (!expect_shape(out, 4, (int[]){B, C, OH, OW}) ||
+        !expect_shape(dout, 4, (int[]){B, C, OH, OW}))
+        return;
+    float *y = zalloc(out->n), *gx = zalloc(x->n);
+    int32_t *am = malloc(sizeof(int32_t) * out->n);
+    maxpool_forward(y, am, x->data, B, C, H, W, k, k, s, OH, OW);
+    maxpool_backward(gx, dout->data, am, B, C, H, W, OH, OW);
+    char label[64];
+    snprintf(label, sizeof label, "%s.out %dx%d/%d", p, k, k, s);
+    compare(label, y, out, out->n);
+    snprintf(label, sizeof label, "%s.dx %dx%d/%d", p, k, k, s);
+    compare(label, gx, dx, dx->n);
+    free(y), free(gx), free(am);
+}
+
+static void check_relu(void) {
+    const ref_tensor *x = ref_get("relu.x"), *out = ref_get("relu.out"),
+                     *dout = ref_get("relu.dout"), *dx = ref_get("relu.dx");
+    if (!x || !out || !dout || !dx || out->n != x->n || dout->n != x->n) {
+        CHECK(x && out && dout && dx, "relu records incomplete");
+        return;
+    }
+    float *y = zalloc(x->n), *gx = zalloc(x->n);
+    relu_forward(y, x->data, x->n);
+    relu_backward(gx, dout->data, y, x->n);
+    compare("relu.out", y, out, x->n);
+    compare("relu.dx", gx, dx, x->n);
+    free(y), free(gx);
+}
+
+/* labels stored as floats: integers in [0, K) */
+static int labels_from(const ref_tensor *t, int B, int K, uint8_t *y) {
+    if (!expect_shape(t, 1, (int[]){B})) return 0;
+    for (int b = 0; b < B; b++) {
+        float v = t->data[b];
+        if (!(v >= 0 && v < (float)K && v == (float)(int)v)) {
+            CHECK(0, "%s[%d] = %g is not a class in 0..%d", t->name, b, (double)v, K - 1);
+            return 0;
+        }
+        y[b] = (uint8_t)v;
+    }
+    return 1;
+}
+
+static void check_xent(void) {
+    const ref_tensor *z = ref_get("xent.logits"), *lab = ref_get("xent.labels"),
+                     *loss = ref_get("xent.loss"), *dz = ref_get("xent.dlogits");
+    if (!z || !lab || !loss || !dz || z->ndim != 2 || z->dims[0] > 256 || z->dims[1] > 256)
+        return;
+    const int B = z->dims[0], K = z->dims[1];
+    uint8_t y[256];
+    if (!labels_from(lab, B, K, y) || !expect_shape(loss, 1, (int[]){1}) ||
+        !expect_shape(dz, 2, (int[]){B, K}))
+        return;
+    float *g = zalloc(z->n);
+    float L = nz_softmax_xent(z->data, y, B, K, g, NULL);
+    compare("xent.loss", &L, loss, 1);
+    compare("xent.dlogits", g, dz, z->n);
+    free(g);
+}
+
+/* ---------------------------------------------------------------- LeNet-5 */
+
+static int node_id(const nz_model *m, const char *name) {
+    for (int i = 0; i < m->n_nodes; i++)
+        if (strcmp(m->nodes[i].name, name) == 0) return i;
+    return -1;
+}
+
+static const char *const LENET_PARAMS[] = {"conv1", "conv2", "fc1", "fc2"};
+static const char *const LENET_ACTS[] = {"conv1", "pool1", "conv2", "pool2", "fc1", "relu1"};
+
+/* Copies torch's lenet.<p>.{W,b} into the model's parameter views (same layouts). */
+static int lenet_load_params(nz_model *m) {
+    for (size_t i = 0; i < sizeof LENET_PARAMS / sizeof LENET_PARAMS[0]; i++) {
+        int id = node_id(m, LENET_PARAMS[i]);
+        if (id < 0) {
+            CHECK(0, "zoo lenet5 has no node '%s'", LENET_PARAMS[i]);
+            return 0;
+        }
+        const nz_node *n = &m->nodes[id];
+        for (int k = 0; k < 2; k++) {
+            const ref_tensor *t = ref_getf("lenet.%s.%s", LENET_PARAMS[i], k ? "b" : "W");
+            const nz_param *p = &n->params[k];
+            if (!expect_shape(t, p->ndim, p->dims)) return 0;
+            memcpy(m->params + p->off, t->data, sizeof(float) * p->n);
+        }
+    }
+    return 1;
+}
+
+static void check_lenet(int threads) {
+    nz_set_threads(threads);
+    nz_model m;
+    nz_error err;
+    if (nz_zoo_build(&m, "lenet5", (nz_shape){1, 28, 28}, 10, &err) != NZ_OK) {
+        CHECK(0, "nz_zoo_build lenet5: %s", err.msg);
+        return;
+    }
+    const ref_tensor *x = ref_get("lenet.x"), *lab = ref_get("lenet.labels"),
+                     *logits = ref_get("lenet.logits"), *loss = ref_get("lenet.loss");
+    uint8_t y[64];
+    nz_ws *ws = NULL;
+    if (!x || !lab || !logits || !loss || x->ndim != 4 || x->dims[0] > 64 ||
+        !expect_shape(x, 4, (int[]){x->dims[0], 1, 28, 28}) ||
+        !labels_from(lab, x->dims[0], 10, y) || !lenet_load_params(&m))
+        goto done;
+    const int B = x->dims[0];
+    /* the workspace after nz_set_threads: its scratch is sized for the thread count */
+    ws = nz_ws_new(&m, B, &err);
+    if (!ws) {
+        CHECK(0, "nz_ws_new: %s", err.msg);
+        goto done;
+    }
+    nz_rng r;
+    nz_rng_seed(&r, 1);
+    const float *z = nz_forward(&m, ws, x->data, B, 1, &r);
+    char label[80];
+    for (size_t i = 0; i < sizeof LENET_ACTS / sizeof LENET_ACTS[0]; i++) {
+        int id = node_id(&m, LENET_ACTS[i]);
+        const ref_tensor *t = ref_getf("lenet.act.%s%s", LENET_ACTS[i], "");
+        if (id < 0 || !t) {
+            CHECK(id >= 0, "zoo lenet5 has no node '%s'", LENET_ACTS[i]);
+            continue;
+        }
+        snprintf(label, sizeof label, "lenet.act.%s %dt", LENET_ACTS[i], threads);
+        compare(label, nz_ws_act(ws, id), t, nz_shape_size(m.nodes[id].out) * (size_t)B);
+    }
+    snprintf(label, sizeof label, "lenet.logits %dt", threads);
+    compare(label, z, logits, (size_t)B * 10);
+    float *dl = zalloc((size_t)B * 10);
+    float L = nz_softmax_xent(z, y, B, 10, dl, NULL);
+    snprintf(label, sizeof label, "lenet.loss %dt", threads);
+    compare(label, &L, loss, 1);
+    nz_ws_zero_grads(ws);
+    nz_backward(&m, ws, dl, B);
+    const float *G = nz_ws_grads(ws);
+    for (size_t i = 0; i < sizeof LENET_PARAMS / sizeof LENET_PARAMS[0]; i++) {
+        const nz_node *n = &m.nodes[node_id(&m, LENET_PARAMS[i])];
+        for (int k = 0; k < 2; k++) {
+            const ref_tensor *t = ref_getf("lenet.grad.%s.%s", LENET_PARAMS[i], k ? "b" : "W");
+            snprintf(label, sizeof label, "lenet.grad.%s.%s %dt", LENET_PARAMS[i], k ? "b" : "W",
+                     threads);
+            compare(label, G + n->params[k].off, t, n->params[k].n);
+        }
+    }
+
+    /* one SGD step (momentum buffer empty, as torch.optim.SGD's first step) from nnzip's own
+     * gradients, which match torch's to ~1e-6 */
+    const ref_tensor *hp = ref_get("lenet.sgd");
+    if (expect_shape(hp, 1, (int[]){3})) {
+        nz_sgd opt;
+        if (nz_sgd_init(&opt, m.n_params, hp->data[1], hp->data[2], 0, &err) != NZ_OK) {
+            CHECK(0, "nz_sgd_init: %s", err.msg);
+        } else {
+            float *before = malloc(sizeof(float) * m.n_params);
+            memcpy(before, m.params, sizeof(float) * m.n_params);
+            nz_sgd_step(&opt, m.params, G, hp->data[0]);
+            nz_sgd_free(&opt);
+            for (size_t i = 0; i < sizeof LENET_PARAMS / sizeof LENET_PARAMS[0]; i++) {
+                const nz_node *n = &m.nodes[node_id(&m, LENET_PARAMS[i])];
+                for (int k = 0; k < 2; k++) {
+                    const char *wb = k ? "b" : "W";
+                    const nz_param *pp = &n->params[k];
+                    const ref_tensor *t = ref_getf("lenet.step.%s.%s", LENET_PARAMS[i], wb);
+                    const ref_tensor *t0 = ref_getf("lenet.%s.%s", LENET_PARAMS[i], wb);
+                    snprintf(label, sizeof label, "lenet.step.%s.%s %dt", LENET_PARAMS[i], wb,
+                             threads);
+                    compare(label, m.params + pp->off, t, pp->n);
+                    /* The update itself, p_after - p_before, normalized by its own size: the
+                     * parameters barely move in one step, so comparing them alone would miss
+                     * e.g. a dropped weight decay term (lr * wd * p ~ 5e-5 |p|). The float
+                     * differences are exact (Sterbenz). */
+                    if (!t || !t0 || t->n != pp->n || t0->n != pp->n) continue;
+                    float *mine = zalloc(pp->n), *theirs = zalloc(pp->n);
+                    for (size_t j = 0; j < pp->n; j++) {
+                        mine[j] = m.params[pp->off + j] - before[pp->off + j];
+                        theirs[j] = t->data[j] - t0->data[j];
+                    }
+                    ref_tensor d = *t;
+                    snprintf(d.name, sizeof d.name, "lenet.update.%s.%s", LENET_PARAMS[i], wb);
+                    d.data = theirs;
+                    snprintf(label, sizeof label, "lenet.update.%s.%s %dt", LENET_PARAMS[i], wb,
+                             threads);
+                    compare(label, mine, &d, pp->n);
+                    free(mine), free(theirs);
+                }
+            }
+            free(before);
+        }
+    }
+    free(dl);
+done:
+    nz_ws_free(ws);
+    nz_model_free(&m);
+}
+
+/* ---------------------------------------------------------------- main */
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv) {
+    const char *path = argc > 1 ? argv[1] : REF_DEFAULT;
+    double t0 = now();
+    ref_file rf;
+    char msg[256];
+    if (ref_load(&rf, path, msg, sizeof msg) != 0) {
+        CHECK(0, "reference file %s: %s\n  generate it with: scripts/torch_ref.py %s\n"
+                 "  (needs python3-torch: apt-get install python3-torch)",
+              path, msg, path);
+        return tl_finish("test_torch_ref");
+    }
+    g_ref = &rf;
+    printf("reference %s: %zu tensors; tolerance %.0e (max|a-b| / max|b| per tensor)\n", path,
+           rf.count, REF_TOL);
+    nz_set_threads(2);
+    check_linear();
+    for (int t = 1; t <= 2; t++)
+        for (int i = 0; i < 5; i++) check_conv(i, t);
+    nz_set_threads(2);
+    check_pool(0);
+    check_pool(1);
+    check_relu();
+    check_xent();
+    check_lenet(2);
+    check_lenet(1);
+    nz_set_threads(2);
+
+    printf("worst normalized error per layer:\n");
+    for (int i = 0; i < g_n_groups; i++)
+        printf("  %-16s %.2e\n", g_groups[i].name, g_groups[i].worst);
+    printf("  time %.2f s\n", now() - t0);
+    ref_free(&rf);
+    return tl_finish("test_torch_ref");
+}
