@@ -1129,6 +1129,114 @@ done:
     return rc;
 }
 
+/* ---------------------------------------------------------------- slim */
+
+static const opt_def slim_opts[] = {
+    RETRAIN_OPTS,
+    {"lambda", 'l', 1, "SPEC", "L1 strength on the norms: 1e-4 (default), or per layer fc1=2e-4,conv=0"},
+    {"method", 0, 1, "KIND", "proximal (default: exact zeros) or subgradient"},
+    {"epochs", 'e', 1, "N", "epochs with the penalty (default 30)"},
+    {"ramp", 0, 1, "N", "lambda grows linearly over the first N epochs (default 5)"},
+    {"finetune-epochs", 0, 1, "N", "epochs without the penalty after removal (default 10)"},
+    {"lr", 0, 1, "X", "learning rate with the penalty (default 0.05)"},
+    {"finetune-lr", 0, 1, "X", "fine-tuning learning rate (default 0.01)"},
+    {"penalize-last", 0, 0, "", "also penalize the classifier's neurons"},
+};
+
+static int cmd_slim(int argc, char **argv) {
+    const int nd = (int)(sizeof slim_opts / sizeof *slim_opts);
+    if (want_help(argc, argv)) {
+        print_help("slim", "FILE --data SET -o OUT [options]",
+                   "Structured slimming: every fc neuron and conv kernel becomes norm x unit\n"
+                   "direction; training with an L1 penalty on the norms (proximal soft threshold)\n"
+                   "drives whole neurons and kernels to zero; they are removed with the matching\n"
+                   "inputs of the next layer, leaving a smaller dense model; then fine-tuning.",
+                   slim_opts, nd);
+        return 0;
+    }
+    opts o = {.cmd = "slim", .defs = slim_opts, .n_defs = nd};
+    int rc = parse_opts(&o, argc, argv, 1);
+    if (rc) return rc;
+    job j;
+    if ((rc = job_open(&j, "slim", &o, 1))) {
+        job_free(&j);
+        return rc;
+    }
+    nz_slim_cfg sc;
+    nz_slim_cfg_default(&sc);
+    sc.train.seed = sc.finetune.seed = (uint64_t)j.seed;
+    sc.train.batch = sc.finetune.batch = (int)j.batch;
+    long v;
+    nz_error e = {0};
+    nz_slim_result sr;
+    const char *lam = opt_get(&o, "lambda");
+    if (lam && (rc = parse_layer_spec("slim", "lambda", lam, &j.m, sc.lambda, 0, 10))) goto done;
+    const char *meth = opt_get(&o, "method");
+    if (meth) {
+        if (strcmp(meth, "proximal") == 0) sc.method = NZ_SLIM_PROXIMAL;
+        else if (strcmp(meth, "subgradient") == 0) sc.method = NZ_SLIM_SUBGRADIENT;
+        else {
+            fprintf(stderr, "nnzip slim: unknown --method '%s' (proximal, subgradient)\n", meth);
+            rc = EXIT_USAGE;
+            goto done;
+        }
+    }
+    if (opt_get(&o, "epochs")) {
+        if ((rc = opt_int(&o, "epochs", 0, 100000, &v))) goto done;
+        sc.epochs = (int)v;
+    }
+    if (opt_get(&o, "ramp")) {
+        if ((rc = opt_int(&o, "ramp", 0, 100000, &v))) goto done;
+        sc.ramp_epochs = (int)v;
+    }
+    if (opt_get(&o, "finetune-epochs")) {
+        if ((rc = opt_int(&o, "finetune-epochs", 0, 100000, &v))) goto done;
+        sc.finetune_epochs = (int)v;
+    }
+    if ((rc = opt_float(&o, "lr", 0, 10, &sc.train.lr)) ||
+        (rc = opt_float(&o, "finetune-lr", 0, 10, &sc.finetune.lr)))
+        goto done;
+    sc.penalize_last = opt_flag(&o, "penalize-last");
+    if (nz_slim(&j.m, &j.tr, &j.te, &sc, &j.hooks, &sr, &e)) {
+        rc = fail_err("slim", &e);
+        goto done;
+    }
+    if ((rc = job_save(&j, "slim", opt_get(&o, "output"), "slimmed", sr.test_err_after))) goto done;
+    double cut = 100.0 * (1.0 - (double)sr.params_after / (double)sr.params_before);
+    if (opt_flag(&o, "json")) {
+        printf("{\"test_error_pct\": %.4f, \"test_error_before_pct\": %.4f, "
+               "\"test_error_penalized_pct\": %.4f, \"params_before\": %zu, \"params_after\": %zu, "
+               "\"params_removed_pct\": %.3f, \"macs_before\": %zu, \"macs_after\": %zu, "
+               "\"seconds\": %.1f, \"layers\": [",
+               (double)sr.test_err_after, (double)sr.test_err_before,
+               (double)sr.test_err_penalized, sr.params_before, sr.params_after, cut,
+               sr.macs_before, sr.macs_after, sr.seconds);
+        for (int i = 0; i < sr.n_layers; i++) {
+            printf("%s{\"name\": ", i ? ", " : "");
+            json_str(stdout, sr.name[i]);
+            printf(", \"units_before\": %d, \"units_after\": %d, \"kernels_before\": %zu, "
+                   "\"kernels_after\": %zu}",
+                   sr.units_before[i], sr.units_after[i], sr.kernels_before[i], sr.kernels_after[i]);
+        }
+        printf("]}\n");
+    } else {
+        printf("slimmed: test error %.2f%% -> %.2f%% (%.2f%% before fine-tuning), parameters "
+               "%zu -> %zu (-%.2f%%), multiply-adds %zu -> %zu, %.1f s\n",
+               (double)sr.test_err_before, (double)sr.test_err_after,
+               (double)sr.test_err_penalized, sr.params_before, sr.params_after, cut,
+               sr.macs_before, sr.macs_after, sr.seconds);
+        for (int i = 0; i < sr.n_layers; i++) {
+            printf("  %-10s units %5d -> %5d", sr.name[i], sr.units_before[i], sr.units_after[i]);
+            if (sr.kernels_before[i])
+                printf("   kernels %7zu -> %7zu", sr.kernels_before[i], sr.kernels_after[i]);
+            printf("\n");
+        }
+    }
+done:
+    job_free(&j);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- main */
 
 typedef struct {
@@ -1145,6 +1253,7 @@ static const command commands[] = {
     {"quantize", cmd_quantize, "k-means weight sharing + centroid fine-tuning (Deep Compression 2)"},
     {"encode", cmd_encode, "relative-index CSR + Huffman coding (Deep Compression 3)"},
     {"compress", cmd_compress, "chain methods (deep) into one compressed .nnz"},
+    {"slim", cmd_slim, "remove whole neurons/kernels: norm x direction + L1 on the norms"},
 };
 
 static void usage(FILE *f) {

@@ -166,6 +166,53 @@ nz_status nz_quantize(nz_model *m, const nz_dataset *train, const nz_dataset *te
                       const nz_quant_cfg *cfg, const nz_train_hooks *hooks, nz_quant_result *res,
                       nz_error *err);
 
+/* ---------------------------------------------------------------- structured slimming */
+
+/* Rewrites every dense/conv2d node as its norm x direction form (NZ_OP_NDENSE/NZ_OP_NCONV2D):
+ * g = ||W row|| (per fc neuron) or ||W[o,i]||_F (per conv kernel), V = W / g. Exact. */
+nz_status nz_normdir_convert(nz_model *m, nz_error *err);
+/* Back to plain dense/conv2d with W = g V / ||V||; zero norms give exact zero groups. */
+nz_status nz_normdir_restore(nz_model *m, nz_error *err);
+
+typedef enum { NZ_SLIM_PROXIMAL = 0, NZ_SLIM_SUBGRADIENT = 1 } nz_slim_method;
+
+typedef struct {
+    float lambda[NZ_MAX_PASS_NODES]; /* per node; < 0: global_lambda */
+    float global_lambda;             /* L1 strength on the norms */
+    nz_slim_method method;           /* proximal soft threshold (exact zeros) or subgradient */
+    int ramp_epochs;                 /* lambda grows linearly from 0 over these epochs */
+    int epochs;                      /* training with the penalty */
+    int finetune_epochs;             /* after removal, without the penalty */
+    nz_train_cfg train, finetune;
+    int penalize_last;               /* also penalize the classifier's neurons (default 0) */
+    float subgrad_eps;               /* subgradient: norms below this count as zero */
+} nz_slim_cfg;
+
+void nz_slim_cfg_default(nz_slim_cfg *cfg);
+
+typedef struct {
+    int n_layers;
+    int node[NZ_MAX_PASS_NODES];         /* node ids in the slimmed model */
+    char name[NZ_MAX_PASS_NODES][NZ_NAME_MAX];
+    int units_before[NZ_MAX_PASS_NODES], units_after[NZ_MAX_PASS_NODES];
+    size_t kernels_before[NZ_MAX_PASS_NODES], kernels_after[NZ_MAX_PASS_NODES]; /* conv only */
+    size_t params_before, params_after, macs_before, macs_after;
+    float test_err_before, test_err_penalized, test_err_after; /* % */
+    double seconds;
+} nz_slim_result;
+
+/* Train with an L1 penalty on the norms, remove zero-norm neurons/channels (and the matching
+ * inputs of the next layer), fine-tune. m is replaced by the smaller model (plain dense/conv). */
+nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
+                  const nz_slim_cfg *cfg, const nz_train_hooks *hooks, nz_slim_result *res,
+                  nz_error *err);
+
+/* Removes every dense neuron whose weights are all zero and every conv output channel whose
+ * kernels are all zero, with the matching inputs of the next weighted layer; their constant
+ * outputs are folded into the next layer's bias (exact for fc and unpadded conv). m must be plain
+ * dense/conv2d with relu/maxpool/dropout/flatten between. The classifier keeps all outputs. */
+nz_status nz_slim_remove(nz_model *m, nz_error *err);
+
 /* ---------------------------------------------------------------- encoding */
 
 typedef struct {

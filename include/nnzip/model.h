@@ -26,6 +26,11 @@ typedef enum {
     NZ_OP_RELU = 4,
     NZ_OP_FLATTEN = 5, /* [C,H,W] -> [C*H*W, 1, 1]; shares its input's memory */
     NZ_OP_DROPOUT = 6, /* inverted dropout with probability p; identity in eval */
+    NZ_OP_NDENSE = 7,  /* norm x direction dense: W[o,:] = g[o] V[o,:] / ||V[o,:]||;
+                          params: V [out, in], g [out], b [out] */
+    NZ_OP_NCONV2D = 8, /* norm x direction conv, one norm per kernel (output, input channel):
+                          W[o,i] = g[o,i] V[o,i] / ||V[o,i]||_F; params: V [oc, ic, kh, kw],
+                          g [oc, ic], b [oc]; stride, pad */
     NZ_OP__COUNT
 } nz_op;
 
@@ -102,6 +107,9 @@ int nz_model_add_maxpool(nz_model *m, const char *name, int input, int k, int st
 int nz_model_add_relu(nz_model *m, const char *name, int input, nz_error *err);
 int nz_model_add_flatten(nz_model *m, const char *name, int input, nz_error *err);
 int nz_model_add_dropout(nz_model *m, const char *name, int input, float p, nz_error *err);
+int nz_model_add_ndense(nz_model *m, const char *name, int input, int units, nz_error *err);
+int nz_model_add_nconv2d(nz_model *m, const char *name, int input, int out_ch, int k, int stride,
+                         int pad, nz_error *err);
 /* Recomputes node output shapes from attributes and checks them against parameter dims and the
  * class count; used after loading a file. */
 nz_status nz_model_validate(const nz_model *m, nz_error *err);

@@ -79,6 +79,8 @@ typedef struct {
     nz_step_hook after_step;
     void *hook_user;           /* passed to before_step and after_step */
     volatile int *stop;      /* set non-zero (e.g. from SIGINT) to stop after the current step */
+    float *lr_out;           /* if set, receives the step's learning rate before the hooks run
+                                (proximal steps scale with it) */
 } nz_train_hooks;
 
 typedef struct {

@@ -22,6 +22,7 @@ struct nz_ws {
     float *scratch;   /* im2col, per thread */
     float *dw_partial;/* conv per-thread weight-gradient partials */
     float *sp_scratch;/* sparse dense layers: input^T and output^T */
+    float **weff;     /* norm-direction nodes: the effective W and its gradient, (2, |W|) */
     int threads;
     int last_B;
 };
@@ -37,11 +38,13 @@ void nz_ws_free(nz_ws *ws) {
         }
         if (ws->argmax) free(ws->argmax[i]);
         if (ws->mask) free(ws->mask[i]);
+        if (ws->weff) free(ws->weff[i]);
     }
     free(ws->act);
     free(ws->dact);
     free(ws->argmax);
     free(ws->mask);
+    free(ws->weff);
     free(ws->owns);
     free(ws->drop_on);
     free(ws->grads);
@@ -62,10 +65,11 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     ws->argmax = calloc((size_t)m->n_nodes, sizeof(int32_t *));
     ws->mask = calloc((size_t)m->n_nodes, sizeof(float *));
     ws->owns = calloc((size_t)m->n_nodes, 1);
+    ws->weff = calloc((size_t)m->n_nodes, sizeof(float *));
     ws->drop_on = calloc((size_t)m->n_nodes, 1);
     ws->n_params = m->n_params;
     ws->grads = calloc(m->n_params ? m->n_params : 1, sizeof(float));
-    if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->grads) goto oom;
+    if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->weff || !ws->grads) goto oom;
     size_t scratch = 0, partial = 0, sp = 0;
     for (int i = 1; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
@@ -81,7 +85,10 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
         }
         if (n->op == NZ_OP_MAXPOOL && !(ws->argmax[i] = malloc(sizeof(int32_t) * sz))) goto oom;
         if (n->op == NZ_OP_DROPOUT && !(ws->mask[i] = malloc(sizeof(float) * sz))) goto oom;
-        if (n->op == NZ_OP_CONV2D) {
+        if ((n->op == NZ_OP_NDENSE || n->op == NZ_OP_NCONV2D) &&
+            !(ws->weff[i] = malloc(sizeof(float) * 2 * nz_param_numel(&n->params[0]))))
+            goto oom;
+        if (n->op == NZ_OP_CONV2D || n->op == NZ_OP_NCONV2D) {
             nz_shape s = m->nodes[n->inputs[0]].out;
             conv_dims d = conv_dims_make(s.c, s.h, s.w, n->units, n->kh, n->stride, n->pad);
             size_t c = conv_scratch_per_thread(&d);
@@ -89,7 +96,7 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
             size_t p = nz_param_numel(&n->params[0]) + (size_t)n->units;
             if (p > partial) partial = p;
         }
-        if (n->op == NZ_OP_DENSE) {
+        if (n->op == NZ_OP_DENSE || n->op == NZ_OP_NDENSE) {
             size_t c = (nz_shape_size(m->nodes[n->inputs[0]].out) + (size_t)n->units) *
                        (size_t)max_batch;
             if (c > sp) sp = c;
@@ -190,6 +197,19 @@ const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int
                                ws->scratch);
             break;
         }
+        case NZ_OP_NDENSE: {
+            const int G = n->units, S = (int)nz_shape_size(s);
+            normdir_weights(ws->weff[i], P + n->params[0].off, P + n->params[1].off, G, S);
+            dense_forward(out, in, ws->weff[i], P + n->params[2].off, B, S, G);
+            break;
+        }
+        case NZ_OP_NCONV2D: {
+            conv_dims d = node_conv_dims(m, n, ws);
+            normdir_weights(ws->weff[i], P + n->params[0].off, P + n->params[1].off,
+                            n->units * s.c, n->kh * n->kw);
+            conv2d_forward(out, in, ws->weff[i], P + n->params[2].off, B, &d, ws->scratch);
+            break;
+        }
         case NZ_OP_MAXPOOL:
             maxpool_forward(out, ws->argmax[i], in, B, s.c, s.h, s.w, n->kh, n->kw, n->stride,
                             n->out.h, n->out.w);
@@ -237,6 +257,29 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
             conv_dims d = node_conv_dims(m, n, ws);
             conv2d_backward(din, G + n->params[0].off, G + n->params[1].off, dout, ws->act[src],
                             P + n->params[0].off, B, &d, ws->scratch, ws->dw_partial);
+            break;
+        }
+        case NZ_OP_NDENSE:
+        case NZ_OP_NCONV2D: {
+            /* backward through W = g V/||V|| as computed by the forward */
+            const size_t wn = nz_param_numel(&n->params[0]);
+            float *W = ws->weff[i], *dW = W + wn;
+            float *db = G + n->params[2].off;
+            memset(dW, 0, sizeof(float) * wn);
+            int groups, gsize;
+            if (n->op == NZ_OP_NDENSE) {
+                groups = n->units;
+                gsize = (int)nz_shape_size(s);
+                dense_backward(din, dW, db, dout, ws->act[src], W, B, gsize, groups);
+            } else {
+                conv_dims d = node_conv_dims(m, n, ws);
+                groups = n->units * s.c;
+                gsize = n->kh * n->kw;
+                conv2d_backward(din, dW, db, dout, ws->act[src], W, B, &d, ws->scratch,
+                                ws->dw_partial);
+            }
+            normdir_backward(G + n->params[0].off, G + n->params[1].off, dW,
+                             P + n->params[0].off, P + n->params[1].off, groups, gsize);
             break;
         }
         case NZ_OP_MAXPOOL:

@@ -4,6 +4,7 @@
 
 #include <cblas.h>
 #include <float.h>
+#include <math.h>
 #include <omp.h>
 #include <string.h>
 
@@ -271,4 +272,38 @@ void dropout_forward(float *out, float *mask, const float *in, size_t n, float p
 
 void dropout_backward(float *din, const float *dout, const float *mask, size_t n) {
     for (size_t i = 0; i < n; i++) din[i] += dout[i] * mask[i];
+}
+
+/* ---------------------------------------------------------------- norm x direction */
+
+void normdir_weights(float *W, const float *V, const float *g, int G, int S) {
+#pragma omp parallel for schedule(static) if ((long)G * S > 65536)
+    for (int i = 0; i < G; i++) {
+        const float *v = V + (size_t)i * S;
+        float *w = W + (size_t)i * S;
+        double ss = 0;
+        for (int j = 0; j < S; j++) ss += (double)v[j] * v[j];
+        float scale = ss > 0 ? (float)(g[i] / sqrt(ss)) : 0.0f;
+        for (int j = 0; j < S; j++) w[j] = v[j] * scale;
+    }
+}
+
+void normdir_backward(float *dV, float *dg, const float *dW, const float *V, const float *g,
+                      int G, int S) {
+#pragma omp parallel for schedule(static) if ((long)G * S > 65536)
+    for (int i = 0; i < G; i++) {
+        const float *v = V + (size_t)i * S, *dw = dW + (size_t)i * S;
+        float *dv = dV + (size_t)i * S;
+        double ss = 0, dot = 0;
+        for (int j = 0; j < S; j++) {
+            ss += (double)v[j] * v[j];
+            dot += (double)dw[j] * v[j];
+        }
+        if (ss <= 0) continue; /* a removed group: no direction to move */
+        double norm = sqrt(ss);
+        double gu = dot / norm; /* <dW, u> */
+        dg[i] += (float)gu;
+        float a = (float)(g[i] / norm), c = (float)(gu / norm);
+        for (int j = 0; j < S; j++) dv[j] += a * (dw[j] - c * v[j]);
+    }
 }

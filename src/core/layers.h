@@ -57,6 +57,13 @@ void relu_backward(float *din, const float *dout, const float *out, size_t n);
 void dropout_forward(float *out, float *mask, const float *in, size_t n, float p, nz_rng *rng);
 void dropout_backward(float *din, const float *dout, const float *mask, size_t n);
 
+/* Norm x direction weights (weight normalisation per group: an fc neuron's row, a conv kernel):
+ * W (G, S) = g (G) * V (G, S) / ||V_i||; a zero-norm direction gives a zero group. */
+void normdir_weights(float *W, const float *V, const float *g, int G, int S);
+/* From dW (G, S): dg += <dW_i, u_i>, dV += g_i / ||V_i|| (dW_i - <dW_i, u_i> u_i), u = V/||V||. */
+void normdir_backward(float *dV, float *dg, const float *dW, const float *V, const float *g,
+                      int G, int S);
+
 /* thread count the kernels partition work over (OpenMP max threads) */
 int layers_threads(void);
 

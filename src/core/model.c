@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const op_names[NZ_OP__COUNT] = {"input", "dense",   "conv2d", "maxpool",
-                                                   "relu",  "flatten", "dropout"};
+static const char *const op_names[NZ_OP__COUNT] = {
+    "input", "dense", "conv2d", "maxpool", "relu", "flatten", "dropout", "ndense", "nconv2d"};
 
 const char *nz_op_name(nz_op op) {
     return (op >= 0 && op < NZ_OP__COUNT) ? op_names[op] : "unknown";
@@ -33,6 +33,7 @@ static nz_status node_infer(const nz_model *m, const nz_node *n, nz_shape *out, 
                        nz_op_name(n->op), need, n->n_inputs);
     s = m->nodes[n->inputs[0]].out;
     switch (n->op) {
+    case NZ_OP_NDENSE:
     case NZ_OP_DENSE: {
         size_t fan_in = nz_shape_size(s);
         if (n->units <= 0 || fan_in > (size_t)1 << 30 ||
@@ -45,9 +46,14 @@ static nz_status node_infer(const nz_model *m, const nz_node *n, nz_shape *out, 
         expect[0].dims[1] = (int)fan_in;
         expect[1].ndim = 1;
         expect[1].dims[0] = n->units;
+        if (n->op == NZ_OP_NDENSE) { /* V, g, b */
+            *np = 3;
+            expect[2] = expect[1];
+        }
         *out = (nz_shape){n->units, 1, 1};
         return NZ_OK;
     }
+    case NZ_OP_NCONV2D:
     case NZ_OP_CONV2D: {
         if (n->units <= 0 || n->units > 65536 || n->kh <= 0 || n->kh > 64 || n->kw != n->kh ||
             n->stride <= 0 || n->stride > 64 || n->pad < 0 || n->pad > 64)
@@ -65,6 +71,13 @@ static nz_status node_infer(const nz_model *m, const nz_node *n, nz_shape *out, 
         expect[0].dims[3] = n->kw;
         expect[1].ndim = 1;
         expect[1].dims[0] = n->units;
+        if (n->op == NZ_OP_NCONV2D) { /* V, g [oc, ic], b */
+            *np = 3;
+            expect[2] = expect[1];
+            expect[1].ndim = 2;
+            expect[1].dims[0] = n->units;
+            expect[1].dims[1] = s.c;
+        }
         *out = (nz_shape){n->units, oh, ow};
         break;
     }
@@ -225,6 +238,22 @@ int nz_model_add_flatten(nz_model *m, const char *name, int input, nz_error *err
     return add_node(m, &n, err);
 }
 
+int nz_model_add_ndense(nz_model *m, const char *name, int input, int units, nz_error *err) {
+    nz_node n = node_new(NZ_OP_NDENSE, name, input);
+    n.units = units;
+    return add_node(m, &n, err);
+}
+
+int nz_model_add_nconv2d(nz_model *m, const char *name, int input, int out_ch, int k, int stride,
+                         int pad, nz_error *err) {
+    nz_node n = node_new(NZ_OP_NCONV2D, name, input);
+    n.units = out_ch;
+    n.kh = n.kw = k;
+    n.stride = stride;
+    n.pad = pad;
+    return add_node(m, &n, err);
+}
+
 int nz_model_add_dropout(nz_model *m, const char *name, int input, float p, nz_error *err) {
     nz_node n = node_new(NZ_OP_DROPOUT, name, input);
     n.p = p;
@@ -347,8 +376,8 @@ size_t nz_model_flops(const nz_model *m) {
     size_t f = 0;
     for (int i = 0; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
-        if (n->op == NZ_OP_DENSE) f += nz_param_numel(&n->params[0]);
-        if (n->op == NZ_OP_CONV2D)
+        if (n->op == NZ_OP_DENSE || n->op == NZ_OP_NDENSE) f += nz_param_numel(&n->params[0]);
+        if (n->op == NZ_OP_CONV2D || n->op == NZ_OP_NCONV2D)
             f += nz_param_numel(&n->params[0]) * (size_t)n->out.h * (size_t)n->out.w;
     }
     return f;

@@ -316,7 +316,9 @@ static nz_shape infer_out(const nz_model *m, const nz_node *n) {
     if (s.c <= 0 || s.h <= 0 || s.w <= 0) return none;
     long long oh, ow;
     switch (n->op) {
+    case NZ_OP_NDENSE:
     case NZ_OP_DENSE: return (nz_shape){n->units, 1, 1};
+    case NZ_OP_NCONV2D:
     case NZ_OP_CONV2D:
         if (n->stride <= 0) return none;
         oh = ((long long)s.h + 2LL * n->pad - n->kh) / n->stride + 1;

@@ -167,6 +167,7 @@ nz_status nz_train(nz_model *m, const nz_dataset *train, const nz_dataset *test,
                 goto done;
             }
             nz_backward(m, ws, dlogits, B);
+            if (hooks->lr_out) *hooks->lr_out = lr;
             if (hooks->before_step && hooks->before_step(m, nz_ws_grads(ws), hooks->hook_user)) {
                 st = nz_fail(err, NZ_ERR_INTERRUPTED, "stopped by a training hook");
                 goto done;

@@ -1,0 +1,539 @@
+/* Structured slimming by norm x direction factoring (the 2019 thesis, mission.md section 3).
+ *
+ * Every fc neuron's weight row and every conv kernel is g x V/||V||. An L1 penalty on g, applied
+ * as a proximal soft threshold after each SGD step (g <- sign(g) max(|g| - lr*lambda, 0)), drives
+ * whole groups to exactly zero; since |g| is the group's L2 norm this is a group lasso. Groups at
+ * zero are removed: a neuron (row) leaves its layer and its column leaves the next layer; a conv
+ * channel whose kernels are all zero leaves the layer and the next layer's input channels. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "nnzip/compress.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void nz_slim_cfg_default(nz_slim_cfg *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    for (int i = 0; i < NZ_MAX_PASS_NODES; i++) cfg->lambda[i] = -1.0f;
+    cfg->global_lambda = 1e-4f;
+    cfg->method = NZ_SLIM_PROXIMAL;
+    cfg->ramp_epochs = 5;
+    cfg->epochs = 30;
+    cfg->finetune_epochs = 10;
+    nz_train_cfg_default(&cfg->train);
+    cfg->train.lr = 0.05f;
+    cfg->train.weight_decay = 0.0f; /* the L1 penalty replaces weight decay on the norms */
+    nz_train_cfg_default(&cfg->finetune);
+    cfg->finetune.lr = 0.01f;
+    cfg->subgrad_eps = 1e-3f;
+}
+
+/* ---------------------------------------------------------------- conversion */
+
+/* Replaces node i by a node of kind op whose params are filled by fill(). The params buffer is
+ * rebuilt so every view stays contiguous in node order. */
+static nz_status rebuild_params(nz_model *m, const nz_node *new_nodes, nz_error *err) {
+    size_t total = 0;
+    for (int i = 0; i < m->n_nodes; i++)
+        for (int k = 0; k < new_nodes[i].n_params; k++)
+            total += nz_param_numel(&new_nodes[i].params[k]);
+    float *p = calloc(total ? total : 1, sizeof(float));
+    if (!p) return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    free(m->params);
+    m->params = p;
+    m->n_params = total;
+    size_t off = 0;
+    for (int i = 0; i < m->n_nodes; i++) {
+        m->nodes[i] = new_nodes[i];
+        for (int k = 0; k < m->nodes[i].n_params; k++) {
+            m->nodes[i].params[k].off = off;
+            m->nodes[i].params[k].n = nz_param_numel(&m->nodes[i].params[k]);
+            off += m->nodes[i].params[k].n;
+        }
+    }
+    return NZ_OK;
+}
+
+nz_status nz_normdir_convert(nz_model *m, nz_error *err) {
+    nz_status st = nz_model_densify(m, err);
+    if (st) return st;
+    nz_node *nn = malloc(sizeof(nz_node) * (size_t)m->n_nodes);
+    if (!nn) return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    memcpy(nn, m->nodes, sizeof(nz_node) * (size_t)m->n_nodes);
+    for (int i = 0; i < m->n_nodes; i++) {
+        nz_node *n = &nn[i];
+        if (n->op != NZ_OP_DENSE && n->op != NZ_OP_CONV2D) continue;
+        nz_param V = n->params[0], b = n->params[1], g;
+        memset(&g, 0, sizeof g);
+        if (n->op == NZ_OP_DENSE) {
+            g.ndim = 1;
+            g.dims[0] = n->units;
+            n->op = NZ_OP_NDENSE;
+        } else {
+            g.ndim = 2;
+            g.dims[0] = V.dims[0];
+            g.dims[1] = V.dims[1];
+            n->op = NZ_OP_NCONV2D;
+        }
+        g.store = NZ_STORE_F32;
+        n->n_params = 3;
+        n->params[0] = V;
+        n->params[1] = g;
+        n->params[2] = b;
+    }
+    float *old = m->params;
+    nz_node *old_nodes = malloc(sizeof(nz_node) * (size_t)m->n_nodes);
+    if (!old_nodes) {
+        free(nn);
+        return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    }
+    memcpy(old_nodes, m->nodes, sizeof(nz_node) * (size_t)m->n_nodes);
+    m->params = NULL; /* rebuild_params frees it: keep the old values alive until copied */
+    st = rebuild_params(m, nn, err);
+    if (st) {
+        m->params = old;
+        memcpy(m->nodes, old_nodes, sizeof(nz_node) * (size_t)m->n_nodes);
+        free(nn);
+        free(old_nodes);
+        return st;
+    }
+    for (int i = 0; i < m->n_nodes; i++) {
+        const nz_node *o = &old_nodes[i];
+        nz_node *n = &m->nodes[i];
+        if (n->op != NZ_OP_NDENSE && n->op != NZ_OP_NCONV2D) {
+            for (int k = 0; k < n->n_params; k++)
+                memcpy(m->params + n->params[k].off, old + o->params[k].off,
+                       sizeof(float) * n->params[k].n);
+            continue;
+        }
+        const float *W = old + o->params[0].off;
+        float *V = m->params + n->params[0].off, *g = m->params + n->params[1].off;
+        const size_t G = n->params[1].n, S = n->params[0].n / G;
+        for (size_t j = 0; j < G; j++) {
+            double ss = 0;
+            for (size_t q = 0; q < S; q++) ss += (double)W[j * S + q] * W[j * S + q];
+            double norm = sqrt(ss);
+            g[j] = (float)norm;
+            for (size_t q = 0; q < S; q++)
+                V[j * S + q] = norm > 0 ? (float)(W[j * S + q] / norm) : 0.0f;
+        }
+        memcpy(m->params + n->params[2].off, old + o->params[1].off,
+               sizeof(float) * n->params[2].n);
+    }
+    free(old);
+    free(nn);
+    free(old_nodes);
+    return NZ_OK;
+}
+
+nz_status nz_normdir_restore(nz_model *m, nz_error *err) {
+    nz_node *nn = malloc(sizeof(nz_node) * (size_t)m->n_nodes);
+    nz_node *old_nodes = malloc(sizeof(nz_node) * (size_t)m->n_nodes);
+    if (!nn || !old_nodes) {
+        free(nn);
+        free(old_nodes);
+        return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    }
+    memcpy(nn, m->nodes, sizeof(nz_node) * (size_t)m->n_nodes);
+    memcpy(old_nodes, m->nodes, sizeof(nz_node) * (size_t)m->n_nodes);
+    for (int i = 0; i < m->n_nodes; i++) {
+        nz_node *n = &nn[i];
+        if (n->op != NZ_OP_NDENSE && n->op != NZ_OP_NCONV2D) continue;
+        n->op = n->op == NZ_OP_NDENSE ? NZ_OP_DENSE : NZ_OP_CONV2D;
+        n->n_params = 2;
+        n->params[1] = n->params[2];
+        memset(&n->params[2], 0, sizeof n->params[2]);
+    }
+    float *old = m->params;
+    m->params = NULL;
+    nz_status st = rebuild_params(m, nn, err);
+    if (st) {
+        m->params = old;
+        memcpy(m->nodes, old_nodes, sizeof(nz_node) * (size_t)m->n_nodes);
+        free(nn);
+        free(old_nodes);
+        return st;
+    }
+    for (int i = 0; i < m->n_nodes; i++) {
+        const nz_node *o = &old_nodes[i];
+        nz_node *n = &m->nodes[i];
+        if (o->op != NZ_OP_NDENSE && o->op != NZ_OP_NCONV2D) {
+            for (int k = 0; k < n->n_params; k++)
+                memcpy(m->params + n->params[k].off, old + o->params[k].off,
+                       sizeof(float) * n->params[k].n);
+            continue;
+        }
+        const float *V = old + o->params[0].off, *g = old + o->params[1].off;
+        float *W = m->params + n->params[0].off;
+        const size_t G = o->params[1].n, S = o->params[0].n / G;
+        for (size_t j = 0; j < G; j++) {
+            double ss = 0;
+            for (size_t q = 0; q < S; q++) ss += (double)V[j * S + q] * V[j * S + q];
+            double scale = ss > 0 && g[j] != 0.0f ? g[j] / sqrt(ss) : 0.0;
+            for (size_t q = 0; q < S; q++) W[j * S + q] = (float)(V[j * S + q] * scale);
+        }
+        memcpy(m->params + n->params[1].off, old + o->params[2].off,
+               sizeof(float) * n->params[1].n);
+    }
+    free(old);
+    free(nn);
+    free(old_nodes);
+    return NZ_OK;
+}
+
+/* ---------------------------------------------------------------- penalized training */
+
+typedef struct {
+    const nz_slim_cfg *cfg;
+    float lambda[NZ_MAX_PASS_NODES];
+    float lr;
+    long step, ramp_steps;
+    const nz_train_hooks *outer;
+} slim_state;
+
+/* After each SGD step: the proximal (or subgradient) L1 step on the norms, then directions back
+ * to unit norm so that g alone carries each group's magnitude. */
+static int prox_step(nz_model *m, void *user) {
+    slim_state *s = user;
+    s->step++;
+    double ramp = s->ramp_steps > 0 ? (double)s->step / (double)s->ramp_steps : 1.0;
+    if (ramp > 1) ramp = 1;
+    for (int i = 0; i < m->n_nodes; i++) {
+        const nz_node *n = &m->nodes[i];
+        if (n->op != NZ_OP_NDENSE && n->op != NZ_OP_NCONV2D) continue;
+        float *V = m->params + n->params[0].off, *g = m->params + n->params[1].off;
+        const size_t G = n->params[1].n, S = n->params[0].n / G;
+        const float t = (float)(s->lr * s->lambda[i] * ramp);
+        for (size_t j = 0; j < G; j++) {
+            if (t > 0) {
+                if (s->cfg->method == NZ_SLIM_PROXIMAL) {
+                    float a = fabsf(g[j]) - t;
+                    g[j] = a > 0 ? copysignf(a, g[j]) : 0.0f;
+                } else if (g[j] != 0.0f) {
+                    g[j] -= copysignf(t, g[j]);
+                }
+            }
+            float *v = V + j * S;
+            double ss = 0;
+            for (size_t q = 0; q < S; q++) ss += (double)v[q] * v[q];
+            if (ss > 0) {
+                float inv = (float)(1.0 / sqrt(ss));
+                for (size_t q = 0; q < S; q++) v[q] *= inv;
+            }
+        }
+    }
+    if (s->outer && s->outer->after_step) return s->outer->after_step(m, s->outer->hook_user);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- removal */
+
+static int is_weighted_plain(const nz_node *n) {
+    return n->op == NZ_OP_DENSE || n->op == NZ_OP_CONV2D;
+}
+
+nz_status nz_slim_remove(nz_model *m, nz_error *err) {
+    const int N = m->n_nodes;
+    int last = -1;
+    for (int i = 0; i < N; i++) {
+        const nz_node *n = &m->nodes[i];
+        if (n->op == NZ_OP_NDENSE || n->op == NZ_OP_NCONV2D || n->params[0].sparse)
+            return nz_fail(err, NZ_ERR_ARG, "slim: node '%s' must be plain dense/conv2d first", n->name);
+        if (n->n_inputs > 1)
+            return nz_fail(err, NZ_ERR_UNSUPPORTED, "slim: node '%s' joins branches; removal "
+                           "handles chains only", n->name);
+        if (is_weighted_plain(n)) last = i;
+    }
+    /* keep[i][c]: is channel c of node i's output kept; cval[i][c]: the constant a removed
+     * channel outputs (a removed unit emits its bias, through relu/pool/flatten) */
+    const size_t nn = N > 0 ? (size_t)N : 1;
+    unsigned char **keep = calloc(nn, sizeof *keep);
+    float **cval = calloc(nn, sizeof *cval);
+    nz_status st = NZ_OK;
+    if (!keep || !cval) {
+        free(keep);
+        free(cval);
+        return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < N && !st; i++) {
+        const nz_node *n = &m->nodes[i];
+        const int C = n->out.c > 0 ? n->out.c : 1;
+        keep[i] = malloc((size_t)C);
+        cval[i] = calloc((size_t)C, sizeof(float));
+        if (!keep[i] || !cval[i]) {
+            st = nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+            break;
+        }
+        memset(keep[i], 1, (size_t)C);
+        if (i == 0) continue;
+        const int src = n->inputs[0];
+        const nz_shape s = m->nodes[src].out;
+        switch (n->op) {
+        case NZ_OP_DENSE:
+        case NZ_OP_CONV2D: {
+            if (i == last) break;
+            const float *W = m->params + n->params[0].off, *b = m->params + n->params[1].off;
+            const size_t S = n->params[0].n / (size_t)C;
+            for (int o = 0; o < C; o++) {
+                int any = 0;
+                for (size_t q = 0; q < S && !any; q++) any = W[(size_t)o * S + q] != 0.0f;
+                if (!any) {
+                    keep[i][o] = 0;
+                    cval[i][o] = b[o];
+                }
+            }
+            /* a layer never vanishes: keep one (zero-weight) unit to carry its bias */
+            if (!memchr(keep[i], 1, (size_t)C)) {
+                keep[i][0] = 1;
+                cval[i][0] = 0.0f;
+            }
+            break;
+        }
+        case NZ_OP_RELU:
+            for (int c = 0; c < C; c++) {
+                keep[i][c] = keep[src][c];
+                cval[i][c] = cval[src][c] > 0 ? cval[src][c] : 0.0f;
+            }
+            break;
+        case NZ_OP_MAXPOOL:
+        case NZ_OP_DROPOUT:
+            memcpy(keep[i], keep[src], (size_t)C);
+            memcpy(cval[i], cval[src], sizeof(float) * (size_t)C);
+            break;
+        case NZ_OP_FLATTEN: {
+            const int hw = s.h * s.w;
+            for (int c = 0; c < C; c++) {
+                keep[i][c] = keep[src][c / hw];
+                cval[i][c] = cval[src][c / hw];
+            }
+            break;
+        }
+        default:
+            st = nz_fail(err, NZ_ERR_UNSUPPORTED, "slim: cannot remove through a %s node ('%s')",
+                         nz_op_name(n->op), n->name);
+        }
+    }
+    /* build the smaller model: same nodes, fewer units; weights gathered, constants folded */
+    nz_model out;
+    memset(&out, 0, sizeof out);
+    if (!st) st = nz_model_init(&out, m->arch, m->in, m->n_classes, err);
+    for (int i = 1; i < N && !st; i++) {
+        const nz_node *n = &m->nodes[i];
+        int units = 0, id = -1;
+        for (int c = 0; c < n->out.c; c++) units += keep[i][c];
+        switch (n->op) {
+        case NZ_OP_DENSE: id = nz_model_add_dense(&out, n->name, n->inputs[0], units, err); break;
+        case NZ_OP_CONV2D:
+            id = nz_model_add_conv2d(&out, n->name, n->inputs[0], units, n->kh, n->stride, n->pad, err);
+            break;
+        case NZ_OP_RELU: id = nz_model_add_relu(&out, n->name, n->inputs[0], err); break;
+        case NZ_OP_MAXPOOL: id = nz_model_add_maxpool(&out, n->name, n->inputs[0], n->kh, n->stride, err); break;
+        case NZ_OP_DROPOUT: id = nz_model_add_dropout(&out, n->name, n->inputs[0], n->p, err); break;
+        case NZ_OP_FLATTEN: id = nz_model_add_flatten(&out, n->name, n->inputs[0], err); break;
+        default: break;
+        }
+        if (id < 0) {
+            st = err ? err->code : NZ_ERR_SHAPE;
+            break;
+        }
+        if (!is_weighted_plain(n)) continue;
+        const nz_node *o = &out.nodes[id];
+        const int src = n->inputs[0];
+        const nz_shape s = m->nodes[src].out;
+        const int C_in = s.c, KK = n->op == NZ_OP_CONV2D ? n->kh * n->kw : 1;
+        const int in_feat = n->op == NZ_OP_DENSE ? (int)nz_shape_size(s) : C_in;
+        const float *W = m->params + n->params[0].off, *b = m->params + n->params[1].off;
+        float *W2 = out.params + o->params[0].off, *b2 = out.params + o->params[1].off;
+        const int in_kept = o->op == NZ_OP_DENSE ? (int)(o->params[0].n / (size_t)o->units)
+                                                 : o->params[0].dims[1];
+        (void)in_kept;
+        int r2 = 0;
+        for (int r = 0; r < n->out.c; r++) {
+            if (!keep[i][r]) continue;
+            const float *wr = W + (size_t)r * in_feat * KK;
+            double bias = b[r];
+            int c2 = 0;
+            for (int c = 0; c < in_feat; c++) {
+                const float *wk = wr + (size_t)c * KK;
+                if (keep[src][c]) {
+                    memcpy(W2 + ((size_t)r2 * in_kept + c2) * KK, wk, sizeof(float) * KK);
+                    c2++;
+                } else {
+                    /* a removed input is a constant: its contribution joins the bias */
+                    for (int q = 0; q < KK; q++) bias += (double)wk[q] * cval[src][c];
+                }
+            }
+            b2[r2] = (float)bias;
+            r2++;
+        }
+    }
+    for (int i = 0; i < N; i++) {
+        if (keep) free(keep[i]);
+        if (cval) free(cval[i]);
+    }
+    free(keep);
+    free(cval);
+    if (st) {
+        nz_model_free(&out);
+        return st;
+    }
+    out.pre = m->pre;
+    nz_model_free(m);
+    *m = out;
+    return NZ_OK;
+}
+
+/* ---------------------------------------------------------------- the pass */
+
+static void count_units(const nz_model *m, int *units, size_t *kernels) {
+    for (int i = 0; i < m->n_nodes; i++) {
+        const nz_node *n = &m->nodes[i];
+        units[i] = n->units;
+        kernels[i] = 0;
+        if (n->op == NZ_OP_CONV2D) {
+            const float *W = m->params + n->params[0].off;
+            const size_t K = (size_t)n->kh * n->kw, G = n->params[0].n / K;
+            for (size_t g = 0; g < G; g++) {
+                int any = 0;
+                for (size_t q = 0; q < K && !any; q++) any = W[g * K + q] != 0.0f;
+                kernels[i] += (size_t)any;
+            }
+        }
+    }
+}
+
+static size_t total_params(const nz_model *m) {
+    size_t t = 0;
+    for (int i = 0; i < m->n_nodes; i++) t += nz_node_param_count(&m->nodes[i]);
+    return t;
+}
+
+typedef struct {
+    const unsigned char *mask;
+    const nz_train_hooks *outer;
+} hold_state;
+
+/* fine-tuning keeps removed conv kernels (inside surviving channels) at zero */
+static int hold_zeros(nz_model *m, void *user) {
+    hold_state *h = user;
+    for (size_t i = 0; i < m->n_params; i++)
+        if (!h->mask[i]) m->params[i] = 0.0f;
+    if (h->outer && h->outer->after_step) return h->outer->after_step(m, h->outer->hook_user);
+    return 0;
+}
+
+nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
+                  const nz_slim_cfg *cfg, const nz_train_hooks *hooks, nz_slim_result *res,
+                  nz_error *err) {
+    memset(res, 0, sizeof *res);
+    double t0 = now_s();
+    if (m->n_nodes > NZ_MAX_PASS_NODES)
+        return nz_fail(err, NZ_ERR_ARG, "model has %d nodes; slimming handles %d", m->n_nodes,
+                       NZ_MAX_PASS_NODES);
+    nz_status st = nz_model_densify(m, err);
+    if (st) return st;
+    nz_eval_result ev;
+    if (test && (st = nz_evaluate(m, test, 256, &ev, err))) return st;
+    res->test_err_before = test ? ev.error : -1.0f;
+    res->params_before = total_params(m);
+    res->macs_before = nz_model_flops(m);
+    int units0[NZ_MAX_PASS_NODES];
+    size_t kern0[NZ_MAX_PASS_NODES];
+    count_units(m, units0, kern0);
+    char names0[NZ_MAX_PASS_NODES][NZ_NAME_MAX];
+    nz_op ops0[NZ_MAX_PASS_NODES];
+    int n0 = m->n_nodes;
+    for (int i = 0; i < n0; i++) {
+        memcpy(names0[i], m->nodes[i].name, NZ_NAME_MAX);
+        ops0[i] = m->nodes[i].op;
+    }
+
+    if ((st = nz_normdir_convert(m, err))) return st;
+    slim_state s;
+    memset(&s, 0, sizeof s);
+    s.cfg = cfg;
+    s.outer = hooks;
+    int last = -1;
+    for (int i = 0; i < m->n_nodes; i++)
+        if (m->nodes[i].op == NZ_OP_NDENSE || m->nodes[i].op == NZ_OP_NCONV2D) last = i;
+    for (int i = 0; i < m->n_nodes; i++) {
+        s.lambda[i] = cfg->lambda[i] >= 0 ? cfg->lambda[i] : cfg->global_lambda;
+        if (i == last && !cfg->penalize_last) s.lambda[i] = 0.0f;
+    }
+    const long steps_per_epoch = (train->n + cfg->train.batch - 1) / cfg->train.batch;
+    s.ramp_steps = (long)cfg->ramp_epochs * steps_per_epoch;
+    nz_train_hooks th;
+    memset(&th, 0, sizeof th);
+    if (hooks) th = *hooks;
+    th.after_step = prox_step;
+    th.hook_user = &s;
+    th.lr_out = &s.lr;
+    nz_train_cfg tc = cfg->train;
+    tc.epochs = cfg->epochs;
+    tc.eval_every = 0;
+    nz_train_result tr;
+    if (cfg->epochs > 0 && (st = nz_train(m, train, test, &tc, &th, &tr, err))) return st;
+    /* subgradient steps never land on zero: count small norms as zero */
+    if (cfg->method == NZ_SLIM_SUBGRADIENT)
+        for (int i = 0; i < m->n_nodes; i++) {
+            const nz_node *n = &m->nodes[i];
+            if (n->op != NZ_OP_NDENSE && n->op != NZ_OP_NCONV2D) continue;
+            if (s.lambda[i] <= 0) continue;
+            float *g = m->params + n->params[1].off;
+            for (size_t j = 0; j < n->params[1].n; j++)
+                if (fabsf(g[j]) < cfg->subgrad_eps) g[j] = 0.0f;
+        }
+    if ((st = nz_normdir_restore(m, err))) return st;
+    if (test && (st = nz_evaluate(m, test, 256, &ev, err))) return st;
+    res->test_err_penalized = test ? ev.error : -1.0f;
+    if ((st = nz_slim_remove(m, err))) return st;
+
+    if (cfg->finetune_epochs > 0) {
+        unsigned char *mask = malloc(m->n_params ? m->n_params : 1);
+        if (!mask) return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; i < m->n_params; i++) mask[i] = 1;
+        for (int i = 0; i < m->n_nodes; i++) {
+            const nz_node *n = &m->nodes[i];
+            if (n->op != NZ_OP_CONV2D) continue;
+            const float *W = m->params + n->params[0].off;
+            for (size_t j = 0; j < n->params[0].n; j++) mask[n->params[0].off + j] = W[j] != 0.0f;
+        }
+        hold_state h = {mask, hooks};
+        nz_train_hooks fh;
+        memset(&fh, 0, sizeof fh);
+        if (hooks) fh = *hooks;
+        fh.after_step = hold_zeros;
+        fh.hook_user = &h;
+        nz_train_cfg fc = cfg->finetune;
+        fc.epochs = cfg->finetune_epochs;
+        fc.eval_every = 0;
+        st = nz_train(m, train, test, &fc, &fh, &tr, err);
+        free(mask);
+        if (st) return st;
+    }
+    if (test && (st = nz_evaluate(m, test, 256, &ev, err))) return st;
+    res->test_err_after = test ? ev.error : -1.0f;
+    res->params_after = total_params(m);
+    res->macs_after = nz_model_flops(m);
+    int units1[NZ_MAX_PASS_NODES];
+    size_t kern1[NZ_MAX_PASS_NODES];
+    count_units(m, units1, kern1);
+    for (int i = 0; i < m->n_nodes && i < n0; i++) {
+        if (ops0[i] != NZ_OP_DENSE && ops0[i] != NZ_OP_CONV2D) continue;
+        int r = res->n_layers++;
+        res->node[r] = i;
+        memcpy(res->name[r], names0[i], NZ_NAME_MAX);
+        res->units_before[r] = units0[i];
+        res->units_after[r] = units1[i];
+        res->kernels_before[r] = kern0[i];
+        res->kernels_after[r] = kern1[i];
+    }
+    res->seconds = now_s() - t0;
+    return NZ_OK;
+}

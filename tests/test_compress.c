@@ -1,0 +1,1281 @@
+/* Deep Compression (src/compress/): the sparse runtime form and its payload encoding (round trips
+ * over shapes, index widths, f32 and codebook values, packed and Huffman streams), the sparse
+ * kernels held against a plain dense reference, model-level sparsify / encode / save / load /
+ * densify, magnitude pruning, 1-D k-means held against a brute-force Lloyd, trained quantization
+ * on a small synthetic problem, and malformed payloads and files (each must be refused cleanly).
+ * Never compares encoder bytes to a golden file: only properties of the streams. */
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nnzip/compress.h"
+#include "nnzip/data.h"
+#include "nnzip/format.h"
+#include "nnzip/model.h"
+#include "nnzip/train.h"
+#include "testlib.h"
+
+/* ---------------------------------------------------------------- helpers */
+
+static double now_sec(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void put32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* max |a-b| / max |b|: sparse kernels reorder sums, so logits are compared against the scale
+ * of the whole vector, not element by element (a logit near 0 has no meaningful relative error) */
+static double norm_rel_err(const float *a, const float *b, size_t n) {
+    double d = 0, s = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - (double)b[i]);
+        if (e > d || e != e) d = e != e ? INFINITY : e;
+        if (fabs((double)b[i]) > s) s = fabs((double)b[i]);
+    }
+    return d / (s > 1e-30 ? s : 1e-30);
+}
+
+/* A random matrix: each position nonzero with probability density; values f32 normal, or
+ * codebook[1..k-1] (never 0). */
+static void random_matrix(float *W, int rows, int cols, double density, const float *codebook,
+                          int k, nz_rng *r) {
+    for (size_t i = 0; i < (size_t)rows * cols; i++) {
+        W[i] = 0.0f;
+        if (nz_rng_uniform(r) >= density) continue;
+        if (codebook) {
+            W[i] = codebook[1 + nz_rng_below(r, (uint64_t)(k - 1))];
+        } else {
+            float v = nz_rng_normal(r);
+            W[i] = v != 0.0f ? v : 1.0f;
+        }
+    }
+}
+
+/* codebook[0] = 0, then k-1 distinct nonzero values */
+static void make_codebook(float *cb, int k, nz_rng *r) {
+    cb[0] = 0.0f;
+    for (int j = 1; j < k; j++) {
+        float v;
+        int dup;
+        do {
+            v = nz_rng_range(r, -2.0f, 2.0f);
+            dup = v == 0.0f;
+            for (int t = 1; t < j && !dup; t++) dup = cb[t] == v;
+        } while (dup);
+        cb[j] = v;
+    }
+}
+
+/* CSR invariants of a decoded (or built) sparse form: row_ptr monotone from 0 to nnz, columns
+ * strictly increasing inside a row and < cols, codes in 1..k-1 (0 is the filler code, never
+ * stored), f32 values never 0. Returns 1 if all hold. */
+static int sparse_valid(const nz_sparse *s) {
+    if (!s || s->rows <= 0 || s->cols <= 0 || s->row_ptr[0] != 0 || s->row_ptr[s->rows] != s->nnz)
+        return 0;
+    for (int r = 0; r < s->rows; r++) {
+        if (s->row_ptr[r] > s->row_ptr[r + 1]) return 0;
+        for (uint32_t j = s->row_ptr[r]; j < s->row_ptr[r + 1]; j++) {
+            if (s->col[j] >= (uint32_t)s->cols) return 0;
+            if (j > s->row_ptr[r] && s->col[j] <= s->col[j - 1]) return 0;
+            if (s->n_codebook) {
+                if (s->code[j] == 0 || s->code[j] >= s->n_codebook) return 0;
+            } else if (s->val[j] == 0.0f) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+/* Entries (fillers included) that relative indices of width b need: a gap g from the previous
+ * stored position costs ceil(g / 2^b) entries. Written apart from the encoder's own count. */
+static uint64_t expected_entries(const float *W, size_t total, int b) {
+    uint64_t n = 0, span = 1ull << b;
+    int64_t prev = -1;
+    for (size_t i = 0; i < total; i++) {
+        if (W[i] == 0.0f) continue;
+        uint64_t g = (uint64_t)((int64_t)i - prev);
+        n += (g + span - 1) / span;
+        prev = (int64_t)i;
+    }
+    return n;
+}
+
+/* ---------------------------------------------------------------- payload round trips */
+
+static int rt_count, rt_filler_cases;
+
+/* from_dense -> encode -> decode -> to_dense must give W back exactly. */
+static void roundtrip(const float *W, int rows, int cols, const float *cb, int k, int index_bits,
+                      int huffman, const char *what) {
+    nz_error e = {0};
+    nz_sparse *s = NULL, *d = NULL;
+    size_t total = (size_t)rows * cols, nnz = 0;
+    for (size_t i = 0; i < total; i++) nnz += W[i] != 0.0f;
+    nz_status st = nz_sparse_from_dense(&s, W, rows, cols, cb, k, index_bits, &e);
+    CHECK(st == NZ_OK, "%s: from_dense: %s", what, e.msg);
+    if (st) return;
+    rt_count++;
+    CHECK(s->nnz == nnz && sparse_valid(s), "%s: built form: nnz %u, want %zu", what, s->nnz, nnz);
+    s->huffman = huffman;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    st = nz_sparse_encode(s, &buf, &len, &e);
+    CHECK(st == NZ_OK, "%s: encode: %s", what, e.msg);
+    if (st) {
+        nz_sparse_free(s);
+        return;
+    }
+    const uint64_t want_entries = expected_entries(W, total, index_bits);
+    CHECK(s->n_entries == want_entries, "%s: %u entries, want %llu", what, s->n_entries,
+          (unsigned long long)want_entries);
+    if (want_entries > nnz) {
+        rt_filler_cases++;
+        CHECK(s->n_entries > s->nnz, "%s: fillers expected", what);
+    }
+    if (!huffman) { /* packed streams have exactly determined lengths */
+        uint64_t ib = ((uint64_t)s->n_entries * (uint64_t)index_bits + 7) / 8;
+        uint64_t vb = cb ? ((uint64_t)s->n_entries * (uint64_t)s->code_bits + 7) / 8
+                         : (uint64_t)s->n_entries * 4;
+        CHECK(s->index_stream_bytes == ib && s->value_stream_bytes == vb,
+              "%s: packed streams %llu + %llu bytes, want %llu + %llu", what,
+              (unsigned long long)s->index_stream_bytes,
+              (unsigned long long)s->value_stream_bytes, (unsigned long long)ib,
+              (unsigned long long)vb);
+    }
+    CHECK(len == 16 + s->codebook_bytes + 8 + s->index_stream_bytes + s->value_stream_bytes,
+          "%s: payload %zu bytes does not add up", what, len);
+    st = nz_sparse_decode(buf, len, rows, cols, &d, &e);
+    CHECK(st == NZ_OK, "%s: decode: %s", what, e.msg);
+    if (!st) {
+        CHECK(sparse_valid(d), "%s: decoded form breaks CSR invariants", what);
+        CHECK(d->nnz == s->nnz && d->n_entries == s->n_entries && d->index_bits == index_bits &&
+                  d->huffman == huffman && d->n_codebook == (cb ? k : 0) &&
+                  d->code_bits == s->code_bits,
+              "%s: decoded header fields differ", what);
+        if (cb && d->n_codebook == k)
+            CHECK(memcmp(d->codebook, cb, sizeof(float) * (size_t)k) == 0, "%s: codebook", what);
+        float *back = malloc(sizeof(float) * total);
+        nz_sparse_to_dense(d, back);
+        CHECK(memcmp(back, W, sizeof(float) * total) == 0, "%s: round trip differs", what);
+        /* a clone is an independent equal copy */
+        nz_sparse *c = NULL;
+        CHECK(nz_sparse_clone(&c, d, &e) == NZ_OK, "%s: clone", what);
+        if (c) {
+            nz_sparse_free(d);
+            d = NULL;
+            memset(back, 0xff, sizeof(float) * total);
+            nz_sparse_to_dense(c, back);
+            CHECK(memcmp(back, W, sizeof(float) * total) == 0, "%s: clone differs", what);
+            nz_sparse_free(c);
+        }
+        free(back);
+    }
+    nz_sparse_free(d);
+    nz_sparse_free(s);
+    free(buf);
+}
+
+static void test_roundtrips(void) {
+    static const int widths[] = {1, 2, 3, 5, 8, 12};
+    static const struct {
+        int rows, cols;
+        double density;
+        const char *name;
+    } shapes[] = {
+        {8, 13, 0.3, "8x13 30%"},      {40, 50, 0.1, "40x50 10%"}, {17, 33, 1.0, "dense 17x33"},
+        {9, 21, 0.0, "all zeros"},     {1, 300, 0.05, "1x300"},    {300, 1, 0.05, "300x1"},
+        {1, 1, 1.0, "1x1"},            {12, 700, 0.02, "12x700 2%"},
+    };
+    nz_rng r;
+    nz_rng_seed(&r, 101);
+    float cbs[3][256];
+    static const int ks[3] = {2, 5, 256}; /* code widths 1, 3, 8 */
+    for (int c = 0; c < 3; c++) make_codebook(cbs[c], ks[c], &r);
+    char what[160];
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int rows = shapes[si].rows, cols = shapes[si].cols;
+        float *W = malloc(sizeof(float) * (size_t)rows * cols);
+        for (int v = -1; v < 3; v++) { /* -1: f32 values; else codebook v */
+            const float *cb = v < 0 ? NULL : cbs[v];
+            const int k = v < 0 ? 0 : ks[v];
+            random_matrix(W, rows, cols, shapes[si].density, cb, k, &r);
+            if (si == 0) W[0] = W[0] != 0.0f ? W[0] : (cb ? cb[1] : 1.5f); /* first position */
+            for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
+                for (int h = 0; h < 2; h++) {
+                    snprintf(what, sizeof what, "%s, %s, index %d bits, %s", shapes[si].name,
+                             cb ? "codebook" : "f32", widths[wi], h ? "huffman" : "packed");
+                    roundtrip(W, rows, cols, cb, k, widths[wi], h, what);
+                }
+        }
+        free(W);
+    }
+    /* empty rows between full ones, and a single entry in the last position */
+    {
+        const int rows = 30, cols = 40;
+        float *W = calloc((size_t)rows * cols, sizeof(float));
+        for (int rr = 0; rr < rows; rr += 7)
+            for (int cc = 0; cc < cols; cc++) W[rr * cols + cc] = (float)(rr + 1) * 0.5f + cc;
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
+            for (int h = 0; h < 2; h++) {
+                snprintf(what, sizeof what, "empty rows, index %d bits, %s", widths[wi],
+                         h ? "huffman" : "packed");
+                roundtrip(W, rows, cols, NULL, 0, widths[wi], h, what);
+            }
+        memset(W, 0, sizeof(float) * (size_t)rows * cols);
+        W[rows * cols - 1] = cbs[2][255];
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
+            for (int h = 0; h < 2; h++) {
+                snprintf(what, sizeof what, "last position only, index %d bits, %s", widths[wi],
+                         h ? "huffman" : "packed");
+                roundtrip(W, rows, cols, NULL, 0, widths[wi], h, what);
+                roundtrip(W, rows, cols, cbs[2], 256, widths[wi], h, what);
+            }
+        free(W);
+    }
+    /* a layer of realistic size: 300x784 at 8% (LeNet-300's ip1) */
+    {
+        float *W = malloc(sizeof(float) * 300 * 784);
+        random_matrix(W, 300, 784, 0.08, cbs[2], 256, &r);
+        roundtrip(W, 300, 784, cbs[2], 256, 5, 1, "300x784 8%, codebook, 5 bits, huffman");
+        random_matrix(W, 300, 784, 0.08, NULL, 0, &r);
+        roundtrip(W, 300, 784, NULL, 0, 4, 0, "300x784 8%, f32, 4 bits, packed");
+        free(W);
+    }
+    CHECK(rt_filler_cases > 50, "only %d round trips exercised filler entries", rt_filler_cases);
+
+    /* bad arguments to from_dense: refused with NZ_ERR_ARG and no output */
+    nz_error e = {0};
+    nz_sparse *s = (nz_sparse *)&e;
+    float W4[4] = {0, 1.0f, 0, 2.0f}, cb3[3] = {0, 1.0f, 2.0f}, cbbad[3] = {0.5f, 1.0f, 2.0f};
+    CHECK(nz_sparse_from_dense(&s, W4, 2, 2, NULL, 0, 0, &e) == NZ_ERR_ARG && !s, "index bits 0");
+    CHECK(nz_sparse_from_dense(&s, W4, 2, 2, NULL, 0, 13, &e) == NZ_ERR_ARG && !s, "index bits 13");
+    CHECK(nz_sparse_from_dense(&s, W4, 0, 4, NULL, 0, 4, &e) == NZ_ERR_ARG && !s, "0 rows");
+    CHECK(nz_sparse_from_dense(&s, W4, 2, 2, cbbad, 3, 4, &e) == NZ_ERR_ARG && !s, "codebook[0]");
+    CHECK(nz_sparse_from_dense(&s, W4, 2, 2, cb3, 1, 4, &e) == NZ_ERR_ARG && !s, "codebook of 1");
+    CHECK(nz_sparse_from_dense(&s, W4, 2, 2, cb3, 257, 4, &e) == NZ_ERR_ARG && !s, "codebook 257");
+    W4[1] = 1.5f;
+    CHECK(nz_sparse_from_dense(&s, W4, 2, 2, cb3, 3, 4, &e) == NZ_ERR_ARG && !s,
+          "a weight outside the codebook");
+}
+
+/* ---------------------------------------------------------------- kernels */
+
+static void test_kernels(void) {
+    static const struct {
+        int rows, cols;
+        double density;
+    } shapes[] = {{1, 1, 1.0}, {5, 9, 0.4}, {37, 1, 0.5}, {64, 70, 0.0}, {300, 1200, 0.1}};
+    static const int Ns[] = {1, 7, 64};
+    nz_rng r;
+    nz_rng_seed(&r, 202);
+    float cb[32];
+    make_codebook(cb, 32, &r);
+    for (int threads = 1; threads <= 2; threads++) {
+        nz_set_threads(threads);
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int rows = shapes[si].rows, cols = shapes[si].cols;
+            float *W = malloc(sizeof(float) * (size_t)rows * cols);
+            for (int use_cb = 0; use_cb < 2; use_cb++) {
+                random_matrix(W, rows, cols, shapes[si].density, use_cb ? cb : NULL, 32, &r);
+                nz_sparse *s = NULL;
+                nz_error e = {0};
+                if (nz_sparse_from_dense(&s, W, rows, cols, use_cb ? cb : NULL, use_cb ? 32 : 0,
+                                         5, &e) != NZ_OK) {
+                    CHECK(0, "from_dense: %s", e.msg);
+                    continue;
+                }
+                for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++) {
+                    const int N = Ns[ni];
+                    float *X = malloc(sizeof(float) * (size_t)cols * N);
+                    float *Y = malloc(sizeof(float) * (size_t)rows * N);
+                    float *Y0 = malloc(sizeof(float) * (size_t)rows * N);
+                    float *ref = malloc(sizeof(float) * (size_t)rows * N);
+                    for (size_t i = 0; i < (size_t)cols * N; i++) X[i] = nz_rng_normal(&r);
+                    for (size_t i = 0; i < (size_t)rows * N; i++) Y0[i] = nz_rng_normal(&r);
+                    for (int acc = 0; acc < 2; acc++) {
+                        /* plain dense reference in double */
+                        for (int i = 0; i < rows; i++)
+                            for (int n = 0; n < N; n++) {
+                                double sum = acc ? Y0[(size_t)i * N + n] : 0.0;
+                                for (int c = 0; c < cols; c++)
+                                    sum += (double)W[(size_t)i * cols + c] * X[(size_t)c * N + n];
+                                ref[(size_t)i * N + n] = (float)sum;
+                            }
+                        if (acc)
+                            memcpy(Y, Y0, sizeof(float) * (size_t)rows * N);
+                        else
+                            for (size_t i = 0; i < (size_t)rows * N; i++) Y[i] = NAN;
+                        nz_sparse_matmul(s, X, N, Y, acc);
+                        double err = tl_max_rel_err(Y, ref, (size_t)rows * N, 1.0);
+                        CHECK(err < 1e-5, "matmul %dx%d %s N=%d acc=%d threads=%d: err %g", rows,
+                              cols, use_cb ? "codebook" : "f32", N, acc, threads, err);
+                    }
+                    if (N == 1) {
+                        for (int i = 0; i < rows; i++) Y[i] = NAN;
+                        nz_sparse_matvec(s, X, Y);
+                        for (int i = 0; i < rows; i++) { /* ref holds acc = 1: recompute */
+                            double sum = 0;
+                            for (int c = 0; c < cols; c++)
+                                sum += (double)W[(size_t)i * cols + c] * X[c];
+                            ref[i] = (float)sum;
+                        }
+                        double err = tl_max_rel_err(Y, ref, (size_t)rows, 1.0);
+                        CHECK(err < 1e-5, "matvec %dx%d %s threads=%d: err %g", rows, cols,
+                              use_cb ? "codebook" : "f32", threads, err);
+                    }
+                    free(X);
+                    free(Y);
+                    free(Y0);
+                    free(ref);
+                }
+                nz_sparse_free(s);
+            }
+            free(W);
+        }
+    }
+    nz_set_threads(0);
+}
+
+/* ---------------------------------------------------------------- model level */
+
+#define MAX_LAYERS 16
+#define MODEL_CB 32
+
+/* logits of a forward at batch B, copied out of the workspace */
+static void logits_of(const nz_model *m, const float *x, int B, float *out) {
+    nz_error e = {0};
+    nz_ws *ws = nz_ws_new(m, B, &e);
+    CHECK(ws != NULL, "workspace: %s", e.msg);
+    if (!ws) {
+        memset(out, 0, sizeof(float) * (size_t)B * m->n_classes);
+        return;
+    }
+    const float *l = nz_forward(m, ws, x, B, 0, NULL);
+    memcpy(out, l, sizeof(float) * (size_t)B * m->n_classes);
+    nz_ws_free(ws);
+}
+
+/* snaps every nonzero weight to the nearest of cb[1..k-1] (never to 0) */
+static void snap_to_codebook(float *W, size_t n, const float *cb, int k) {
+    for (size_t i = 0; i < n; i++) {
+        if (W[i] == 0.0f) continue;
+        int best = 1;
+        for (int j = 2; j < k; j++)
+            if (fabsf(W[i] - cb[j]) < fabsf(W[i] - cb[best])) best = j;
+        W[i] = cb[best];
+    }
+}
+
+static void test_model_level(const char *arch, int use_cb, const char *dir) {
+    char what[96];
+    snprintf(what, sizeof what, "%s %s", arch, use_cb ? "codebook" : "f32");
+    nz_error e = {0};
+    nz_model ref, sp, ld;
+    if (nz_zoo_build(&ref, arch, (nz_shape){1, 28, 28}, 10, &e) != NZ_OK) {
+        CHECK(0, "%s: build: %s", what, e.msg);
+        return;
+    }
+    nz_rng r;
+    nz_rng_seed(&r, 303);
+    nz_model_init_params(&ref, &r);
+    float cb[MAX_LAYERS][MODEL_CB];
+    int layer_node[MAX_LAYERS], n_layers = 0;
+    size_t weights = 0;
+    for (int i = 0; i < ref.n_nodes; i++) {
+        if (!nz_node_is_weighted(&ref.nodes[i]) || n_layers == MAX_LAYERS) continue;
+        const nz_param *p = &ref.nodes[i].params[0];
+        float *W = ref.params + p->off;
+        size_t kept = nz_prune_layer_to_sparsity(W, p->n, 0.9f);
+        CHECK(kept == p->n - (size_t)(0.9 * p->n + 0.5), "%s: layer %d kept %zu of %zu", what,
+              i, kept, p->n);
+        if (use_cb) { /* linear codebook over the layer's range, then snap */
+            float lo = 0, hi = 0;
+            for (size_t j = 0; j < p->n; j++) {
+                lo = W[j] < lo ? W[j] : lo;
+                hi = W[j] > hi ? W[j] : hi;
+            }
+            cb[n_layers][0] = 0.0f;
+            for (int j = 1; j < MODEL_CB; j++) {
+                float v = lo + (hi - lo) * (float)(j - 1) / (MODEL_CB - 2);
+                cb[n_layers][j] = v != 0.0f ? v : 1e-3f;
+            }
+            snap_to_codebook(W, p->n, cb[n_layers], MODEL_CB);
+        }
+        weights += p->n;
+        layer_node[n_layers++] = i;
+    }
+    if (nz_model_copy(&sp, &ref, &e) != NZ_OK) {
+        CHECK(0, "%s: copy: %s", what, e.msg);
+        nz_model_free(&ref);
+        return;
+    }
+    for (int l = 0; l < n_layers; l++) {
+        nz_status st = nz_model_sparsify_param(&sp, layer_node[l], use_cb ? cb[l] : NULL,
+                                               use_cb ? MODEL_CB : 0, 5, &e);
+        CHECK(st == NZ_OK, "%s: sparsify node %d: %s", what, layer_node[l], e.msg);
+    }
+    CHECK(sp.n_params == ref.n_params - weights, "%s: %zu dense floats left, want %zu", what,
+          sp.n_params, ref.n_params - weights);
+    CHECK(nz_model_validate(&sp, &e) == NZ_OK, "%s: sparse model invalid: %s", what, e.msg);
+    /* sparsifying twice is refused; so is a node without weights */
+    CHECK(nz_model_sparsify_param(&sp, layer_node[0], NULL, 0, 5, &e) == NZ_ERR_ARG,
+          "%s: second sparsify accepted", what);
+    CHECK(nz_model_sparsify_param(&sp, 0, NULL, 0, 5, &e) == NZ_ERR_ARG, "%s: input node", what);
+
+    float *x = malloc(sizeof(float) * 5 * 784);
+    for (int i = 0; i < 5 * 784; i++) x[i] = nz_rng_normal(&r);
+    float a[50], b[50], c[50];
+    for (int B = 1; B <= 5; B += 4) {
+        logits_of(&ref, x, B, a);
+        logits_of(&sp, x, B, b);
+        double err = norm_rel_err(b, a, (size_t)B * 10);
+        CHECK(err < 1e-5, "%s: sparse vs dense logits at B=%d: rel err %g", what, B, err);
+    }
+
+    /* encode (f16 biases, chosen widths, Huffman or packed), save, load: bit-identical */
+    nz_encode_cfg ec;
+    nz_encode_cfg_default(&ec);
+    if (use_cb) { /* fixed narrow widths and packed streams */
+        ec.huffman = 0;
+        for (int l = 0; l < n_layers; l++) ec.index_bits[layer_node[l]] = 3;
+    }
+    CHECK(nz_encode(&sp, &ec, &e) == NZ_OK, "%s: encode: %s", what, e.msg);
+    for (int l = 0; l < n_layers; l++) {
+        const nz_sparse *s = sp.nodes[layer_node[l]].params[0].sparse;
+        CHECK(s && s->huffman == ec.huffman && (!use_cb || s->index_bits == 3),
+              "%s: encode settings not applied to node %d", what, layer_node[l]);
+    }
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s-%s.nnz", dir, arch, use_cb ? "cb" : "f32");
+    CHECK(nz_save(&sp, NULL, path, &e) == NZ_OK, "%s: save: %s", what, e.msg);
+    if (nz_load(path, &ld, NULL, &e) != NZ_OK) {
+        CHECK(0, "%s: load: %s", what, e.msg);
+    } else {
+        for (int l = 0; l < n_layers; l++) {
+            const nz_sparse *s0 = sp.nodes[layer_node[l]].params[0].sparse;
+            const nz_sparse *s1 = ld.nodes[layer_node[l]].params[0].sparse;
+            CHECK(s1 && s0 && s1->nnz == s0->nnz && s1->n_codebook == s0->n_codebook &&
+                      s1->index_bits == s0->index_bits && s1->huffman == s0->huffman,
+                  "%s: node %d not loaded as the same sparse form", what, layer_node[l]);
+        }
+        for (int B = 1; B <= 5; B += 4) {
+            logits_of(&sp, x, B, b);
+            logits_of(&ld, x, B, c);
+            CHECK(memcmp(b, c, sizeof(float) * (size_t)B * 10) == 0,
+                  "%s: loaded model's logits differ at B=%d", what, B);
+        }
+        /* densify: weights identical to the pre-sparsify dense ones (biases are f16 now) */
+        CHECK(nz_model_densify(&ld, &e) == NZ_OK, "%s: densify: %s", what, e.msg);
+        CHECK(nz_model_validate(&ld, &e) == NZ_OK, "%s: densified model invalid: %s", what,
+              e.msg);
+        for (int l = 0; l < n_layers; l++) {
+            const nz_param *p0 = &ref.nodes[layer_node[l]].params[0];
+            const nz_param *p1 = &ld.nodes[layer_node[l]].params[0];
+            CHECK(!p1->sparse && p1->n == p0->n &&
+                      memcmp(ld.params + p1->off, ref.params + p0->off, sizeof(float) * p0->n) ==
+                          0,
+                  "%s: densified weights of node %d differ", what, layer_node[l]);
+        }
+        for (int B = 1; B <= 5; B += 4) {
+            logits_of(&sp, x, B, b);
+            logits_of(&ld, x, B, c);
+            double err = norm_rel_err(c, b, (size_t)B * 10);
+            CHECK(err < 1e-5, "%s: densified vs sparse logits at B=%d: rel err %g", what, B, err);
+        }
+        nz_model_free(&ld);
+    }
+    unlink(path);
+    free(x);
+    nz_model_free(&sp);
+    nz_model_free(&ref);
+}
+
+/* ---------------------------------------------------------------- pruning */
+
+static void test_prune_layer(void) {
+    nz_rng r;
+    nz_rng_seed(&r, 404);
+    const size_t n = 1000;
+    float *W = malloc(sizeof(float) * n), *orig = malloc(sizeof(float) * n);
+    static const float sps[] = {0.0f, 0.1f, 0.37f, 0.9f, 0.99f, 0.999f, 1.0f};
+    for (size_t si = 0; si < sizeof sps / sizeof sps[0]; si++) {
+        /* distinct magnitudes (i+1)/n in a random order, random signs */
+        for (size_t i = 0; i < n; i++) orig[i] = (float)(i + 1) / (float)n;
+        for (size_t i = n - 1; i > 0; i--) {
+            size_t j = (size_t)nz_rng_below(&r, i + 1);
+            float t = orig[i];
+            orig[i] = orig[j];
+            orig[j] = t;
+        }
+        for (size_t i = 0; i < n; i++)
+            if (nz_rng_below(&r, 2)) orig[i] = -orig[i];
+        memcpy(W, orig, sizeof(float) * n);
+        size_t kept = nz_prune_layer_to_sparsity(W, n, sps[si]);
+        size_t want = (size_t)lround((1.0 - (double)sps[si]) * (double)n), nonzero = 0;
+        float min_kept = INFINITY, max_cut = 0;
+        int changed = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (W[i] != 0.0f) {
+                nonzero++;
+                changed |= W[i] != orig[i];
+                min_kept = fminf(min_kept, fabsf(W[i]));
+            } else {
+                max_cut = fmaxf(max_cut, fabsf(orig[i]));
+            }
+        }
+        CHECK(kept == want && nonzero == want, "sparsity %g: kept %zu (%zu nonzero), want %zu",
+              (double)sps[si], kept, nonzero, want);
+        CHECK(!changed, "sparsity %g: a kept weight changed value", (double)sps[si]);
+        CHECK(nonzero == 0 || nonzero == n || min_kept > max_cut,
+              "sparsity %g: kept %g is smaller than removed %g", (double)sps[si],
+              (double)min_kept, (double)max_cut);
+    }
+    /* already-zero weights count as removed */
+    for (size_t i = 0; i < n; i++) W[i] = i % 10 < 3 ? 0.0f : (float)(i + 1);
+    CHECK(nz_prune_layer_to_sparsity(W, n, 0.2f) == 700, "30%% zeros at sparsity 0.2 keep 700");
+    CHECK(nz_prune_layer_to_sparsity(W, n, 0.5f) == 500, "30%% zeros at sparsity 0.5 keep 500");
+    size_t nz = 0;
+    for (size_t i = 0; i < n; i++) nz += W[i] != 0.0f;
+    CHECK(nz == 500, "%zu nonzero after 0.5", nz);
+    /* ties: all magnitudes equal, exactly the requested count survives */
+    for (size_t i = 0; i < n; i++) W[i] = i % 2 ? 1.0f : -1.0f;
+    CHECK(nz_prune_layer_to_sparsity(W, n, 0.75f) == 250, "ties at sparsity 0.75");
+    nz = 0;
+    for (size_t i = 0; i < n; i++) nz += W[i] != 0.0f;
+    CHECK(nz == 250, "ties: %zu nonzero, want 250", nz);
+    free(W);
+    free(orig);
+}
+
+/* ---------------------------------------------------------------- k-means */
+
+/* Brute-force Lloyd from given initial centroids: O(nk) nearest search (ties to the higher
+ * centroid, as a value exactly at a midpoint is given to the upper cluster), empty clusters keep
+ * their centroid, until no centroid moves. Returns the iterations used. */
+static int lloyd_brute(const float *x, size_t n, int k, double *c, int32_t *asg, int max_iter) {
+    double *sum = malloc(sizeof(double) * (size_t)k);
+    size_t *cnt = malloc(sizeof(size_t) * (size_t)k);
+    int it;
+    for (it = 0; it < max_iter; it++) {
+        memset(sum, 0, sizeof(double) * (size_t)k);
+        memset(cnt, 0, sizeof(size_t) * (size_t)k);
+        for (size_t i = 0; i < n; i++) {
+            int best = 0;
+            double bd = INFINITY;
+            for (int j = 0; j < k; j++) {
+                double d = fabs((double)x[i] - c[j]);
+                if (d <= bd) {
+                    bd = d;
+                    best = j;
+                }
+            }
+            asg[i] = best;
+            sum[best] += x[i];
+            cnt[best]++;
+        }
+        int changed = 0;
+        for (int j = 0; j < k; j++) {
+            if (!cnt[j]) continue;
+            double mean = sum[j] / (double)cnt[j];
+            changed |= fabs(mean - c[j]) > 1e-12 * (fabs(c[j]) + 1e-30);
+            c[j] = mean;
+        }
+        if (!changed) break;
+    }
+    free(sum);
+    free(cnt);
+    return it;
+}
+
+static int cmp_f(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* the library's documented starting points, for the deterministic inits */
+static void init_ref(const float *x, size_t n, int k, nz_kmeans_init init, double *c) {
+    float *s = malloc(sizeof(float) * n);
+    memcpy(s, x, sizeof(float) * n);
+    qsort(s, n, sizeof(float), cmp_f);
+    const double lo = s[0], hi = s[n - 1];
+    for (int j = 0; j < k; j++) {
+        if (init == NZ_KMEANS_LINEAR) {
+            c[j] = k == 1 ? (lo + hi) / 2 : lo + (hi - lo) * j / (k - 1);
+        } else {
+            size_t idx = (size_t)(((double)j + 0.5) / k * (double)n);
+            c[j] = s[idx < n ? idx : n - 1];
+        }
+    }
+    free(s);
+}
+
+/* properties any converged result must have: sorted centroids inside [min, max], every value
+ * assigned to a nearest centroid, every non-empty cluster's centroid its members' mean */
+static void kmeans_properties(const float *x, size_t n, int k, const float *cent,
+                              const int32_t *asg, const char *what) {
+    float lo = x[0], hi = x[0];
+    for (size_t i = 1; i < n; i++) {
+        lo = fminf(lo, x[i]);
+        hi = fmaxf(hi, x[i]);
+    }
+    int sorted = 1, inside = 1, nearest = 1, in_range = 1, mean_ok = 1;
+    for (int j = 0; j < k; j++) {
+        if (j && cent[j] < cent[j - 1]) sorted = 0;
+        if (!(cent[j] >= lo && cent[j] <= hi)) inside = 0;
+    }
+    const double scale = (double)hi - (double)lo + 1e-30;
+    for (size_t i = 0; i < n && nearest && in_range; i++) {
+        if (asg[i] < 0 || asg[i] >= k) {
+            in_range = 0;
+            break;
+        }
+        double d = fabs((double)x[i] - cent[asg[i]]);
+        for (int j = 0; j < k; j++)
+            if (fabs((double)x[i] - cent[j]) < d - 1e-6 * scale) nearest = 0;
+    }
+    if (in_range) {
+        double *sum = calloc((size_t)k, sizeof(double));
+        size_t *cnt = calloc((size_t)k, sizeof(size_t));
+        for (size_t i = 0; i < n; i++) {
+            sum[asg[i]] += x[i];
+            cnt[asg[i]]++;
+        }
+        for (int j = 0; j < k; j++)
+            if (cnt[j] && fabs(sum[j] / cnt[j] - cent[j]) > 1e-5 * (fabs(cent[j]) + 1e-3 * scale))
+                mean_ok = 0;
+        free(sum);
+        free(cnt);
+    }
+    CHECK(sorted, "%s: centroids not sorted", what);
+    CHECK(inside, "%s: a centroid outside [%g, %g]", what, (double)lo, (double)hi);
+    CHECK(in_range, "%s: an assignment out of 0..%d", what, k - 1);
+    CHECK(nearest, "%s: a value not assigned to a nearest centroid", what);
+    CHECK(mean_ok, "%s: a centroid is not its cluster's mean (not converged)", what);
+}
+
+static void test_kmeans(void) {
+    static const int ks[] = {1, 2, 3, 16, 31, 255};
+    static const char *init_name[] = {"linear", "density", "forgy", "kmeans++"};
+    nz_rng r;
+    nz_rng_seed(&r, 505);
+    char what[128];
+    for (int dist = 0; dist < 3; dist++) {
+        const size_t n = dist == 2 ? 600 : 1500;
+        float *x = malloc(sizeof(float) * n);
+        for (size_t i = 0; i < n; i++) {
+            if (dist == 0) /* uniform */
+                x[i] = nz_rng_range(&r, -1.0f, 1.0f);
+            else if (dist == 1) /* heavy-tailed: a log-normal scale mixture of normals */
+                x[i] = nz_rng_normal(&r) * expf(1.5f * nz_rng_normal(&r)) * 0.05f;
+            else /* bimodal like pruned weights: no values near 0 */
+                x[i] = (nz_rng_below(&r, 2) ? 1.0f : -1.0f) * (0.1f + fabsf(nz_rng_normal(&r)));
+        }
+        const char *dname = dist == 0 ? "uniform" : dist == 1 ? "heavy-tailed" : "bimodal";
+        for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+            const int k = ks[ki];
+            float *cent = malloc(sizeof(float) * (size_t)k);
+            double *c = malloc(sizeof(double) * (size_t)k);
+            int32_t *asg = malloc(sizeof(int32_t) * n), *asg_ref = malloc(sizeof(int32_t) * n);
+            for (int init = 0; init < 4; init++) {
+                snprintf(what, sizeof what, "k-means %s k=%d %s init", dname, k, init_name[init]);
+                nz_error e = {0};
+                nz_rng kr;
+                nz_rng_seed(&kr, 99 + (uint64_t)init);
+                nz_status st = nz_kmeans_1d(x, n, k, (nz_kmeans_init)init, 100000, &kr, cent,
+                                            asg, &e);
+                CHECK(st == NZ_OK, "%s: %s", what, e.msg);
+                if (st) continue;
+                kmeans_properties(x, n, k, cent, asg, what);
+                if (init > NZ_KMEANS_DENSITY) continue;
+                /* deterministic inits: the same fixed point as a brute-force Lloyd */
+                init_ref(x, n, k, (nz_kmeans_init)init, c);
+                int its = lloyd_brute(x, n, k, c, asg_ref, 100000);
+                CHECK(its < 100000, "%s: brute force did not converge", what);
+                double worst = 0;
+                for (int j = 0; j < k; j++) {
+                    double d = fabs(cent[j] - c[j]) / fmax(fabs(c[j]), 1e-3);
+                    worst = fmax(worst, d);
+                }
+                CHECK(worst < 1e-5, "%s: centroids differ from brute-force Lloyd by %g", what,
+                      worst);
+            }
+            free(cent);
+            free(c);
+            free(asg);
+            free(asg_ref);
+        }
+        free(x);
+    }
+    /* linear init: data sitting exactly on k evenly spaced points converges to those points,
+     * the documented starting points lo + (hi - lo) j / (k - 1) */
+    {
+        const int k = 9;
+        float x[9 * 5], cent[9];
+        int32_t asg[9 * 5];
+        for (int j = 0; j < k; j++)
+            for (int t = 0; t < 5; t++) x[j * 5 + t] = -2.0f + 0.5f * (float)j;
+        nz_error e = {0};
+        CHECK(nz_kmeans_1d(x, 45, k, NZ_KMEANS_LINEAR, 100, NULL, cent, asg, &e) == NZ_OK, "%s",
+              e.msg);
+        int ok = 1;
+        for (int j = 0; j < k; j++) ok &= cent[j] == -2.0f + 0.5f * (float)j;
+        for (int i = 0; i < 45; i++) ok &= asg[i] == i / 5;
+        CHECK(ok, "linear init on evenly spaced data does not stay put");
+        /* k = 1: the mean */
+        CHECK(nz_kmeans_1d(x, 45, 1, NZ_KMEANS_LINEAR, 100, NULL, cent, asg, &e) == NZ_OK &&
+                  fabsf(cent[0] - 0.0f) < 1e-6f,
+              "k = 1 gives %g, want the mean 0", (double)cent[0]);
+        /* constant data */
+        for (int i = 0; i < 45; i++) x[i] = 0.25f;
+        CHECK(nz_kmeans_1d(x, 45, 4, NZ_KMEANS_DENSITY, 100, NULL, cent, asg, &e) == NZ_OK &&
+                  cent[0] == 0.25f && cent[3] == 0.25f,
+              "constant data");
+        /* bad arguments */
+        CHECK(nz_kmeans_1d(x, 0, 4, NZ_KMEANS_LINEAR, 100, NULL, cent, asg, &e) == NZ_ERR_ARG,
+              "n = 0");
+        CHECK(nz_kmeans_1d(x, 45, 0, NZ_KMEANS_LINEAR, 100, NULL, cent, asg, &e) == NZ_ERR_ARG,
+              "k = 0");
+    }
+}
+
+/* ---------------------------------------------------------------- trained quantization */
+
+/* A learnable synthetic set (as tests/test_model.c): class k lights up a k-dependent block. */
+static void make_synthetic(nz_dataset *ds, int n, uint64_t seed) {
+    memset(ds, 0, sizeof *ds);
+    snprintf(ds->name, sizeof ds->name, "synthetic");
+    ds->n = n;
+    ds->shape = (nz_shape){1, 28, 28};
+    ds->n_classes = 10;
+    ds->images = malloc((size_t)n * 784);
+    ds->labels = malloc((size_t)n);
+    nz_rng r;
+    nz_rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) {
+        int k = (int)nz_rng_below(&r, 10);
+        ds->labels[i] = (uint8_t)k;
+        uint8_t *im = ds->images + (size_t)i * 784;
+        for (int p = 0; p < 784; p++) im[p] = (uint8_t)nz_rng_below(&r, 60);
+        int r0 = (k / 5) * 12 + 2, c0 = (k % 5) * 5 + 1;
+        for (int y = r0; y < r0 + 10; y++)
+            for (int x = c0; x < c0 + 4; x++) im[y * 28 + x] = (uint8_t)(180 + nz_rng_below(&r, 70));
+    }
+}
+
+static void test_quantize(void) {
+    nz_dataset ds;
+    make_synthetic(&ds, 512, 606);
+    nz_error e = {0};
+    nz_model m;
+    if (nz_zoo_build(&m, "lenet300", ds.shape, 10, &e) != NZ_OK) {
+        CHECK(0, "build: %s", e.msg);
+        nz_dataset_free(&ds);
+        return;
+    }
+    nz_rng r;
+    nz_rng_seed(&r, 607);
+    nz_model_init_params(&m, &r);
+    nz_train_cfg tc;
+    nz_train_cfg_default(&tc);
+    tc.epochs = 2;
+    tc.batch = 32;
+    tc.seed = 1;
+    nz_train_result tr;
+    double t0 = now_sec();
+    CHECK(nz_train(&m, &ds, NULL, &tc, NULL, &tr, &e) == NZ_OK, "train: %s", e.msg);
+    double t1 = now_sec();
+
+    nz_prune_cfg pc;
+    nz_prune_cfg_default(&pc, &m);
+    pc.rounds = 2;
+    pc.epochs_per_round = 1;
+    pc.train.batch = 32;
+    nz_prune_result pr;
+    CHECK(nz_prune(&m, &ds, NULL, &pc, NULL, &pr, &e) == NZ_OK, "prune: %s", e.msg);
+    double t2 = now_sec();
+    CHECK(pr.n_layers == 3, "prune: %d layers", pr.n_layers);
+    for (int l = 0; l < pr.n_layers; l++) {
+        double kept = (double)pr.kept[l] / (double)pr.total[l];
+        double want = 1.0 - nz_prune_default_sparsity(&m, pr.node[l]);
+        CHECK(kept <= want + 1e-3, "prune: layer %d keeps %.3f, target %.3f", pr.node[l], kept,
+              want);
+    }
+    nz_eval_result ev_pruned, ev0, ev1;
+    CHECK(nz_evaluate(&m, &ds, 128, &ev_pruned, &e) == NZ_OK, "%s", e.msg);
+
+    nz_model q0, q1;
+    CHECK(nz_model_copy(&q0, &m, &e) == NZ_OK && nz_model_copy(&q1, &m, &e) == NZ_OK, "copy");
+    nz_quant_cfg qc;
+    nz_quant_cfg_default(&qc);
+    qc.fc_bits = 4;
+    qc.bits[m.n_nodes - 1] = 3; /* the classifier: a per-node override */
+    qc.train.batch = 32;
+    qc.finetune_epochs = 0;
+    nz_quant_result qr0, qr1;
+    CHECK(nz_quantize(&q0, &ds, NULL, &qc, NULL, &qr0, &e) == NZ_OK, "quantize: %s", e.msg);
+    qc.finetune_epochs = 1;
+    double t3 = now_sec();
+    CHECK(nz_quantize(&q1, &ds, NULL, &qc, NULL, &qr1, &e) == NZ_OK, "quantize+ft: %s", e.msg);
+    printf("quantize: train %.2f s, prune %.2f s, quantize %.2f s, quantize + fine-tune %.2f s\n",
+           t1 - t0, t2 - t1, t3 - t2 - 0.0, now_sec() - t3);
+
+    const nz_model *qs[2] = {&q0, &q1};
+    for (int v = 0; v < 2; v++) {
+        const nz_model *q = qs[v];
+        for (int i = 0; i < q->n_nodes; i++) {
+            if (!nz_node_is_weighted(&q->nodes[i])) continue;
+            const int bits = i == m.n_nodes - 1 ? 3 : 4;
+            const nz_sparse *s = q->nodes[i].params[0].sparse;
+            const nz_param *pm = &m.nodes[i].params[0];
+            CHECK(s != NULL, "quantize %d: node %d is not sparse", v, i);
+            if (!s) continue;
+            CHECK(s->n_codebook >= 2 && s->n_codebook <= (1 << bits) && s->code_bits == bits &&
+                      s->codebook[0] == 0.0f,
+                  "quantize %d: node %d: %d codebook entries, %d code bits (want <= %d, %d)", v,
+                  i, s->n_codebook, s->code_bits, 1 << bits, bits);
+            CHECK(sparse_valid(s), "quantize %d: node %d breaks CSR invariants", v, i);
+            /* the zero pattern is the pruned one */
+            float *W = malloc(sizeof(float) * pm->n);
+            nz_sparse_to_dense(s, W);
+            size_t differ = 0;
+            for (size_t j = 0; j < pm->n; j++)
+                differ += (W[j] == 0.0f) != (m.params[pm->off + j] == 0.0f);
+            CHECK(differ == 0, "quantize %d: node %d: zero pattern differs at %zu positions", v,
+                  i, differ);
+            free(W);
+        }
+        CHECK(nz_model_validate(q, &e) == NZ_OK, "quantized model invalid: %s", e.msg);
+    }
+    CHECK(nz_evaluate(&q0, &ds, 128, &ev0, &e) == NZ_OK, "%s", e.msg);
+    CHECK(nz_evaluate(&q1, &ds, 128, &ev1, &e) == NZ_OK, "%s", e.msg);
+    printf("quantize: train loss pruned %.4f, quantized %.4f, fine-tuned %.4f\n",
+           (double)ev_pruned.loss, (double)ev0.loss, (double)ev1.loss);
+    CHECK(ev1.loss <= ev0.loss + 0.02f, "fine-tuning raised the train loss %.4f -> %.4f",
+          (double)ev0.loss, (double)ev1.loss);
+    CHECK(ev0.loss <= ev_pruned.loss + 0.25f, "4-bit quantization: loss %.4f -> %.4f",
+          (double)ev_pruned.loss, (double)ev0.loss);
+    nz_model_free(&q0);
+    nz_model_free(&q1);
+    nz_model_free(&m);
+    nz_dataset_free(&ds);
+}
+
+/* ---------------------------------------------------------------- malformed payloads */
+
+typedef struct {
+    size_t ncb_off, gl_off, vl_off; /* offsets of the u16 codebook size and the two u32 lengths */
+    size_t gs_off, vs_off;          /* stream starts */
+    uint32_t n, nnz, gl, vl;
+} layout;
+
+static layout layout_of(const uint8_t *p) {
+    layout L;
+    L.n = get32(p + 4);
+    L.nnz = get32(p + 8);
+    L.ncb_off = 16;
+    int k = p[16] | p[17] << 8;
+    L.gl_off = 18 + 4 * (size_t)k;
+    L.gl = get32(p + L.gl_off);
+    L.gs_off = L.gl_off + 4;
+    L.vl_off = L.gs_off + L.gl;
+    L.vl = get32(p + L.vl_off);
+    L.vs_off = L.vl_off + 4;
+    return L;
+}
+
+/* writes a bits-wide value at bit position pos of a LSB-first stream */
+static void set_bits(uint8_t *p, size_t pos, int bits, uint32_t v) {
+    for (int b = 0; b < bits; b++) {
+        size_t q = pos + (size_t)b;
+        if (v >> b & 1)
+            p[q / 8] |= (uint8_t)(1u << (q % 8));
+        else
+            p[q / 8] &= (uint8_t)~(1u << (q % 8));
+    }
+}
+
+/* decode must refuse with NZ_ERR_CORRUPT (or NZ_ERR_ARG for bad shapes), set no output, and
+ * leave a one-line message. The exact-size copy lets ASan see any read past the end. */
+static void expect_refused(const uint8_t *buf, size_t len, int rows, int cols, const char *what) {
+    uint8_t *copy = malloc(len ? len : 1);
+    if (len) memcpy(copy, buf, len);
+    nz_sparse *s = (nz_sparse *)copy;
+    nz_error e = {0};
+    nz_status st = nz_sparse_decode(copy, len, rows, cols, &s, &e);
+    CHECK(st == NZ_ERR_CORRUPT && s == NULL && e.code == st && e.msg[0] && !strchr(e.msg, '\n'),
+          "%s: decode returned %d (%s)", what, (int)st, e.msg);
+    if (st == NZ_OK) nz_sparse_free(s);
+    free(copy);
+}
+
+/* Decode a possibly damaged payload: it must be refused, or accepted with valid invariants and
+ * re-encode to the same matrix. Returns the status. */
+static nz_status decode_any(const uint8_t *buf, size_t len, int rows, int cols, const char *what) {
+    uint8_t *copy = malloc(len ? len : 1);
+    if (len) memcpy(copy, buf, len);
+    nz_sparse *s = NULL, *t = NULL;
+    nz_error e = {0};
+    nz_status st = nz_sparse_decode(copy, len, rows, cols, &s, &e);
+    if (st) {
+        CHECK(s == NULL && e.code == st && e.msg[0], "%s: error %d without a message", what,
+              (int)st);
+    } else {
+        CHECK(sparse_valid(s) && s->rows == rows && s->cols == cols, "%s: accepted but invalid",
+              what);
+        uint8_t *re = NULL;
+        size_t rl = 0;
+        CHECK(nz_sparse_encode(s, &re, &rl, &e) == NZ_OK, "%s: re-encode: %s", what, e.msg);
+        if (re && nz_sparse_decode(re, rl, rows, cols, &t, &e) == NZ_OK) {
+            float *a = malloc(sizeof(float) * (size_t)rows * cols);
+            float *b = malloc(sizeof(float) * (size_t)rows * cols);
+            nz_sparse_to_dense(s, a);
+            nz_sparse_to_dense(t, b);
+            CHECK(memcmp(a, b, sizeof(float) * (size_t)rows * cols) == 0,
+                  "%s: re-encoding changes the matrix", what);
+            free(a);
+            free(b);
+        } else {
+            CHECK(0, "%s: re-encoded payload refused: %s", what, e.msg);
+        }
+        free(re);
+    }
+    nz_sparse_free(s);
+    nz_sparse_free(t);
+    free(copy);
+    return st;
+}
+
+static uint8_t *encode_matrix(const float *W, int rows, int cols, const float *cb, int k,
+                              int index_bits, int huffman, size_t *len) {
+    nz_sparse *s = NULL;
+    uint8_t *buf = NULL;
+    nz_error e = {0};
+    *len = 0;
+    if (nz_sparse_from_dense(&s, W, rows, cols, cb, k, index_bits, &e) != NZ_OK) {
+        CHECK(0, "from_dense: %s", e.msg);
+        return NULL;
+    }
+    s->huffman = huffman;
+    if (nz_sparse_encode(s, &buf, len, &e) != NZ_OK) CHECK(0, "encode: %s", e.msg);
+    nz_sparse_free(s);
+    return buf;
+}
+
+static void test_malformed(void) {
+    /* 6x10 with a gap larger than 2^3 (fillers), empty rows and the last position set */
+    enum { R = 6, C = 10 };
+    float W[R * C] = {0}, cb[5] = {0.0f, -1.5f, -0.25f, 0.5f, 2.0f};
+    const int pos[] = {0, 3, 4, 17, 18, 40, 41, 42, 59};
+    for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++) W[pos[i]] = cb[1 + i % 4];
+    struct {
+        const char *name;
+        int use_cb, huffman, index_bits;
+        uint8_t *buf;
+        size_t len;
+    } base[] = {{"f32 packed", 0, 0, 3, NULL, 0},
+                {"codebook packed", 1, 0, 2, NULL, 0},
+                {"codebook huffman", 1, 1, 3, NULL, 0},
+                {"f32 huffman", 0, 1, 4, NULL, 0}};
+    const int nb = (int)(sizeof base / sizeof base[0]);
+    for (int b = 0; b < nb; b++) {
+        base[b].buf = encode_matrix(W, R, C, base[b].use_cb ? cb : NULL, base[b].use_cb ? 5 : 0,
+                                    base[b].index_bits, base[b].huffman, &base[b].len);
+        if (!base[b].buf) return;
+        CHECK(decode_any(base[b].buf, base[b].len, R, C, base[b].name) == NZ_OK,
+              "%s: the valid base payload is refused", base[b].name);
+    }
+    char what[160];
+    uint8_t *p = malloc(4096);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *v = base[b].buf;
+        const size_t len = base[b].len;
+        const layout L = layout_of(v);
+        const char *bn = base[b].name;
+#define PATCHED(desc, stmt)                                                                   \
+    do {                                                                                      \
+        memcpy(p, v, len);                                                                    \
+        stmt;                                                                                 \
+        snprintf(what, sizeof what, "%s: %s", bn, desc);                                      \
+        expect_refused(p, len, R, C, what);                                                   \
+    } while (0)
+        /* shapes the positions do not fit */
+        snprintf(what, sizeof what, "%s: one row too few", bn);
+        expect_refused(v, len, R - 1, C, what);
+        snprintf(what, sizeof what, "%s: one column too few", bn);
+        expect_refused(v, len, R, C - 1, what);
+        snprintf(what, sizeof what, "%s: 1x1", bn);
+        expect_refused(v, len, 1, 1, what);
+        snprintf(what, sizeof what, "%s: rows 0", bn);
+        expect_refused(v, len, 0, C, what);
+        snprintf(what, sizeof what, "%s: cols -1", bn);
+        expect_refused(v, len, R, -1, what);
+        /* header fields */
+        PATCHED("n_entries + 1", put32(p + 4, L.n + 1));
+        PATCHED("n_entries - 1", put32(p + 4, L.n - 1));
+        PATCHED("n_entries + 8", put32(p + 4, L.n + 8));
+        PATCHED("n_entries 2^32-1", put32(p + 4, 0xFFFFFFFFu));
+        PATCHED("n_entries 0", put32(p + 4, 0));
+        PATCHED("nonzeros + 1", put32(p + 8, L.nnz + 1));
+        PATCHED("nonzeros - 1", put32(p + 8, L.nnz - 1));
+        PATCHED("nonzeros 0", put32(p + 8, 0));
+        PATCHED("nonzeros > entries", put32(p + 8, L.n + 1));
+        PATCHED("nonzeros 2^32-1", put32(p + 8, 0xFFFFFFFFu));
+        for (int bit = 2; bit < 8; bit++) {
+            char d[32];
+            snprintf(d, sizeof d, "flag bit %d", bit);
+            PATCHED(d, p[0] |= (uint8_t)(1u << bit));
+        }
+        PATCHED("codebook flag toggled", p[0] ^= 1);
+        PATCHED("reserved byte 3", p[3] = 1);
+        for (int i = 12; i < 16; i++) PATCHED("reserved u32", p[i] = 0x80);
+        PATCHED("index_bits 0", p[1] = 0);
+        PATCHED("index_bits 13", p[1] = 13);
+        PATCHED("index_bits 255", p[1] = 255);
+        if (base[b].use_cb) {
+            PATCHED("code_bits 9", p[2] = 9);
+            PATCHED("code_bits 0", p[2] = 0);
+            PATCHED("code_bits 2 (< 5 entries)", p[2] = 2);
+            PATCHED("codebook size 1", p[16] = 1);
+            PATCHED("codebook size 0", p[16] = 0);
+            PATCHED("codebook size 9 > 2^3", p[16] = 9);
+            PATCHED("codebook size 4", p[16] = 4);
+            PATCHED("codebook size 0x105", p[16] = 5; p[17] = 1);
+            PATCHED("codebook[0] = 1", put32(p + 18, 0x3F800000u));
+            PATCHED("codebook[0] = -1e-45", put32(p + 18, 0x80000001u));
+            PATCHED("codebook[2] NaN", put32(p + 18 + 8, 0x7FC00000u));
+            PATCHED("codebook[3] inf", put32(p + 18 + 12, 0x7F800000u));
+        } else {
+            PATCHED("code_bits 1 without a codebook", p[2] = 1);
+            PATCHED("codebook size 2 without a codebook", p[16] = 2);
+        }
+        /* stream lengths */
+        PATCHED("index length + 1", put32(p + L.gl_off, L.gl + 1));
+        PATCHED("index length - 1", put32(p + L.gl_off, L.gl - 1));
+        PATCHED("index length 2^32-1", put32(p + L.gl_off, 0xFFFFFFFFu));
+        PATCHED("index length = payload", put32(p + L.gl_off, (uint32_t)len));
+        PATCHED("value length + 1", put32(p + L.vl_off, L.vl + 1));
+        PATCHED("value length - 1", put32(p + L.vl_off, L.vl - 1));
+        PATCHED("value length 2^32-1", put32(p + L.vl_off, 0xFFFFFFFFu));
+        PATCHED("value length 0", put32(p + L.vl_off, 0));
+        if (!base[b].huffman) {
+            const int ib = base[b].index_bits;
+            /* the last entry (the last position) pushed further: past the end */
+            PATCHED("last gap maximal", set_bits(p + L.gs_off, (size_t)ib * (L.n - 1), ib,
+                                                 (1u << ib) - 1));
+            /* the first entry moved by the largest gap 2^b repeatedly: positions past the end
+             * show up once every gap is maximal */
+            PATCHED("every gap maximal", for (uint32_t q = 0; q < L.n; q++)
+                                             set_bits(p + L.gs_off, (size_t)ib * q, ib,
+                                                      (1u << ib) - 1));
+            if (base[b].use_cb) {
+                PATCHED("code 5 >= k", set_bits(p + L.vs_off, 0, 3, 5));
+                PATCHED("code 7 >= k", set_bits(p + L.vs_off, 3 * (L.n - 1), 3, 7));
+                /* a filler turned into a nonzero: more nonzeros than declared */
+                int filler = -1;
+                for (uint32_t q = 0; q < L.n && filler < 0; q++) {
+                    uint32_t code = 0;
+                    for (uint32_t t = 0; t < 3; t++)
+                        code |= (uint32_t)(v[L.vs_off + (3 * q + t) / 8] >> ((3 * q + t) % 8) & 1)
+                                << t;
+                    if (code == 0) filler = (int)q;
+                }
+                CHECK(filler >= 0, "%s: no filler entry to patch", bn);
+                if (filler >= 0)
+                    PATCHED("filler given a code", set_bits(p + L.vs_off, 3 * (size_t)filler, 3, 2));
+                if (3 * (size_t)L.n % 8)
+                    PATCHED("non-zero code padding bits", p[L.vs_off + L.vl - 1] |= 0x80);
+            } else {
+                /* an f32 filler value made nonzero */
+                int filler = -1;
+                for (uint32_t q = 0; q < L.n && filler < 0; q++)
+                    if (get32(v + L.vs_off + 4 * (size_t)q) == 0) filler = (int)q;
+                CHECK(filler >= 0, "%s: no filler entry to patch", bn);
+                if (filler >= 0)
+                    PATCHED("filler given a value",
+                            put32(p + L.vs_off + 4 * (size_t)filler, 0x3F800000u));
+                PATCHED("a nonzero turned into 0", put32(p + L.vs_off + 4 * (size_t)(L.n - 1), 0));
+            }
+            if ((size_t)ib * L.n % 8)
+                PATCHED("non-zero index padding bits", p[L.gs_off + L.gl - 1] |= 0x80);
+        }
+#undef PATCHED
+        /* every truncation, and one byte too many */
+        for (size_t t = 0; t < len; t++) {
+            snprintf(what, sizeof what, "%s: truncated to %zu of %zu bytes", bn, t, len);
+            expect_refused(v, t, R, C, what);
+        }
+        memcpy(p, v, len);
+        p[len] = 0;
+        snprintf(what, sizeof what, "%s: one trailing byte", bn);
+        expect_refused(p, len + 1, R, C, what);
+        /* every single-bit flip: never a crash or leak; structural fields must be refused; in
+         * the streams a flip may give another valid matrix (only the file CRC catches that) */
+        int accepted = 0;
+        for (size_t bit = 0; bit < 8 * len; bit++) {
+            memcpy(p, v, len);
+            p[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+            const size_t byte = bit / 8;
+            const int structural = (byte == 0 && bit % 8 != 1) || (byte >= 3 && byte < 18) ||
+                                   (base[b].use_cb && byte >= 18 && byte < 22) ||
+                                   (byte >= L.gl_off && byte < L.gl_off + 4) ||
+                                   (byte >= L.vl_off && byte < L.vl_off + 4);
+            snprintf(what, sizeof what, "%s: bit %zu flipped", bn, bit);
+            if (structural)
+                expect_refused(p, len, R, C, what);
+            else
+                accepted += decode_any(p, len, R, C, what) == NZ_OK;
+        }
+        printf("%s: %zu-byte payload, %d of %zu non-structural bit flips still decode\n", bn, len,
+               accepted, 8 * len);
+    }
+    /* random multi-byte damage: must never crash; accepted results must be consistent */
+    nz_rng r;
+    nz_rng_seed(&r, 707);
+    for (int it = 0; it < 4000; it++) {
+        const int b = it % nb;
+        const size_t len = base[b].len;
+        memcpy(p, base[b].buf, len);
+        int nmut = 1 + (int)nz_rng_below(&r, 4);
+        for (int q = 0; q < nmut; q++) p[nz_rng_below(&r, len)] = (uint8_t)nz_rng_below(&r, 256);
+        snprintf(what, sizeof what, "%s: random damage %d", base[b].name, it);
+        decode_any(p, len, R, C, what);
+    }
+    free(p);
+    for (int b = 0; b < nb; b++) free(base[b].buf);
+}
+
+/* ---------------------------------------------------------------- .nnz files with sparse tensors */
+
+static uint8_t *read_all(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
+    *len = fread(buf, 1, (size_t)(n > 0 ? n : 0), f);
+    fclose(f);
+    return buf;
+}
+
+/* tiny mlp: flatten -> fc1 (8) -> relu -> fc2 (3), both weights sparse */
+static int tiny_sparse_model(nz_model *m, nz_error *e) {
+    if (nz_model_init(m, "tiny", (nz_shape){1, 4, 4}, 3, e)) return -1;
+    int x = nz_model_add_flatten(m, "flatten", 0, e);
+    int fc1 = x >= 0 ? nz_model_add_dense(m, "fc1", x, 8, e) : -1;
+    x = fc1 >= 0 ? nz_model_add_relu(m, "relu1", fc1, e) : -1;
+    int fc2 = x >= 0 ? nz_model_add_dense(m, "fc2", x, 3, e) : -1;
+    if (fc2 < 0) return -1;
+    nz_rng r;
+    nz_rng_seed(&r, 808);
+    nz_model_init_params(m, &r);
+    nz_param *p = &m->nodes[fc1].params[0];
+    nz_prune_layer_to_sparsity(m->params + p->off, p->n, 0.7f);
+    if (nz_model_sparsify_param(m, fc1, NULL, 0, 3, e)) return -1;
+    m->nodes[fc1].params[0].sparse->huffman = 1;
+    float cb[4] = {0.0f, -0.5f, 0.25f, 0.75f};
+    p = &m->nodes[fc2].params[0];
+    float *W = m->params + p->off;
+    for (size_t j = 0; j < p->n; j++) W[j] = j % 3 == 0 ? 0.0f : cb[1 + j % 3];
+    if (nz_model_sparsify_param(m, fc2, cb, 4, 2, e)) return -1;
+    return fc1;
+}
+
+static void test_files(const char *dir) {
+    nz_error e = {0};
+    nz_model m, ld;
+    int fc1 = tiny_sparse_model(&m, &e);
+    CHECK(fc1 > 0, "tiny model: %s", e.msg);
+    if (fc1 <= 0) return;
+    char path[512];
+    snprintf(path, sizeof path, "%s/tiny.nnz", dir);
+    CHECK(nz_save(&m, NULL, path, &e) == NZ_OK, "save: %s", e.msg);
+    size_t len = 0;
+    uint8_t *file = read_all(path, &len);
+    CHECK(file && len > 100, "read back %zu bytes", len);
+    if (!file) {
+        nz_model_free(&m);
+        return;
+    }
+    CHECK(nz_load_buffer(file, len, "tiny.nnz", &ld, NULL, &e) == NZ_OK, "load: %s", e.msg);
+    if (e.code == NZ_OK) nz_model_free(&ld);
+    uint8_t *p = malloc(len + 1);
+    int bad_trunc = 0, bad_flip = 0;
+    for (size_t t = 0; t < len; t++) {
+        memcpy(p, file, t);
+        if (nz_load_buffer(p, t, "tiny.nnz", &ld, NULL, &e) == NZ_OK) {
+            bad_trunc++;
+            nz_model_free(&ld);
+        }
+    }
+    for (size_t bit = 0; bit < 8 * len; bit++) {
+        memcpy(p, file, len);
+        p[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        if (nz_load_buffer(p, len, "tiny.nnz", &ld, NULL, &e) == NZ_OK) {
+            bad_flip++;
+            nz_model_free(&ld);
+        }
+    }
+    CHECK(bad_trunc == 0, "%d truncations of a sparse .nnz accepted", bad_trunc);
+    CHECK(bad_flip == 0, "%d single-bit flips of a sparse .nnz accepted", bad_flip);
+    free(p);
+    free(file);
+    unlink(path);
+
+    /* a SPARSE encoding on a bias slot is refused by the reader */
+    nz_param *b = &m.nodes[fc1].params[1];
+    nz_sparse *sb = NULL;
+    CHECK(nz_sparse_from_dense(&sb, m.params + b->off, b->dims[0], 1, NULL, 0, 4, &e) == NZ_OK,
+          "bias sparse form: %s", e.msg);
+    b->sparse = sb;
+    b->n = 0;
+    b->off = 0;
+    snprintf(path, sizeof path, "%s/bias.nnz", dir);
+    nz_status st = nz_save(&m, NULL, path, &e);
+    if (st == NZ_OK) {
+        st = nz_load(path, &ld, NULL, &e);
+        CHECK(st == NZ_ERR_FORMAT && strstr(e.msg, "fc1.b"),
+              "a sparse bias loaded: status %d (%s)", (int)st, e.msg);
+        if (st == NZ_OK) nz_model_free(&ld);
+        unlink(path);
+    } /* else: the writer refuses it already, which is also fine */
+    nz_model_free(&m);
+}
+
+int main(void) {
+    char dir[] = "/tmp/nnzip-test-compress-XXXXXX";
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    double t0 = now_sec(), t;
+#define TIMED(call)                                                                           \
+    do {                                                                                      \
+        t = now_sec();                                                                        \
+        call;                                                                                 \
+        printf("  %-40s %.2f s\n", #call, now_sec() - t);                                     \
+    } while (0)
+    TIMED(test_roundtrips());
+    TIMED(test_kernels());
+    TIMED(test_model_level("lenet300", 0, dir));
+    TIMED(test_model_level("lenet300", 1, dir));
+    TIMED(test_model_level("lenet5", 0, dir));
+    TIMED(test_model_level("lenet5", 1, dir));
+    TIMED(test_prune_layer());
+    TIMED(test_kmeans());
+    TIMED(test_quantize());
+    TIMED(test_malformed());
+    TIMED(test_files(dir));
+    printf("round trips: %d (%d with filler entries); total %.2f s\n", rt_count, rt_filler_cases,
+           now_sec() - t0);
+    rmdir(dir);
+    return tl_finish("test_compress");
+}
