@@ -22,7 +22,7 @@ err_names() {
 
 # ---- help and usage
 expect 0 "nnzip --help" -- "$NNZ" --help
-for c in train eval info; do expect 0 "nnzip $c --help" -- "$NNZ" $c --help; grep -q "usage: nnzip $c" "$T/out" && ok || bad "$c --help prints usage"; done
+for c in train eval info prune quantize encode compress slim; do expect 0 "nnzip $c --help" -- "$NNZ" $c --help; grep -q "usage: nnzip $c" "$T/out" && ok || bad "$c --help prints usage"; done
 expect 2 "unknown command" -- "$NNZ" frobnicate; err_names frobnicate "unknown command"
 expect 2 "unknown flag" -- "$NNZ" train --model lenet300 --bogus -o "$T/x.nnz"; err_names -- "--bogus" "unknown flag"
 expect 2 "bad integer" -- "$NNZ" train --model lenet300 --epochs many -o "$T/x.nnz"; err_names many "bad integer"
@@ -81,6 +81,27 @@ if "$NNZ" train --model lenet300 --data mnist --epochs 1 --seed 1 --json -o "$M"
   expect 1 "unwritable output" -- "$NNZ" train --model lenet300 --data mnist --limit 64 --epochs 1 -o "$T/no/such/dir/x.nnz"
   err_names "$T/no/such/dir/x.nnz" "unwritable output"
   ls "$T" | grep -q '\.tmp\.' && bad "temporary files left behind" || ok
+
+  # Deep Compression in small: every stage on 2000 images, the file must be much smaller and
+  # evaluate from its compressed encodings
+  expect 0 "prune" -- "$NNZ" prune "$M" --limit 2000 --rounds 2 --prune-epochs 1 -q -o "$T/p.nnz"
+  expect 0 "quantize" -- "$NNZ" quantize "$T/p.nnz" --limit 2000 --quant-epochs 1 -q -o "$T/qz.nnz"
+  expect 0 "encode" -- "$NNZ" encode "$T/qz.nnz" --json -o "$T/enc.nnz"
+  s0=$(stat -c %s "$M"); s1=$(stat -c %s "$T/p.nnz"); s2=$(stat -c %s "$T/qz.nnz"); s3=$(stat -c %s "$T/enc.nnz")
+  [ "$s1" -lt $((s0 / 4)) ] && [ "$s2" -lt "$s1" ] && [ "$s3" -lt "$s2" ] && ok || bad "sizes should fall at each stage: $s0 $s1 $s2 $s3"
+  "$NNZ" eval "$T/enc.nnz" --json >"$T/e.json" 2>"$T/err" && ok || bad "eval of an encoded file: $(cat "$T/err")"
+  ee=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["test_error_pct"])' "$T/e.json")
+  python3 -c "import sys; sys.exit(0 if $ee < 10.0 else 1)" && ok || bad "encoded model error $ee%"
+  expect 0 "info on an encoded file" -- "$NNZ" info "$T/enc.nnz"; grep -q "idx-bits" "$T/out" && ok || bad "info shows the compression table"
+  expect 0 "compress" -- "$NNZ" compress "$M" --method deep --limit 2000 --rounds 1 --prune-epochs 1 --quant-epochs 1 -q --json -o "$T/c.nnz"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["ratio"] > 20, d["ratio"]' "$T/out" && ok || bad "compress ratio: $(head -c 300 "$T/out")"
+  expect 2 "unknown method" -- "$NNZ" compress "$M" --method magic -o "$T/c2.nnz"; err_names magic "unknown method"
+  expect 2 "bad sparsity spec" -- "$NNZ" prune "$M" --sparsity fc9=0.5 -o "$T/p2.nnz"; err_names fc9 "bad layer name"
+  cp "$T/enc.nnz" "$T/encflip.nnz"; es=$(stat -c %s "$T/enc.nnz")
+  python3 -c 'import sys; p=sys.argv[1]; b=bytearray(open(p,"rb").read()); b[int(sys.argv[2])]^=0x5a; open(p,"wb").write(b)' "$T/encflip.nnz" $((es - 40))
+  expect 1 "corrupt encoded file" -- "$NNZ" eval "$T/encflip.nnz"; err_names "$T/encflip.nnz" "corrupt encoded file"
+  expect 0 "slim" -- "$NNZ" slim "$M" --limit 2000 --epochs 1 --finetune-epochs 1 --lambda 1e-2 -q --json -o "$T/s.nnz"
+  expect 0 "eval slim" -- "$NNZ" eval "$T/s.nnz"
 
   # determinism: 1 thread, same seed -> identical files
   "$NNZ" train --model lenet300 --data mnist --limit 2000 --epochs 1 --seed 5 --threads 1 -q -o "$T/d1.nnz" >/dev/null 2>&1

@@ -417,11 +417,14 @@ static void test_model_level(const char *arch, int use_cb, const char *dir) {
         nz_model_free(&ref);
         return;
     }
-    for (int l = 0; l < n_layers; l++) {
+    /* f32: the last layer stays dense here; nz_encode must make it sparse (90% zeros) */
+    const int n_manual = use_cb ? n_layers : n_layers - 1;
+    for (int l = 0; l < n_manual; l++) {
         nz_status st = nz_model_sparsify_param(&sp, layer_node[l], use_cb ? cb[l] : NULL,
                                                use_cb ? MODEL_CB : 0, 5, &e);
         CHECK(st == NZ_OK, "%s: sparsify node %d: %s", what, layer_node[l], e.msg);
     }
+    if (!use_cb) weights -= ref.nodes[layer_node[n_layers - 1]].params[0].n;
     CHECK(sp.n_params == ref.n_params - weights, "%s: %zu dense floats left, want %zu", what,
           sp.n_params, ref.n_params - weights);
     CHECK(nz_model_validate(&sp, &e) == NZ_OK, "%s: sparse model invalid: %s", what, e.msg);
@@ -452,6 +455,22 @@ static void test_model_level(const char *arch, int use_cb, const char *dir) {
         const nz_sparse *s = sp.nodes[layer_node[l]].params[0].sparse;
         CHECK(s && s->huffman == ec.huffman && (!use_cb || s->index_bits == 3),
               "%s: encode settings not applied to node %d", what, layer_node[l]);
+        CHECK(sp.nodes[layer_node[l]].params[1].store == NZ_STORE_F16, "%s: f16 bias", what);
+    }
+    /* the per-layer size table agrees with the sparse forms */
+    nz_layer_size rows[MAX_LAYERS];
+    int nr = nz_size_table(&sp, rows, MAX_LAYERS);
+    CHECK(nr == n_layers, "%s: size table has %d rows, want %d", what, nr, n_layers);
+    for (int l = 0; l < nr && l < n_layers; l++) {
+        const nz_sparse *s = sp.nodes[layer_node[l]].params[0].sparse;
+        if (!s) continue;
+        CHECK(rows[l].node == layer_node[l] && rows[l].sparse && rows[l].nonzeros == s->nnz &&
+                  rows[l].entries == s->n_entries && rows[l].entries >= rows[l].nonzeros &&
+                  rows[l].index_bits == s->index_bits &&
+                  rows[l].code_bits == (use_cb ? s->code_bits : 32) &&
+                  rows[l].stored_bytes > 0 && rows[l].stored_bytes < rows[l].dense_bytes,
+              "%s: size table row %d (%zu of %zu bytes)", what, l, rows[l].stored_bytes,
+              rows[l].dense_bytes);
     }
     char path[512];
     snprintf(path, sizeof path, "%s/%s-%s.nnz", dir, arch, use_cb ? "cb" : "f32");
@@ -559,7 +578,7 @@ static void test_prune_layer(void) {
 
 /* Brute-force Lloyd from given initial centroids: O(nk) nearest search (ties to the higher
  * centroid, as a value exactly at a midpoint is given to the upper cluster), empty clusters keep
- * their centroid, until no centroid moves. Returns the iterations used. */
+ * their centroid, until no assignment changes. Returns the iterations used. */
 static int lloyd_brute(const float *x, size_t n, int k, double *c, int32_t *asg, int max_iter) {
     double *sum = malloc(sizeof(double) * (size_t)k);
     size_t *cnt = malloc(sizeof(size_t) * (size_t)k);
@@ -567,6 +586,7 @@ static int lloyd_brute(const float *x, size_t n, int k, double *c, int32_t *asg,
     for (it = 0; it < max_iter; it++) {
         memset(sum, 0, sizeof(double) * (size_t)k);
         memset(cnt, 0, sizeof(size_t) * (size_t)k);
+        int changed = it == 0;
         for (size_t i = 0; i < n; i++) {
             int best = 0;
             double bd = INFINITY;
@@ -577,18 +597,14 @@ static int lloyd_brute(const float *x, size_t n, int k, double *c, int32_t *asg,
                     best = j;
                 }
             }
+            changed |= asg[i] != best;
             asg[i] = best;
             sum[best] += x[i];
             cnt[best]++;
         }
-        int changed = 0;
-        for (int j = 0; j < k; j++) {
-            if (!cnt[j]) continue;
-            double mean = sum[j] / (double)cnt[j];
-            changed |= fabs(mean - c[j]) > 1e-12 * (fabs(c[j]) + 1e-30);
-            c[j] = mean;
-        }
         if (!changed) break;
+        for (int j = 0; j < k; j++)
+            if (cnt[j]) c[j] = sum[j] / (double)cnt[j];
     }
     free(sum);
     free(cnt);
@@ -825,7 +841,7 @@ static void test_quantize(void) {
     double t3 = now_sec();
     CHECK(nz_quantize(&q1, &ds, NULL, &qc, NULL, &qr1, &e) == NZ_OK, "quantize+ft: %s", e.msg);
     printf("quantize: train %.2f s, prune %.2f s, quantize %.2f s, quantize + fine-tune %.2f s\n",
-           t1 - t0, t2 - t1, t3 - t2 - 0.0, now_sec() - t3);
+           t1 - t0, t2 - t1, t3 - t2, now_sec() - t3);
 
     const nz_model *qs[2] = {&q0, &q1};
     for (int v = 0; v < 2; v++) {
@@ -866,6 +882,59 @@ static void test_quantize(void) {
     nz_model_free(&q1);
     nz_model_free(&m);
     nz_dataset_free(&ds);
+}
+
+/* a layer pruned to nothing still quantizes to a valid (empty) sparse form that saves and
+ * loads; a layer with fewer survivors than 2^bits - 1 gets one code per distinct value */
+static void test_quantize_edge(const char *dir) {
+    nz_error e = {0};
+    nz_model m, ld;
+    if (nz_model_init(&m, "edge", (nz_shape){1, 4, 4}, 3, &e)) return;
+    int x = nz_model_add_flatten(&m, "flatten", 0, &e);
+    int fc1 = x >= 0 ? nz_model_add_dense(&m, "fc1", x, 8, &e) : -1;
+    x = fc1 >= 0 ? nz_model_add_relu(&m, "relu1", fc1, &e) : -1;
+    int fc2 = x >= 0 ? nz_model_add_dense(&m, "fc2", x, 3, &e) : -1;
+    CHECK(fc2 > 0, "edge model: %s", e.msg);
+    if (fc2 <= 0) return;
+    nz_rng r;
+    nz_rng_seed(&r, 909);
+    nz_model_init_params(&m, &r);
+    nz_param *p1 = &m.nodes[fc1].params[0], *p2 = &m.nodes[fc2].params[0];
+    memset(m.params + p2->off, 0, sizeof(float) * p2->n);
+    nz_prune_layer_to_sparsity(m.params + p1->off, p1->n, 1.0f - 5.0f / (float)p1->n);
+    float before[8 * 16], after[8 * 16];
+    memcpy(before, m.params + p1->off, sizeof before);
+    nz_quant_cfg qc;
+    nz_quant_cfg_default(&qc);
+    qc.finetune_epochs = 0;
+    nz_quant_result qr;
+    CHECK(nz_quantize(&m, NULL, NULL, &qc, NULL, &qr, &e) == NZ_OK, "quantize: %s", e.msg);
+    const nz_sparse *s1 = m.nodes[fc1].params[0].sparse, *s2 = m.nodes[fc2].params[0].sparse;
+    CHECK(s2 && s2->nnz == 0 && s2->n_codebook >= 2 && s2->codebook[0] == 0.0f,
+          "all-zero layer after quantization");
+    /* 5 survivors and 2^5 - 1 shared values: quantization can (and must) be exact */
+    CHECK(s1 && s1->nnz == 5, "5 survivors: %u nonzeros", s1 ? s1->nnz : 0);
+    if (s1) {
+        nz_sparse_to_dense(s1, after);
+        int exact = memcmp(before, after, sizeof before) == 0;
+        CHECK(exact, "5 survivors with 31 codes are not kept exactly: %d shared values used "
+                     "(k-means left clusters empty)", s1->n_codebook - 1);
+    }
+    char path[512];
+    snprintf(path, sizeof path, "%s/edge.nnz", dir);
+    CHECK(nz_save(&m, NULL, path, &e) == NZ_OK, "save: %s", e.msg);
+    if (nz_load(path, &ld, NULL, &e) == NZ_OK) {
+        float xin[16], a[3], b[3];
+        for (int i = 0; i < 16; i++) xin[i] = nz_rng_normal(&r);
+        logits_of(&m, xin, 1, a);
+        logits_of(&ld, xin, 1, b);
+        CHECK(memcmp(a, b, sizeof a) == 0, "edge model: loaded logits differ");
+        nz_model_free(&ld);
+    } else {
+        CHECK(0, "load: %s", e.msg);
+    }
+    unlink(path);
+    nz_model_free(&m);
 }
 
 /* ---------------------------------------------------------------- malformed payloads */
@@ -1124,7 +1193,8 @@ static void test_malformed(void) {
             p[bit / 8] ^= (uint8_t)(1u << (bit % 8));
             const size_t byte = bit / 8;
             const int structural = (byte == 0 && bit % 8 != 1) || (byte >= 3 && byte < 18) ||
-                                   (base[b].use_cb && byte >= 18 && byte < 22) ||
+                                   /* codebook[0] must stay 0 (its sign bit gives -0 == 0) */
+                                   (base[b].use_cb && byte >= 18 && bit < 8 * 22 - 1) ||
                                    (byte >= L.gl_off && byte < L.gl_off + 4) ||
                                    (byte >= L.vl_off && byte < L.vl_off + 4);
             snprintf(what, sizeof what, "%s: bit %zu flipped", bn, bit);
@@ -1246,7 +1316,9 @@ static void test_files(const char *dir) {
               "a sparse bias loaded: status %d (%s)", (int)st, e.msg);
         if (st == NZ_OK) nz_model_free(&ld);
         unlink(path);
-    } /* else: the writer refuses it already, which is also fine */
+    } else { /* the writer refusing it is fine too */
+        printf("sparse bias: refused by the writer: %s\n", e.msg);
+    }
     nz_model_free(&m);
 }
 
@@ -1272,6 +1344,7 @@ int main(void) {
     TIMED(test_prune_layer());
     TIMED(test_kmeans());
     TIMED(test_quantize());
+    TIMED(test_quantize_edge(dir));
     TIMED(test_malformed());
     TIMED(test_files(dir));
     printf("round trips: %d (%d with filler entries); total %.2f s\n", rt_count, rt_filler_cases,
