@@ -116,21 +116,57 @@ nz_status nz_kmeans_1d(const float *x, size_t n, int k, nz_kmeans_init init, int
     qsort(s, n, sizeof(float), cmp_float);
     pre[0] = 0;
     for (size_t i = 0; i < n; i++) pre[i + 1] = pre[i] + s[i];
-    init_centroids(s, n, k, init, rng, c);
-    qsort(c, (size_t)k, sizeof(double), cmp_double);
+    /* no more distinct values than clusters: they are the exact answer */
+    size_t distinct = 1;
+    for (size_t i = 1; i < n; i++) distinct += s[i] != s[i - 1];
+    if (distinct <= (size_t)k) {
+        int j = 0;
+        for (size_t i = 0; i < n; i++)
+            if (i == 0 || s[i] != s[i - 1]) c[j++] = s[i];
+        while (j < k) { /* surplus clusters sit on the largest value and stay empty */
+            c[j] = c[j - 1];
+            j++;
+        }
+        max_iter = -1;
+    } else {
+        init_centroids(s, n, k, init, rng, c);
+        qsort(c, (size_t)k, sizeof(double), cmp_double);
+    }
     /* Lloyd on sorted data: cluster j is the contiguous range between the midpoints to its
      * neighbours, found by binary search; its mean comes from the prefix sums. Exact. */
-    for (int it = 0; it < (max_iter > 0 ? max_iter : 100); it++) {
+    int reseeds = 0;
+    for (int it = 0; it < (max_iter > 0 ? max_iter : max_iter < 0 ? 0 : 300); it++) {
         start[0] = 0;
         for (int j = 1; j < k; j++) start[j] = lower_bound(s, n, 0.5 * (c[j - 1] + c[j]));
         start[k] = n;
-        int changed = 0;
+        int changed = 0, empty = -1;
         for (int j = 0; j < k; j++) {
             size_t a = start[j], b = start[j + 1];
-            if (b <= a) continue; /* empty: keep its centroid */
+            if (b <= a) { /* empty: remember it, keep its centroid for now */
+                empty = j;
+                continue;
+            }
             double mean = (pre[b] - pre[a]) / (double)(b - a);
             if (mean != c[j]) changed = 1;
             c[j] = mean;
+        }
+        /* an empty cluster wastes a code: move it to the value farthest from its centroid
+         * (there are more distinct values than clusters, so such a value exists) */
+        if (empty >= 0 && reseeds < 4 * k) {
+            double far = -1, at = c[empty];
+            for (int j = 0; j < k; j++) {
+                size_t a = start[j], b = start[j + 1];
+                if (b <= a) continue;
+                double d0 = fabs(s[a] - c[j]), d1 = fabs(s[b - 1] - c[j]);
+                if (d0 > far) { far = d0; at = s[a]; }
+                if (d1 > far) { far = d1; at = s[b - 1]; }
+            }
+            if (far > 0) {
+                c[empty] = at;
+                qsort(c, (size_t)k, sizeof(double), cmp_double);
+                reseeds++;
+                changed = 1;
+            }
         }
         if (!changed) break;
     }
@@ -266,7 +302,7 @@ nz_status nz_quantize(nz_model *m, const nz_dataset *train, const nz_dataset *te
             st = nz_fail(err, NZ_ERR_NOMEM, "out of memory");
             break;
         }
-        if (nz > 0) st = nz_kmeans_1d(vals, nz, k, cfg->init, 100, &rng, cent, asg, err);
+        if (nz > 0) st = nz_kmeans_1d(vals, nz, k, cfg->init, 300, &rng, cent, asg, err);
         if (st) {
             free(cl);
             break;

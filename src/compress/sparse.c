@@ -468,7 +468,7 @@ nz_status nz_sparse_decode(const uint8_t *in, size_t len, int rows, int cols, nz
         memcpy(&s->codebook[k], &u, 4);
         NEED(isfinite(s->codebook[k]), "sparse tensor: codebook entry %d is not finite", k);
     }
-    NEED(!has_cb || s->codebook[0] == 0.0f, "sparse tensor: codebook[0] is not 0");
+    NEED(!has_cb || get_u32le(cbp) == 0, "sparse tensor: codebook[0] is not +0");
     s->index_bits = (int)index_bits;
     s->code_bits = (int)code_bits;
     s->huffman = huff;
@@ -484,15 +484,22 @@ nz_status nz_sparse_decode(const uint8_t *in, size_t len, int rows, int cols, nz
         pos += (uint64_t)gaps[e] + 1;
         NEED(pos < total, "sparse tensor: entry %u indexes past the end of the %dx%d matrix", e,
              rows, cols);
-        float v;
+        float v = 0.0f;
+        int filler;
         if (has_cb) {
             NEED(codes[e] < n_cb, "sparse tensor: codebook index %u out of range (%d entries)",
                  codes[e], n_cb);
-            if (codes[e] == 0) continue; /* a filler */
+            filler = codes[e] == 0;
         } else {
             uint32_t u = get_u32le(vs + 4 * (size_t)e);
             memcpy(&v, &u, 4);
-            if (v == 0.0f) continue;
+            NEED(u != 0x80000000u, "sparse tensor: entry %u is -0", e);
+            filler = u == 0;
+        }
+        if (filler) { /* canonical: a filler only bridges a full-width gap to a later entry */
+            NEED(gaps[e] == (1u << index_bits) - 1 && e + 1 < n,
+                 "sparse tensor: entry %u is a zero that bridges no gap", e);
+            continue;
         }
         NEED(j < nnz_hdr, "sparse tensor: more nonzeros than the %u declared", nnz_hdr);
         const int row = (int)(pos / (uint64_t)cols);
