@@ -34,6 +34,16 @@ Records (B = batch):
     lenet.sgd                             [lr, momentum, weight_decay] = [0.1, 0.9, 5e-4]
     lenet.step.<p>.{W,b}                  parameters after one torch.optim.SGD step with those
                                           settings (momentum buffer starts empty)
+    ndense.{x,V,g,b,out,dout,dx,dV,dg,db} norm x direction linear (nnzip NZ_OP_NDENSE), 24 -> 10
+                                          on x (B=4, 24): W = g[:,None] * V / V.norm(dim=1)
+    nconv{i}.cfg                          [C, H, W, OC, K, stride, pad], i = 0..1: (k3 s1 p1)
+                                          (k5 s1 p0) on B=3, C=2, OC=4, 7x7 inputs
+    nconv{i}.{x,V,g,b,out,dout,dx,dV,dg,db}  norm x direction conv (NZ_OP_NCONV2D), one norm per
+                                          kernel: W = g[:,:,None,None] * V / V.norm(dim=(2,3)),
+                                          V (OC, C, K, K), g (OC, C)
+    In both, the rows/kernels of V have norms spread over [0.3, 3] (not unit: the formula must
+    hold for any ||V||), one g is negative and one is exactly 0 (a removed group: W is 0 there,
+    dg still <dW, V/||V||>, dV 0).
 The LeNet is Caffe's (Han et al.'s LeNet-5): Conv2d(1,20,5) -> MaxPool2d(2,2) -> Conv2d(20,50,5)
 -> MaxPool2d(2,2) -> Flatten -> Linear(800,500) -> ReLU -> Linear(500,10), as nnzip's zoo
 "lenet5", with PyTorch's default initialisation.
@@ -195,6 +205,51 @@ def lenet_case(w):
         w.add(f"lenet.step.{p}.b", layer.bias)
 
 
+def normdir_groups(V, g):
+    """Rescales each group (all but the first dim of g's rank) of V to a norm in [0.3, 3] and sets
+    g's first entry to 0 and its second negative."""
+    gdims = tuple(range(g.dim(), V.dim()))
+    norms = 0.3 + 2.7 * torch.rand(g.shape)
+    V = V / V.norm(dim=gdims, keepdim=True) * norms.reshape(norms.shape + (1,) * len(gdims))
+    g = g.clone()
+    g.view(-1)[0] = 0.0
+    g.view(-1)[1] = -g.view(-1)[1].abs() - 0.1
+    return V, g
+
+
+def ndense_case(w):
+    B, NI, NO = 4, 24, 10
+    V, g = normdir_groups(torch.randn(NO, NI), torch.randn(NO))
+    V, g, b = leaf(V), leaf(g), leaf(0.5 * torch.randn(NO))
+    x = leaf(torch.randn(B, NI))
+    W = g[:, None] * V / V.norm(dim=1, keepdim=True)
+    out = torch.nn.functional.linear(x, W, b)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    for n, v in [("x", x), ("V", V), ("g", g), ("b", b), ("out", out), ("dout", dout),
+                 ("dx", x.grad), ("dV", V.grad), ("dg", g.grad), ("db", b.grad)]:
+        w.add(f"ndense.{n}", v)
+
+
+NCONV_CONFIGS = [(3, 1, 1), (5, 1, 0)]
+
+
+def nconv_cases(w):
+    B, C, H, W_, OC = 3, 2, 7, 7, 4
+    for i, (k, s, p) in enumerate(NCONV_CONFIGS):
+        V, g = normdir_groups(torch.randn(OC, C, k, k), torch.randn(OC, C))
+        V, g, b = leaf(V), leaf(g), leaf(0.5 * torch.randn(OC))
+        x = leaf(torch.randn(B, C, H, W_))
+        W = g[:, :, None, None] * V / V.norm(dim=(2, 3), keepdim=True)
+        out = torch.nn.functional.conv2d(x, W, b, stride=s, padding=p)
+        dout = torch.randn_like(out)
+        out.backward(dout)
+        w.add(f"nconv{i}.cfg", [C, H, W_, OC, k, s, p])
+        for n, v in [("x", x), ("V", V), ("g", g), ("b", b), ("out", out), ("dout", dout),
+                     ("dx", x.grad), ("dV", V.grad), ("dg", g.grad), ("db", b.grad)]:
+            w.add(f"nconv{i}.{n}", v)
+
+
 def main():
     if len(sys.argv) != 2:
         sys.stderr.write("usage: torch_ref.py OUT.bin\n")
@@ -208,6 +263,9 @@ def main():
     relu_case(w)
     xent_case(w)
     lenet_case(w)
+    # appended after the older records, so theirs stay as they were
+    ndense_case(w)
+    nconv_cases(w)
     w.write(sys.argv[1])
     print(f"torch_ref: wrote {len(w.names)} tensors to {sys.argv[1]} (torch {torch.__version__})")
     return 0

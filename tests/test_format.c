@@ -517,9 +517,9 @@ static void test_section_cases(const uint8_t *f0, size_t n) {
     f = assemble(d, ns, &m);
     EXPECT_FAIL(f, m, NZ_ERR_SHAPE, "section 4 (tensor fc1.W): payload");
     free(f);
-    d[4].len = 10; /* the graph's floats can no longer fit in the file */
+    d[4].len = 10; /* shorter than a tensor header */
     f = assemble(d, ns, &m);
-    EXPECT_FAIL(f, m, NZ_ERR_FORMAT, "exceed what the");
+    EXPECT_FAIL(f, m, NZ_ERR_FORMAT, "section 4 (tensor) is too short");
     free(f);
     d[4].len = s[4].len;
     d[7].len = 10; /* fc2.b: shorter than the tensor header */
@@ -530,9 +530,13 @@ static void test_section_cases(const uint8_t *f0, size_t n) {
     /* unknown encoding; tensor for a node without parameters */
     uint8_t save[16];
     memcpy(save, s[4].data, 16);
-    wr32(s[4].data + 8, 1);
+    wr32(s[4].data + 8, NZF_ENC__END);
     f = assemble(s, ns, &m);
-    EXPECT_FAIL(f, m, NZ_ERR_UNSUPPORTED, "unknown encoding 1");
+    EXPECT_FAIL(f, m, NZ_ERR_UNSUPPORTED, "unknown encoding 3");
+    free(f);
+    wr32(s[4].data + 8, NZF_ENC_F16); /* a valid encoding whose payload length disagrees */
+    f = assemble(s, ns, &m);
+    EXPECT_FAIL(f, m, NZ_ERR_SHAPE, "(tensor fc1.W): payload is");
     free(f);
     memcpy(s[4].data, save, 16);
     wr32(s[4].data, 2); /* node 2 is relu1 */
@@ -569,8 +573,8 @@ static void test_section_cases(const uint8_t *f0, size_t n) {
     GRAPH_CASE(NZ_ERR_FORMAT, "bad dims");
     wr32(g + fc1 + 76 + 4, 0xffffffffu); /* > INT_MAX */
     GRAPH_CASE(NZ_ERR_FORMAT, "bad dims");
-    wr32(g + fc1 + 76 + 4, 1u << 20); /* fine alone, more floats than the file holds */
-    GRAPH_CASE(NZ_ERR_FORMAT, "node 'fc1' parameter 0");
+    wr32(g + fc1 + 76 + 4, 1u << 20); /* fine alone, more floats than the payload holds */
+    GRAPH_CASE(NZ_ERR_SHAPE, "(tensor fc1.W): payload is");
     wr32(g + fc1 + 76 + 4, 0);
     GRAPH_CASE(NZ_ERR_FORMAT, "bad dims");
     wr32(g + fc1 + 76 + 4 + 12, 7); /* a dim past ndim must be 0 */

@@ -32,7 +32,15 @@
  * The checker is itself tested ("mutation" checks): a gradient with one typical element scaled
  * by 1.05, or with the bias gradient dropped, must be reported as a mismatch. Backward must
  * accumulate: calling it twice doubles every gradient. Conv runs at 1 and 2 threads (both
- * partitions of the batch). Buffers carry sentinel guards to catch out-of-bounds writes. */
+ * partitions of the batch). Buffers carry sentinel guards to catch out-of-bounds writes.
+ *
+ * Norm x direction layers (NZ_OP_NDENSE, NZ_OP_NCONV2D: W = g V/||V|| per neuron row or conv
+ * kernel): the kernels normdir_weights/normdir_backward composed with dense/conv (input, V, g and
+ * b gradients; groups with unit, large and small ||V||, g = 0, g < 0 and V = 0), the threaded
+ * path of a 300 x 784 layer against double formulas, and a smooth model (no relu/pool) through
+ * nz_forward/nz_backward; see the section's comment for steps. Mutations include the plausible
+ * mistakes: dV without the tangent projection, dg = <dW, V> (right only at ||V|| = 1), and a
+ * backward that skips g = 0 groups. */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -1199,6 +1207,430 @@ static void check_dropout_inactive(void) {
     nz_model_free(&plain);
 }
 
+/* ---------------------------------------------------------------- norm x direction layers */
+
+/* NZ_OP_NDENSE / NZ_OP_NCONV2D: W = g V / ||V|| per group (an fc neuron's row, a conv kernel
+ * W[o, i]), then the plain dense/conv kernel. Group roles, so the math is checked for any
+ * ||V|| and at g = 0 (a pruned group whose norm can grow back: dg must be exact there):
+ *   0 unit-norm V (as after nz_normdir_convert)      1 ||V|| = 3.7
+ *   2 ||V|| = 0.25                                    3 g = 0 (V non-zero, not unit)
+ *   4 g < 0                                           5 V = 0, g != 0 (kernel level only)
+ *   others: V ~ N(0, 1) (||V|| ~ sqrt(S)), g ~ N(0, 1).
+ * The loss is affine in x, b and g (W is linear in g), so those use e = 0.25 as dense/conv do.
+ * In V it is smooth but not affine: a 5-point central difference per group with e the power of
+ * two <= ||V_j|| / 16 (so x +- e is exact and the O((e/||V||)^4) truncation is ~1e-5).
+ * At V = 0 the direction V/||V|| is undefined (W is discontinuous there): its dV is not
+ * compared; the kernel's convention (no direction to move, dV = 0) is checked exactly, and dg
+ * (W stays 0 whatever g is) must be 0. */
+enum { ND_UNIT, ND_LONG, ND_SHORT, ND_GZERO, ND_GNEG, ND_VZERO, ND_N_ROLES };
+
+static double group_norm(const float *v, int S) {
+    double ss = 0;
+    for (int q = 0; q < S; q++) ss += (double)v[q] * v[q];
+    return sqrt(ss);
+}
+
+static void scale_to_norm(float *v, int S, double norm) {
+    double n0 = group_norm(v, S);
+    for (int q = 0; q < S; q++) v[q] = (float)(v[q] * (norm / n0));
+}
+
+/* Random V, g with the roles above on the first groups; with_vzero = 0 skips role 5. */
+static void fill_groups(float *V, float *g, int G, int S, nz_rng *r, int with_vzero) {
+    fill_normal(V, (size_t)G * S, r, 1.0f);
+    for (int j = 0; j < G; j++) {
+        float *v = V + (size_t)j * S;
+        g[j] = nz_rng_normal(r);
+        if (fabsf(g[j]) < 0.2f) g[j] = g[j] < 0 ? -0.5f : 0.5f; /* role 3 is the only g = 0 */
+        switch (j) {
+        case ND_UNIT: scale_to_norm(v, S, 1.0); g[j] = 0.8f; break;
+        case ND_LONG: scale_to_norm(v, S, 3.7); break;
+        case ND_SHORT: scale_to_norm(v, S, 0.25); break;
+        case ND_GZERO: g[j] = 0.0f; break;
+        case ND_GNEG: g[j] = -1.3f; break;
+        case ND_VZERO:
+            if (with_vzero) {
+                memset(v, 0, sizeof(float) * (size_t)S);
+                g[j] = 1.1f;
+            }
+            break;
+        default: break;
+        }
+    }
+}
+
+static float pow2_floor(double x) { return (float)ldexp(1.0, (int)floor(log2(x))); }
+
+/* numeric dL/dV group by group (5-point, e = pow2 <= ||V_j|| / 16); V = 0 groups: skip = 1 */
+static double *numeric_grad_groups(float *V, size_t G, size_t S, loss_fn f, void *ctx,
+                                   unsigned char *skip) {
+    double *num = calloc(G * S + 1, sizeof(double));
+    for (size_t j = 0; j < G; j++) {
+        float *v = V + j * S;
+        const double norm = group_norm(v, (int)S);
+        for (size_t q = 0; q < S; q++) skip[j * S + q] = norm == 0;
+        if (norm == 0) continue;
+        double *gj = numeric_grad5(v, S, pow2_floor(norm / 16), f, ctx);
+        memcpy(num + j * S, gj, sizeof(double) * S);
+        free(gj);
+    }
+    return num;
+}
+
+typedef struct {
+    int conv;      /* 0: NDENSE, 1: NCONV2D */
+    int B, NI, NO; /* dense sizes */
+    conv_dims d;   /* conv sizes */
+    int G, S;      /* groups and group size */
+    size_t nx, nw, nb, no;
+    float *x, *V, *g, *b, *R, *W, *out, *scratch;
+} nd_ctx;
+
+static double nd_loss(void *p) {
+    nd_ctx *c = p;
+    normdir_weights(c->W, c->V, c->g, c->G, c->S);
+    if (c->conv)
+        conv2d_forward(c->out, c->x, c->W, c->b, c->B, &c->d, c->scratch);
+    else
+        dense_forward(c->out, c->x, c->W, c->b, c->B, c->NI, c->NO);
+    return dot_d(c->out, c->R, c->no);
+}
+
+/* k = 0: NDENSE (B 4, 13 -> 7); else NCONV2D k/s/pad on (3, 2, 7, 7) -> 4 channels */
+static void check_normdir(int k, int s, int pad) {
+    char S[48];
+    nd_ctx c;
+    memset(&c, 0, sizeof c);
+    if (k == 0) {
+        snprintf(S, sizeof S, "ndense");
+        c.B = 4, c.NI = 13, c.NO = 7;
+        c.G = c.NO, c.S = c.NI;
+        c.nx = (size_t)c.B * c.NI, c.nb = (size_t)c.NO, c.no = (size_t)c.B * c.NO;
+    } else {
+        snprintf(S, sizeof S, "nconv2d k%d s%d p%d", k, s, pad);
+        c.conv = 1, c.B = 3;
+        c.d = conv_dims_make(2, 7, 7, 4, k, s, pad);
+        c.G = c.d.OC * c.d.C, c.S = k * k;
+        c.nx = (size_t)c.B * c.d.C * c.d.H * c.d.W, c.nb = (size_t)c.d.OC;
+        c.no = (size_t)c.B * c.d.OC * c.d.OH * c.d.OW;
+    }
+    c.nw = (size_t)c.G * c.S;
+    const size_t T = layers_threads() > 0 && layers_threads() < 256 ? (size_t)layers_threads() : 1;
+    const size_t nscratch = c.conv ? conv_scratch_per_thread(&c.d) * T : 1,
+                 npart = (c.nw + c.nb) * T;
+    nz_rng r;
+    nz_rng_seed(&r, 7000u + (unsigned)(k * 100 + s * 10 + pad));
+    c.x = galloc(c.nx), c.V = galloc(c.nw), c.g = galloc((size_t)c.G), c.b = galloc(c.nb);
+    c.R = galloc(c.no), c.W = galloc(c.nw), c.out = galloc(c.no), c.scratch = galloc(nscratch);
+    float *partial = galloc(npart);
+    fill_normal(c.x, c.nx, &r, 1.0f);
+    fill_groups(c.V, c.g, c.G, c.S, &r, 1);
+    fill_normal(c.b, c.nb, &r, 0.5f);
+    fill_normal(c.R, c.no, &r, 1.0f);
+
+    /* the effective weights against the definition in double; zero groups exactly zero */
+    nd_loss(&c);
+    {
+        double worst = 0;
+        int zeros_ok = 1;
+        for (int j = 0; j < c.G; j++) {
+            const double n = group_norm(c.V + (size_t)j * c.S, c.S);
+            for (int q = 0; q < c.S; q++) {
+                const size_t i = (size_t)j * c.S + q;
+                if (n == 0 || c.g[j] == 0.0f) {
+                    zeros_ok &= c.W[i] == 0.0f;
+                    continue;
+                }
+                const double w = (double)c.g[j] * c.V[i] / n;
+                const double e = fabs(c.W[i] - w) / fabs(w);
+                if (e > worst || e != e) worst = e != e ? INFINITY : e;
+            }
+        }
+        CHECK(worst <= 1e-6, "%s: W = g V/||V|| off by %.3g (relative, per element)", S, worst);
+        CHECK(zeros_ok, "%s: a group with g = 0 or V = 0 has non-zero weights", S);
+        section_record("normdir weights vs double", worst);
+    }
+
+    float *dx = galloc(c.nx), *dW = galloc(c.nw), *dV = galloc(c.nw), *dg = galloc((size_t)c.G),
+          *db = galloc(c.nb);
+    if (c.conv)
+        conv2d_backward(dx, dW, db, c.R, c.x, c.W, c.B, &c.d, c.scratch, partial);
+    else
+        dense_backward(dx, dW, db, c.R, c.x, c.W, c.B, c.NI, c.NO);
+    normdir_backward(dV, dg, dW, c.V, c.g, c.G, c.S);
+
+    unsigned char *skipV = calloc(c.nw, 1);
+    double *gx = numeric_grad(c.x, c.nx, EPS_AFFINE, nd_loss, NULL, &c, NULL);
+    double *gg = numeric_grad(c.g, (size_t)c.G, EPS_AFFINE, nd_loss, NULL, &c, NULL);
+    double *gb = numeric_grad(c.b, c.nb, EPS_AFFINE, nd_loss, NULL, &c, NULL);
+    double *gV = numeric_grad_groups(c.V, (size_t)c.G, (size_t)c.S, nd_loss, &c, skipV);
+    nd_loss(&c); /* W as at the evaluation point */
+    expect_match(S, "dx", dx, gx, c.nx, NULL);
+    expect_match(S, "dV", dV, gV, c.nw, skipV);
+    expect_match(S, "dg", dg, gg, (size_t)c.G, NULL);
+    expect_match(S, "db", db, gb, c.nb, NULL);
+    /* the roles, one by one: a wrong dg at g = 0 or at ||V|| != 1 would hide in a max */
+    static const char *const role_name[ND_N_ROLES] = {"unit ||V||", "||V|| = 3.7", "||V|| = 0.25",
+                                                      "g = 0", "g < 0", "V = 0"};
+    for (int j = 0; j < ND_N_ROLES && j < c.G; j++) {
+        double e = rel_err(dg[j], gg[j], GC_FLOOR);
+        CHECK(e <= GC_TOL, "%s dg of the %s group: analytic %.7g, numeric %.7g", S, role_name[j],
+              (double)dg[j], gg[j]);
+    }
+    CHECK(fabs(gg[ND_GZERO]) >= 10 * GC_FLOOR,
+          "%s: the g = 0 group's dg (%.3g) is too small to test anything", S, gg[ND_GZERO]);
+    CHECK(dg[ND_VZERO] == 0.0f && gg[ND_VZERO] == 0.0,
+          "%s: V = 0 group: dg %.3g (numeric %.3g), want 0", S, (double)dg[ND_VZERO],
+          gg[ND_VZERO]);
+    {
+        int zero = 1;
+        for (int q = 0; q < c.S; q++) zero &= dV[(size_t)ND_VZERO * c.S + q] == 0.0f;
+        CHECK(zero, "%s: V = 0 group has a non-zero dV", S);
+    }
+
+    /* mutations: generic ones, and the plausible normdir mistakes */
+    char what[96];
+    snprintf(what, sizeof what, "%s dx", S);
+    mutate_scale_one(what, dx, gx, c.nx);
+    snprintf(what, sizeof what, "%s dV", S);
+    mutate_scale_one(what, dV, gV, c.nw);
+    snprintf(what, sizeof what, "%s dg", S);
+    mutate_scale_one(what, dg, gg, (size_t)c.G);
+    snprintf(what, sizeof what, "%s db", S);
+    mutate_drop(what, gb, c.nb);
+    {
+        float *bad = malloc(sizeof(float) * c.nw), *badg = malloc(sizeof(float) * (size_t)c.G);
+        /* dV without the projection: g/||V|| dW (misses - <dW,u> u g/||V||) */
+        for (int j = 0; j < c.G; j++) {
+            const double n = group_norm(c.V + (size_t)j * c.S, c.S);
+            double dot = 0;
+            for (int q = 0; q < c.S; q++) {
+                const size_t i = (size_t)j * c.S + q;
+                bad[i] = n > 0 ? (float)(c.g[j] / n * dW[i]) : 0.0f;
+                dot += (double)dW[i] * c.V[i];
+            }
+            badg[j] = (float)dot; /* dg = <dW, V>: right only where ||V|| = 1 */
+        }
+        snprintf(what, sizeof what, "%s dV without the tangent projection", S);
+        expect_mismatch(what, bad, gV, c.nw);
+        snprintf(what, sizeof what, "%s dg = <dW, V> (unnormalized)", S);
+        expect_mismatch(what, badg, gg, (size_t)c.G);
+        CHECK(rel_err(badg[ND_UNIT], gg[ND_UNIT], GC_FLOOR) <= GC_TOL,
+              "%s: on the unit-norm group <dW, V> is dg (mutation sanity)", S);
+        /* a backward that skips g = 0 groups (as if they were removed) */
+        memcpy(badg, dg, sizeof(float) * (size_t)c.G);
+        badg[ND_GZERO] = 0.0f;
+        snprintf(what, sizeof what, "%s dg of the g = 0 group dropped", S);
+        expect_mismatch(what, badg, gg, (size_t)c.G);
+        free(bad), free(badg);
+    }
+
+    /* normdir_backward accumulates */
+    {
+        float *dV1 = malloc(sizeof(float) * c.nw), *dg1 = malloc(sizeof(float) * (size_t)c.G);
+        memcpy(dV1, dV, sizeof(float) * c.nw);
+        memcpy(dg1, dg, sizeof(float) * (size_t)c.G);
+        normdir_backward(dV, dg, dW, c.V, c.g, c.G, c.S);
+        snprintf(what, sizeof what, "%s dV", S);
+        expect_doubled(what, dV, dV1, c.nw);
+        snprintf(what, sizeof what, "%s dg", S);
+        expect_doubled(what, dg, dg1, (size_t)c.G);
+        free(dV1), free(dg1);
+    }
+    CHECK(guards_ok(c.x, c.nx) && guards_ok(c.V, c.nw) && guards_ok(c.g, (size_t)c.G) &&
+              guards_ok(c.W, c.nw) && guards_ok(c.out, c.no) && guards_ok(dx, c.nx) &&
+              guards_ok(dW, c.nw) && guards_ok(dV, c.nw) && guards_ok(dg, (size_t)c.G) &&
+              guards_ok(db, c.nb) && guards_ok(c.scratch, nscratch) && guards_ok(partial, npart),
+          "%s wrote outside its buffers", S);
+
+    free(skipV), free(gx), free(gg), free(gb), free(gV);
+    gfree(dx), gfree(dW), gfree(dV), gfree(dg), gfree(db), gfree(partial);
+    gfree(c.x), gfree(c.V), gfree(c.g), gfree(c.b), gfree(c.R), gfree(c.W), gfree(c.out);
+    gfree(c.scratch);
+}
+
+/* normdir_weights/backward on a large layer (G S > 65536: the OpenMP path) against the formulas
+ * in double, and bit-identical at 1 and 2 threads (each group is computed alone). */
+static void check_normdir_large(void) {
+    const int G = 300, S = 784;
+    const size_t n = (size_t)G * S;
+    nz_rng r;
+    nz_rng_seed(&r, 7777);
+    float *V = galloc(n), *g = galloc((size_t)G), *dW = galloc(n);
+    float *W[2], *dV[2], *dg[2];
+    fill_groups(V, g, G, S, &r, 1);
+    fill_normal(dW, n, &r, 1.0f);
+    for (int t = 0; t < 2; t++) {
+        nz_set_threads(t + 1);
+        W[t] = galloc(n), dV[t] = galloc(n), dg[t] = galloc((size_t)G);
+        normdir_weights(W[t], V, g, G, S);
+        normdir_backward(dV[t], dg[t], dW, V, g, G, S);
+    }
+    nz_set_threads(2);
+    double ew = 0, ev = 0, eg = 0;
+    for (int j = 0; j < G; j++) {
+        const float *v = V + (size_t)j * S, *dw = dW + (size_t)j * S;
+        const double nrm = group_norm(v, S);
+        double dot = 0;
+        for (int q = 0; q < S; q++) dot += (double)dw[q] * v[q];
+        const double gu = nrm > 0 ? dot / nrm : 0; /* <dW, u> */
+        eg = fmax(eg, rel_err(dg[1][j], gu, 1e-6));
+        double vmax = 0, dmax = 0;
+        for (int q = 0; q < S; q++) {
+            const double w = nrm > 0 ? g[j] * v[q] / nrm : 0;
+            ew = fmax(ew, rel_err(W[1][(size_t)j * S + q], w, 1e-30));
+            const double d = nrm > 0 ? g[j] / nrm * (dw[q] - gu * v[q] / nrm) : 0;
+            if (fabs(d) > vmax) vmax = fabs(d);
+            dmax = fmax(dmax, fabs(dV[1][(size_t)j * S + q] - d));
+        }
+        if (vmax > 0) ev = fmax(ev, dmax / vmax);
+        else ev = fmax(ev, dmax == 0 ? 0 : INFINITY);
+    }
+    CHECK(ew <= 1e-6, "normdir %dx%d: W vs double, rel err %.3g", G, S, ew);
+    CHECK(eg <= 1e-5, "normdir %dx%d: dg vs double, rel err %.3g", G, S, eg);
+    CHECK(ev <= 1e-5, "normdir %dx%d: dV vs double, norm err per group %.3g", G, S, ev);
+    CHECK(memcmp(W[0], W[1], sizeof(float) * n) == 0 && memcmp(dV[0], dV[1], sizeof(float) * n) == 0 &&
+              memcmp(dg[0], dg[1], sizeof(float) * (size_t)G) == 0,
+          "normdir %dx%d: 1 and 2 threads differ", G, S);
+    section_record("normdir 300x784 vs double", fmax(ew, fmax(eg, ev)));
+    int ok = guards_ok(V, n) && guards_ok(g, (size_t)G) && guards_ok(dW, n);
+    for (int t = 0; t < 2; t++) {
+        ok &= guards_ok(W[t], n) && guards_ok(dV[t], n) && guards_ok(dg[t], (size_t)G);
+        gfree(W[t]), gfree(dV[t]), gfree(dg[t]);
+    }
+    CHECK(ok, "normdir %dx%d wrote outside its buffers", G, S);
+    gfree(V), gfree(g), gfree(dW);
+}
+
+/* Through the graph: conv0 (plain 1x1) -> nconv (k3 s2 p1) -> flatten -> nfc1 -> nfc2, no
+ * relu/pool, so the loss is smooth in every parameter and nz_forward itself is differenced
+ * (xent in double of its logits, 5-point, e = 1/8; V per group as above). conv0's gradient
+ * checks nconv's input gradient, nconv's checks nfc1's (through flatten); nfc2 is the
+ * classifier. V = 0 groups are left out here (non-differentiable). */
+typedef struct {
+    const nz_model *m;
+    nz_ws *ws;
+    const float *x;
+    const uint8_t *y;
+    int B;
+} ndm_ctx;
+
+static double ndm_loss(void *p) {
+    ndm_ctx *c = p;
+    const float *z = nz_forward(c->m, c->ws, c->x, c->B, 0, NULL);
+    return xent_double(z, c->y, c->B, c->m->n_classes);
+}
+
+static void check_normdir_model(int threads) {
+    char S[48];
+    snprintf(S, sizeof S, "normdir model %d thread%s", threads, threads > 1 ? "s" : "");
+    nz_set_threads(threads);
+    nz_model m;
+    nz_error err;
+    int x = -1;
+    if (nz_model_init(&m, "gradcheck-nd", (nz_shape){2, 7, 7}, 5, &err) == NZ_OK) {
+        x = nz_model_add_conv2d(&m, "conv0", 0, 3, 1, 1, 0, &err);
+        if (x >= 0) x = nz_model_add_nconv2d(&m, "nconv", x, 4, 3, 2, 1, &err);
+        if (x >= 0) x = nz_model_add_flatten(&m, "flatten", x, &err);
+        if (x >= 0) x = nz_model_add_ndense(&m, "nfc1", x, 8, &err);
+        if (x >= 0) x = nz_model_add_ndense(&m, "nfc2", x, 5, &err);
+    }
+    if (x < 0 || nz_model_validate(&m, &err) != NZ_OK) {
+        CHECK(0, "%s: cannot build the model: %s", S, err.msg);
+        nz_model_free(&m);
+        return;
+    }
+    nz_rng r;
+    nz_rng_seed(&r, 7100);
+    nz_model_init_params(&m, &r); /* conv0 */
+    for (int i = 1; i < m.n_nodes; i++) {
+        const nz_node *n = &m.nodes[i];
+        if (n->op != NZ_OP_NDENSE && n->op != NZ_OP_NCONV2D) continue;
+        const int G = (int)n->params[1].n, Sz = (int)(n->params[0].n / n->params[1].n);
+        fill_groups(m.params + n->params[0].off, m.params + n->params[1].off, G, Sz, &r, 0);
+        fill_normal(m.params + n->params[2].off, n->params[2].n, &r, 0.3f);
+    }
+    const int B = 3;
+    const size_t nx = (size_t)B * nz_shape_size(m.in), nl = (size_t)B * m.n_classes;
+    float *xin = galloc(nx), *dl = galloc(nl);
+    uint8_t y[3];
+    fill_normal(xin, nx, &r, 1.0f);
+    for (int b = 0; b < B; b++) y[b] = (uint8_t)nz_rng_below(&r, (uint64_t)m.n_classes);
+    nz_ws *ws = nz_ws_new(&m, B, &err);
+    if (!ws) {
+        CHECK(0, "%s: nz_ws_new: %s", S, err.msg);
+        gfree(xin), gfree(dl);
+        nz_model_free(&m);
+        return;
+    }
+    ndm_ctx c = {.m = &m, .ws = ws, .x = xin, .y = y, .B = B};
+    const float *z = nz_forward(&m, ws, xin, B, 0, NULL);
+    nz_softmax_xent(z, y, B, m.n_classes, dl, NULL);
+    nz_ws_zero_grads(ws);
+    nz_backward(&m, ws, dl, B);
+    float *ana = malloc(sizeof(float) * m.n_params);
+    memcpy(ana, nz_ws_grads(ws), sizeof(float) * m.n_params);
+
+    double *num = calloc(m.n_params, sizeof(double));
+    unsigned char *skip = calloc(m.n_params, 1);
+    for (int i = 1; i < m.n_nodes; i++) {
+        const nz_node *n = &m.nodes[i];
+        const int nd = n->op == NZ_OP_NDENSE || n->op == NZ_OP_NCONV2D;
+        for (int k = 0; k < n->n_params; k++) {
+            const nz_param *pp = &n->params[k];
+            double *g;
+            if (nd && k == 0)
+                g = numeric_grad_groups(m.params + pp->off, n->params[1].n,
+                                        pp->n / n->params[1].n, ndm_loss, &c, skip + pp->off);
+            else
+                g = numeric_grad5(m.params + pp->off, pp->n, EPS_MODEL, ndm_loss, &c);
+            memcpy(num + pp->off, g, sizeof(double) * pp->n);
+            free(g);
+            static const char *const plain[] = {"W", "b"}, *const normdir[] = {"V", "g", "b"};
+            char what[64];
+            snprintf(what, sizeof what, "%s.%s", n->name, nd ? normdir[k] : plain[k]);
+            expect_match(S, what, ana + pp->off, num + pp->off, pp->n, skip + pp->off);
+        }
+    }
+    {
+        char label[96];
+        const nz_param *p;
+        snprintf(label, sizeof label, "%s nconv.V", S);
+        if ((p = model_param(&m, "nconv", 0))) mutate_model_tensor(label, p, ana, num);
+        snprintf(label, sizeof label, "%s nfc1.g", S);
+        if ((p = model_param(&m, "nfc1", 1))) mutate_model_tensor(label, p, ana, num);
+        snprintf(label, sizeof label, "%s nfc1.b", S);
+        if ((p = model_param(&m, "nfc1", 2))) mutate_drop(label, num + p->off, p->n);
+        snprintf(label, sizeof label, "%s conv0.W (nconv's input gradient)", S);
+        if ((p = model_param(&m, "conv0", 0))) mutate_model_tensor(label, p, ana, num);
+        /* the g = 0 neuron of nfc1 and kernel of nconv: their dg must be there */
+        static const char *const nodes[] = {"nfc1", "nconv"};
+        for (int k = 0; k < 2; k++) {
+            if (!(p = model_param(&m, nodes[k], 1))) continue;
+            /* above the floor: compared relatively, and a dropped dg is a relative error of 1 */
+            CHECK(m.params[p->off + ND_GZERO] == 0.0f && fabs(num[p->off + ND_GZERO]) >= GC_FLOOR,
+                  "%s %s: the g = 0 group is not set up (g %g, numeric dg %.3g)", S, nodes[k],
+                  (double)m.params[p->off + ND_GZERO], num[p->off + ND_GZERO]);
+            float *bad = malloc(sizeof(float) * p->n);
+            memcpy(bad, ana + p->off, sizeof(float) * p->n);
+            bad[ND_GZERO] = 0.0f;
+            snprintf(label, sizeof label, "%s %s dg of the g = 0 group dropped", S, nodes[k]);
+            expect_mismatch(label, bad, num + p->off, p->n);
+            free(bad);
+        }
+    }
+    /* two backward passes double every parameter gradient */
+    nz_forward(&m, ws, xin, B, 0, NULL);
+    nz_backward(&m, ws, dl, B);
+    expect_doubled(S, nz_ws_grads(ws), ana, m.n_params);
+    CHECK(guards_ok(xin, nx) && guards_ok(dl, nl), "%s wrote outside its buffers", S);
+
+    free(ana), free(num), free(skip);
+    gfree(xin), gfree(dl);
+    nz_ws_free(ws);
+    nz_model_free(&m);
+}
+
 /* ---------------------------------------------------------------- main */
 
 static double now(void) {
@@ -1226,6 +1658,16 @@ int main(void) {
     check_model("model+dropout(0.5) train", 0.5f, 1, MODEL_SEED, 2);
     /* an inactive dropout node (eval mode, p = 0) must be the identity, for backward too */
     check_dropout_inactive();
+    /* norm x direction layers: kernels (dense, conv at three geometries), the threaded path,
+     * and through nz_forward/nz_backward at 1 and 2 threads */
+    nz_set_threads(2);
+    check_normdir(0, 0, 0);
+    check_normdir(3, 1, 1);
+    check_normdir(5, 1, 0);
+    check_normdir(3, 2, 1);
+    check_normdir_large();
+    check_normdir_model(2);
+    check_normdir_model(1);
     nz_set_threads(2);
 
     printf("worst relative error per section (limit %.0e):\n", GC_TOL);

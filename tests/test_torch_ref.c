@@ -1,5 +1,9 @@
 /* nnzip against PyTorch: every layer kernel and a whole LeNet-5 training step.
  *
+ * The norm x direction layers (NZ_OP_NDENSE, NZ_OP_NCONV2D with k3 s1 p1 and k5 s1 p0) are
+ * compared both as kernels and through nz_forward / nz_backward, against torch's
+ * W = g V / V.norm() with autograd's gradients of x, V, g and b.
+ *
  * scripts/torch_ref.py writes inputs, weights, outputs, upstream gradients and autograd's
  * gradients for each layer kind and for one LeNet-5 step (format in that script's docstring:
  * magic "NZTREF01", then records of u32 name length, name, u32 ndim, u32 dims, f32 data, all
@@ -406,6 +410,153 @@ static void check_xent(void) {
     free(g);
 }
 
+/* ---------------------------------------------------------------- norm x direction layers */
+
+/* NZ_OP_NDENSE / NZ_OP_NCONV2D (W = g V/||V|| per neuron row / per conv kernel) two ways:
+ *  - the kernels: normdir_weights, dense/conv forward and backward, normdir_backward (out and
+ *    the x, V, g, b gradients);
+ *  - a one-layer model through nz_forward / nz_backward (out and the V, g, b gradients; the
+ *    layer reads the data node, which gets no gradient). */
+
+typedef struct {
+    const ref_tensor *x, *V, *g, *b, *out, *dout, *dx, *dV, *dg, *db;
+} nd_refs;
+
+static int nd_refs_get(nd_refs *r, const char *p) {
+    r->x = ref_getf("%s.%s", p, "x"), r->V = ref_getf("%s.%s", p, "V");
+    r->g = ref_getf("%s.%s", p, "g"), r->b = ref_getf("%s.%s", p, "b");
+    r->out = ref_getf("%s.%s", p, "out"), r->dout = ref_getf("%s.%s", p, "dout");
+    r->dx = ref_getf("%s.%s", p, "dx"), r->dV = ref_getf("%s.%s", p, "dV");
+    r->dg = ref_getf("%s.%s", p, "dg"), r->db = ref_getf("%s.%s", p, "db");
+    return r->x && r->V && r->g && r->b && r->out && r->dout && r->dx && r->dV && r->dg && r->db;
+}
+
+/* The same layer as a model (node reads the data node): its V, g, b set from the references;
+ * out and the parameter gradients compared as "<prefix>.<tensor><suffix>". */
+static void nd_model_check(const char *prefix, const char *suffix, nz_model *m, int node,
+                           const nd_refs *r, int B) {
+    nz_error err;
+    const nz_node *n = &m->nodes[node];
+    const ref_tensor *src[3] = {r->V, r->g, r->b}, *grad[3] = {r->dV, r->dg, r->db};
+    for (int k = 0; k < 3; k++) {
+        if (!expect_shape(src[k], n->params[k].ndim, n->params[k].dims)) return;
+        memcpy(m->params + n->params[k].off, src[k]->data, sizeof(float) * n->params[k].n);
+    }
+    nz_ws *ws = nz_ws_new(m, B, &err);
+    if (!ws) {
+        CHECK(0, "%s: nz_ws_new: %s", prefix, err.msg);
+        return;
+    }
+    char l[80];
+    const float *z = nz_forward(m, ws, r->x->data, B, 0, NULL);
+    snprintf(l, sizeof l, "%s.out%s", prefix, suffix);
+    compare(l, z, r->out, nz_shape_size(n->out) * (size_t)B);
+    nz_ws_zero_grads(ws);
+    nz_backward(m, ws, r->dout->data, B);
+    static const char *const pn[3] = {"dV", "dg", "db"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(l, sizeof l, "%s.%s%s", prefix, pn[k], suffix);
+        compare(l, nz_ws_grads(ws) + n->params[k].off, grad[k], n->params[k].n);
+    }
+    nz_ws_free(ws);
+}
+
+static void check_ndense(void) {
+    nd_refs r;
+    if (!nd_refs_get(&r, "ndense") || r.x->ndim != 2 || r.V->ndim != 2) return;
+    const int B = r.x->dims[0], NI = r.x->dims[1], NO = r.V->dims[0];
+    if (!expect_shape(r.V, 2, (int[]){NO, NI}) || !expect_shape(r.g, 1, (int[]){NO}) ||
+        !expect_shape(r.b, 1, (int[]){NO}) || !expect_shape(r.out, 2, (int[]){B, NO}) ||
+        !expect_shape(r.dout, 2, (int[]){B, NO}))
+        return;
+    float *W = zalloc(r.V->n), *dW = zalloc(r.V->n), *y = zalloc(r.out->n), *gx = zalloc(r.x->n),
+          *gV = zalloc(r.V->n), *gg = zalloc(r.g->n), *gb = zalloc(r.b->n);
+    normdir_weights(W, r.V->data, r.g->data, NO, NI);
+    dense_forward(y, r.x->data, W, r.b->data, B, NI, NO);
+    dense_backward(gx, dW, gb, r.dout->data, r.x->data, W, B, NI, NO);
+    normdir_backward(gV, gg, dW, r.V->data, r.g->data, NO, NI);
+    compare("ndense.out", y, r.out, r.out->n);
+    compare("ndense.dx", gx, r.dx, r.x->n);
+    compare("ndense.dV", gV, r.dV, r.V->n);
+    compare("ndense.dg", gg, r.dg, r.g->n);
+    compare("ndense.db", gb, r.db, r.b->n);
+    free(W), free(dW), free(y), free(gx), free(gV), free(gg), free(gb);
+
+    /* the graph: the input is NI features (1 x 1 x NI), NO classes */
+    nz_model m;
+    nz_error err;
+    int id = -1;
+    if (nz_model_init(&m, "ref-ndense", (nz_shape){1, 1, NI}, NO, &err) == NZ_OK)
+        id = nz_model_add_ndense(&m, "nfc", 0, NO, &err);
+    if (id < 0 || nz_model_validate(&m, &err) != NZ_OK)
+        CHECK(0, "ndense model: %s", err.msg);
+    else
+        nd_model_check("ndense-model", "", &m, id, &r, B);
+    nz_model_free(&m);
+}
+
+static void check_nconv(int i, int threads) {
+    nz_set_threads(threads);
+    char p[16];
+    snprintf(p, sizeof p, "nconv%d", i);
+    nd_refs r;
+    const ref_tensor *cfg = ref_getf("%s.%s", p, "cfg");
+    if (!cfg || !nd_refs_get(&r, p)) return;
+    if (!expect_shape(cfg, 1, (int[]){7}) || r.x->ndim != 4) return;
+    int c[7];
+    for (int k = 0; k < 7; k++) c[k] = (int)cfg->data[k];
+    if (c[0] < 1 || c[0] > 4 || c[1] < 1 || c[2] < 1 || c[3] < 1 || c[4] < 1 || c[5] < 1 ||
+        c[6] < 0 || c[1] + 2 * c[6] < c[4] || c[2] + 2 * c[6] < c[4]) {
+        CHECK(0, "%s.cfg: bad configuration", p);
+        return;
+    }
+    const int B = r.x->dims[0];
+    const conv_dims d = conv_dims_make(c[0], c[1], c[2], c[3], c[4], c[5], c[6]);
+    if (!expect_shape(r.x, 4, (int[]){B, d.C, d.H, d.W}) ||
+        !expect_shape(r.V, 4, (int[]){d.OC, d.C, d.KH, d.KW}) ||
+        !expect_shape(r.g, 2, (int[]){d.OC, d.C}) || !expect_shape(r.b, 1, (int[]){d.OC}) ||
+        !expect_shape(r.out, 4, (int[]){B, d.OC, d.OH, d.OW}) ||
+        !expect_shape(r.dout, 4, (int[]){B, d.OC, d.OH, d.OW}))
+        return;
+    const int G = d.OC * d.C, S = d.KH * d.KW;
+    const size_t T = (size_t)(layers_threads() > 0 ? layers_threads() : 1);
+    float *scratch = zalloc(conv_scratch_per_thread(&d) * T);
+    float *partial = zalloc((r.V->n + r.b->n) * T);
+    float *W = zalloc(r.V->n), *dW = zalloc(r.V->n), *y = zalloc(r.out->n), *gx = zalloc(r.x->n),
+          *gV = zalloc(r.V->n), *gg = zalloc(r.g->n), *gb = zalloc(r.b->n);
+    normdir_weights(W, r.V->data, r.g->data, G, S);
+    conv2d_forward(y, r.x->data, W, r.b->data, B, &d, scratch);
+    conv2d_backward(gx, dW, gb, r.dout->data, r.x->data, W, B, &d, scratch, partial);
+    normdir_backward(gV, gg, dW, r.V->data, r.g->data, G, S);
+    char label[80];
+    const char *names[5] = {"out", "dx", "dV", "dg", "db"};
+    const float *got[5] = {y, gx, gV, gg, gb};
+    const ref_tensor *refs[5] = {r.out, r.dx, r.dV, r.dg, r.db};
+    for (int k = 0; k < 5; k++) {
+        snprintf(label, sizeof label, "%s.%s k%d s%d p%d %dt", p, names[k], c[4], c[5], c[6],
+                 threads);
+        compare(label, got[k], refs[k], refs[k]->n);
+    }
+    free(scratch), free(partial), free(W), free(dW), free(y), free(gx), free(gV), free(gg),
+        free(gb);
+
+    /* the graph (the class count is not used by forward/backward) */
+    nz_model m;
+    nz_error err;
+    int id = -1;
+    if (nz_model_init(&m, "ref-nconv", (nz_shape){d.C, d.H, d.W}, 2, &err) == NZ_OK)
+        id = nz_model_add_nconv2d(&m, "nconv", 0, d.OC, d.KH, d.stride, d.pad, &err);
+    if (id < 0) {
+        CHECK(0, "%s model: %s", p, err.msg);
+    } else {
+        char pre[32];
+        snprintf(pre, sizeof pre, "%s-model", p);
+        snprintf(label, sizeof label, " k%d s%d p%d %dt", c[4], c[5], c[6], threads);
+        nd_model_check(pre, label, &m, id, &r, B);
+    }
+    nz_model_free(&m);
+}
+
 /* ---------------------------------------------------------------- LeNet-5 */
 
 static int node_id(const nz_model *m, const char *name) {
@@ -575,6 +726,10 @@ int main(int argc, char **argv) {
     check_xent();
     check_lenet(2);
     check_lenet(1);
+    nz_set_threads(2);
+    check_ndense();
+    for (int t = 1; t <= 2; t++)
+        for (int i = 0; i < 2; i++) check_nconv(i, t);
     nz_set_threads(2);
 
     printf("worst normalized error per layer:\n");

@@ -1141,6 +1141,7 @@ static const opt_def slim_opts[] = {
     {"lr", 0, 1, "X", "learning rate with the penalty (default 0.05)"},
     {"finetune-lr", 0, 1, "X", "fine-tuning learning rate (default 0.01)"},
     {"penalize-last", 0, 0, "", "also penalize the classifier's neurons"},
+    {"uniform", 0, 0, "", "the same lambda for every layer (default: scaled by the parameters a group controls)"},
 };
 
 static int cmd_slim(int argc, char **argv) {
@@ -1197,6 +1198,7 @@ static int cmd_slim(int argc, char **argv) {
         (rc = opt_float(&o, "finetune-lr", 0, 10, &sc.finetune.lr)))
         goto done;
     sc.penalize_last = opt_flag(&o, "penalize-last");
+    if (opt_flag(&o, "uniform")) sc.cost_weighted = 0;
     if (nz_slim(&j.m, &j.tr, &j.te, &sc, &j.hooks, &sr, &e)) {
         rc = fail_err("slim", &e);
         goto done;

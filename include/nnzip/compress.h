@@ -186,6 +186,10 @@ typedef struct {
     nz_train_cfg train, finetune;
     int penalize_last;               /* also penalize the classifier's neurons (default 0) */
     float subgrad_eps;               /* subgradient: norms below this count as zero */
+    int cost_weighted;               /* scale each layer's lambda by the parameters one of its
+                                        groups controls (incoming + outgoing), relative to the
+                                        mean: the penalty then tracks the parameters removed
+                                        (default 1; 0 = the same lambda everywhere) */
 } nz_slim_cfg;
 
 void nz_slim_cfg_default(nz_slim_cfg *cfg);

@@ -32,6 +32,40 @@ void nz_slim_cfg_default(nz_slim_cfg *cfg) {
     nz_train_cfg_default(&cfg->finetune);
     cfg->finetune.lr = 0.01f;
     cfg->subgrad_eps = 1e-3f;
+    cfg->cost_weighted = 1;
+}
+
+/* The next weighted node fed by node i through element-wise, pooling or flatten nodes. */
+static int next_weighted(const nz_model *m, int i) {
+    int cur = i;
+    for (int j = i + 1; j < m->n_nodes; j++) {
+        const nz_node *n = &m->nodes[j];
+        if (n->inputs[0] != cur) continue;
+        switch (n->op) {
+        case NZ_OP_RELU:
+        case NZ_OP_MAXPOOL:
+        case NZ_OP_DROPOUT:
+        case NZ_OP_FLATTEN: cur = j; continue;
+        case NZ_OP_DENSE:
+        case NZ_OP_CONV2D:
+        case NZ_OP_NDENSE:
+        case NZ_OP_NCONV2D: return j;
+        default: return -1;
+        }
+    }
+    return -1;
+}
+
+/* Parameters one group of node i controls: its own weights and bias, plus (for a neuron or a
+ * channel) the next layer's weights that read it. A conv kernel controls only itself. */
+static double group_cost(const nz_model *m, int i) {
+    const nz_node *n = &m->nodes[i];
+    const size_t G = n->params[1].n, S = n->params[0].n / G;
+    if (n->op == NZ_OP_NCONV2D) return (double)S;
+    double c = (double)S + 1.0;
+    int j = next_weighted(m, i);
+    if (j >= 0) c += (double)nz_param_numel(&m->nodes[j].params[0]) / (double)n->units;
+    return c;
 }
 
 /* ---------------------------------------------------------------- conversion */
@@ -462,10 +496,21 @@ nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
     int last = -1;
     for (int i = 0; i < m->n_nodes; i++)
         if (m->nodes[i].op == NZ_OP_NDENSE || m->nodes[i].op == NZ_OP_NCONV2D) last = i;
+    double cost_sum = 0, groups = 0;
     for (int i = 0; i < m->n_nodes; i++) {
+        s.lambda[i] = 0.0f;
+        const nz_node *n = &m->nodes[i];
+        if (n->op != NZ_OP_NDENSE && n->op != NZ_OP_NCONV2D) continue;
         s.lambda[i] = cfg->lambda[i] >= 0 ? cfg->lambda[i] : cfg->global_lambda;
         if (i == last && !cfg->penalize_last) s.lambda[i] = 0.0f;
+        if (s.lambda[i] > 0) {
+            cost_sum += group_cost(m, i) * (double)n->params[1].n;
+            groups += (double)n->params[1].n;
+        }
     }
+    if (cfg->cost_weighted && groups > 0)
+        for (int i = 0; i < m->n_nodes; i++)
+            if (s.lambda[i] > 0) s.lambda[i] *= (float)(group_cost(m, i) / (cost_sum / groups));
     const long steps_per_epoch = (train->n + cfg->train.batch - 1) / cfg->train.batch;
     s.ramp_steps = (long)cfg->ramp_epochs * steps_per_epoch;
     nz_train_hooks th;
