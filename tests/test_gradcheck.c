@@ -1489,7 +1489,8 @@ static void check_normdir_large(void) {
     CHECK(ew <= 1e-6, "normdir %dx%d: W vs double, rel err %.3g", G, S, ew);
     CHECK(eg <= 1e-5, "normdir %dx%d: dg vs double, rel err %.3g", G, S, eg);
     CHECK(ev <= 1e-5, "normdir %dx%d: dV vs double, norm err per group %.3g", G, S, ev);
-    CHECK(memcmp(W[0], W[1], sizeof(float) * n) == 0 && memcmp(dV[0], dV[1], sizeof(float) * n) == 0 &&
+    CHECK(memcmp(W[0], W[1], sizeof(float) * n) == 0 &&
+              memcmp(dV[0], dV[1], sizeof(float) * n) == 0 &&
               memcmp(dg[0], dg[1], sizeof(float) * (size_t)G) == 0,
           "normdir %dx%d: 1 and 2 threads differ", G, S);
     section_record("normdir 300x784 vs double", fmax(ew, fmax(eg, ev)));

@@ -536,9 +536,11 @@ static void test_refusals(void) {
           "sparsify: %s", err.msg);
     err.msg[0] = 0;
     st = nz_slim_remove(&m, &err);
-    CHECK(st == NZ_ERR_ARG, "slim_remove with a sparse tensor: status %d, want NZ_ERR_ARG", (int)st);
+    CHECK(st == NZ_ERR_ARG, "slim_remove with a sparse tensor: status %d, want NZ_ERR_ARG",
+          (int)st);
     CHECK(err.msg[0] != 0, "the refusal has a message");
-    CHECK(m.nodes[node_id(&m, "fc2")].params[0].sparse != NULL, "a refused removal changed the model");
+    CHECK(m.nodes[node_id(&m, "fc2")].params[0].sparse != NULL,
+          "a refused removal changed the model");
     nz_model_free(&m);
 }
 
@@ -562,14 +564,20 @@ static void test_slim_e2e(nz_slim_method method, const nz_dataset *train, const 
     nz_model m;
     nz_error err;
     if (build(&m, "lenet300", 606) != 0) return;
+    /* Strong enough to zero neurons in a few epochs: each of the 16 steps an epoch shrinks |g|
+     * by at most lr(t) x lambda (x the layer's cost weight), so the sum over training must
+     * exceed the initial row norms (~0.58 for fc1): lambda = 0.05 removes nothing at these
+     * lengths. Measured (cost-weighted default, lr 0.1): lambda 0.1-0.15 at 6-10 epochs leaves
+     * 28-163 of fc1's 300 neurons at 0% test error; 0.2 starts to hurt (19-40%). 0.15 x 8 epochs
+     * (50 left) is in the middle. */
     nz_slim_cfg cfg;
     nz_slim_cfg_default(&cfg);
-    cfg.global_lambda = getenv("LAMBDA") ? (float)atof(getenv("LAMBDA")) : 5e-2f;
+    cfg.global_lambda = 0.15f;
     cfg.method = method;
-    cfg.epochs = 4;
-    if (getenv("EPOCHS")) cfg.epochs = atoi(getenv("EPOCHS"));
+    cfg.epochs = 8;
     cfg.ramp_epochs = 1;
-    cfg.finetune_epochs = getenv("FT") ? atoi(getenv("FT")) : 1;
+    cfg.finetune_epochs = 1;
+    cfg.train.lr = nz_zoo_default_lr("lenet300");
     cfg.train.batch = 64;
     cfg.train.seed = 1;
     cfg.finetune.batch = 64;
@@ -604,8 +612,9 @@ static void test_slim_e2e(nz_slim_method method, const nz_dataset *train, const 
     CHECK(res.params_before == 266610, "slim %s: params_before %zu", mname, res.params_before);
     nz_eval_result ev;
     CHECK(nz_evaluate(&m, test, 256, &ev, &err) == NZ_OK, "evaluate: %s", err.msg);
-    CHECK(fabsf(ev.error - res.test_err_after) < 1e-3f, "slim %s: test_err_after %.2f, evaluate %.2f",
-          mname, (double)res.test_err_after, (double)ev.error);
+    CHECK(fabsf(ev.error - res.test_err_after) < 1e-3f,
+          "slim %s: test_err_after %.2f, evaluate %.2f", mname, (double)res.test_err_after,
+          (double)ev.error);
     printf("  slim %-11s units %d -> %d (fc1 %d, fc2 %d), params %zu -> %zu, test err %.1f%% -> "
            "%.1f%% (penalized %.1f%%), %.1f s\n",
            mname, before, after, res.units_after[0], res.units_after[1], res.params_before,
@@ -662,7 +671,7 @@ static void test_slim_e2e(nz_slim_method method, const nz_dataset *train, const 
         }
     } else {
         CHECK(after <= before, "slim subgradient: units %d -> %d", before, after);
-        CHECK(ev.error < 50.0f, "slim subgradient: test error %.2f%%", (double)ev.error);
+        CHECK(ev.error < 20.0f, "slim subgradient: test error %.2f%% (>= 20%%)", (double)ev.error);
     }
     nz_model_free(&m);
 }

@@ -497,7 +497,7 @@ static void check_ndense(void) {
 
 static void check_nconv(int i, int threads) {
     nz_set_threads(threads);
-    char p[16];
+    char p[24];
     snprintf(p, sizeof p, "nconv%d", i);
     nd_refs r;
     const ref_tensor *cfg = ref_getf("%s.%s", p, "cfg");
@@ -549,7 +549,7 @@ static void check_nconv(int i, int threads) {
     if (id < 0) {
         CHECK(0, "%s model: %s", p, err.msg);
     } else {
-        char pre[32];
+        char pre[40];
         snprintf(pre, sizeof pre, "%s-model", p);
         snprintf(label, sizeof label, " k%d s%d p%d %dt", c[4], c[5], c[6], threads);
         nd_model_check(pre, label, &m, id, &r, B);

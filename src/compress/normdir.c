@@ -381,6 +381,9 @@ nz_status nz_slim_remove(nz_model *m, nz_error *err) {
         const int src = n->inputs[0];
         const nz_shape s = m->nodes[src].out;
         const int C_in = s.c, KK = n->op == NZ_OP_CONV2D ? n->kh * n->kw : 1;
+        /* keep/cval of the input are per channel; a dense layer reading a [C, H, W] input
+         * directly (no flatten) sees H*W features per channel */
+        const int hw = n->op == NZ_OP_DENSE ? s.h * s.w : 1;
         const int in_feat = n->op == NZ_OP_DENSE ? (int)nz_shape_size(s) : C_in;
         const float *W = m->params + n->params[0].off, *b = m->params + n->params[1].off;
         float *W2 = out.params + o->params[0].off, *b2 = out.params + o->params[1].off;
@@ -395,12 +398,12 @@ nz_status nz_slim_remove(nz_model *m, nz_error *err) {
             int c2 = 0;
             for (int c = 0; c < in_feat; c++) {
                 const float *wk = wr + (size_t)c * KK;
-                if (keep[src][c]) {
+                if (keep[src][c / hw]) {
                     memcpy(W2 + ((size_t)r2 * in_kept + c2) * KK, wk, sizeof(float) * KK);
                     c2++;
                 } else {
                     /* a removed input is a constant: its contribution joins the bias */
-                    for (int q = 0; q < KK; q++) bias += (double)wk[q] * cval[src][c];
+                    for (int q = 0; q < KK; q++) bias += (double)wk[q] * cval[src][c / hw];
                 }
             }
             b2[r2] = (float)bias;
