@@ -1133,13 +1133,13 @@ done:
 
 static const opt_def slim_opts[] = {
     RETRAIN_OPTS,
-    {"lambda", 'l', 1, "SPEC", "L1 strength on the norms: 1e-4 (default), or per layer fc1=2e-4,conv=0"},
+    {"lambda", 'l', 1, "SPEC", "L1 strength on the norms: 3e-2 (default), or per layer fc1=4e-2,conv=0"},
     {"method", 0, 1, "KIND", "proximal (default: exact zeros) or subgradient"},
     {"epochs", 'e', 1, "N", "epochs with the penalty (default 30)"},
     {"ramp", 0, 1, "N", "lambda grows linearly over the first N epochs (default 5)"},
-    {"finetune-epochs", 0, 1, "N", "epochs without the penalty after removal (default 10)"},
+    {"finetune-epochs", 0, 1, "N", "epochs without the penalty after removal (default 20)"},
     {"lr", 0, 1, "X", "learning rate with the penalty (default 0.05)"},
-    {"finetune-lr", 0, 1, "X", "fine-tuning learning rate (default 0.01)"},
+    {"finetune-lr", 0, 1, "X", "fine-tuning learning rate (default 1e-3)"},
     {"penalize-last", 0, 0, "", "also penalize the classifier's neurons"},
     {"uniform", 0, 0, "", "the same lambda for every layer (default: scaled by the parameters a group controls)"},
 };
