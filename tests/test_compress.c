@@ -446,8 +446,9 @@ static void test_model_level(const char *arch, int use_cb, const char *dir) {
     /* encode (f16 biases, chosen widths, Huffman or packed), save, load: bit-identical */
     nz_encode_cfg ec;
     nz_encode_cfg_default(&ec);
-    if (use_cb) { /* fixed narrow widths and packed streams */
+    if (use_cb) { /* fixed narrow widths, packed streams, f32 codebooks (exact densify) */
         ec.huffman = 0;
+        ec.f16_codebooks = 0;
         for (int l = 0; l < n_layers; l++) ec.index_bits[layer_node[l]] = 3;
     }
     CHECK(nz_encode(&sp, &ec, &e) == NZ_OK, "%s: encode: %s", what, e.msg);
@@ -1341,6 +1342,39 @@ static void test_files(const char *dir) {
     nz_model_free(&m);
 }
 
+/* A codebook stored as binary16: values representable in f16 survive exactly; the flag is
+ * refused without a codebook. */
+static void test_f16_codebook(void) {
+    const float cb[4] = {0.0f, -0.5f, 0.25f, 1.5f};
+    float W[6 * 7];
+    for (int i = 0; i < 42; i++) W[i] = (i % 5 == 0) ? cb[1 + i % 3] : 0.0f;
+    nz_sparse *s = NULL, *d = NULL;
+    nz_error e = {0};
+    CHECK(nz_sparse_from_dense(&s, W, 6, 7, cb, 4, 3, &e) == NZ_OK, "%s", e.msg);
+    if (!s) return;
+    s->codebook_f16 = 1;
+    s->huffman = 1;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    CHECK(nz_sparse_encode(s, &buf, &len, &e) == NZ_OK, "%s", e.msg);
+    CHECK(nz_sparse_decode(buf, len, 6, 7, &d, &e) == NZ_OK, "f16 codebook decode: %s", e.msg);
+    if (d) {
+        float back[42];
+        nz_sparse_to_dense(d, back);
+        CHECK(memcmp(back, W, sizeof W) == 0, "f16 codebook round trip differs");
+        CHECK(d->codebook_f16 == 1, "f16 flag lost");
+        nz_sparse_free(d);
+        d = NULL;
+    }
+    if (buf) {
+        buf[0] = 4 | 2; /* f16 codebook flag without the codebook flag */
+        CHECK(nz_sparse_decode(buf, len, 6, 7, &d, &e) != NZ_OK, "f16 flag without codebook accepted");
+        nz_sparse_free(d);
+    }
+    free(buf);
+    nz_sparse_free(s);
+}
+
 int main(void) {
     char dir[] = "/tmp/nnzip-test-compress-XXXXXX";
     if (!mkdtemp(dir)) {
@@ -1369,5 +1403,6 @@ int main(void) {
     printf("round trips: %d (%d with filler entries); total %.2f s\n", rt_count, rt_filler_cases,
            now_sec() - t0);
     rmdir(dir);
+    test_f16_codebook();
     return tl_finish("test_compress");
 }

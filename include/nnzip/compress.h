@@ -45,6 +45,7 @@ struct nz_sparse {
     int index_bits;      /* width of a relative index: gaps 1..2^index_bits, fillers beyond */
     int code_bits;       /* width of a codebook index (0 for f32 values) */
     int huffman;         /* 1: both streams Huffman-coded */
+    int codebook_f16;    /* 1: the codebook is stored as binary16 (values already rounded) */
     /* sizes measured when last encoded or decoded (for the paper's table) */
     uint32_t n_entries;  /* entries including fillers */
     uint64_t index_stream_bytes, value_stream_bytes, codebook_bytes;
@@ -223,6 +224,7 @@ typedef struct {
     int index_bits[NZ_MAX_PASS_NODES]; /* per node; <= 0: the width giving the smallest stream */
     int huffman;                       /* Huffman-code index and value streams (default 1) */
     int f16_biases;                    /* store biases as binary16 (default 1) */
+    int f16_codebooks;                 /* store codebooks as binary16 (default 1) */
     float sparse_min;                  /* dense weights with at least this fraction of zeros are
                                           stored sparse with f32 values (default 0.5) */
 } nz_encode_cfg;

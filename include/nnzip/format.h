@@ -32,15 +32,16 @@
  *     encoding 2 SPARSE  a pruned / quantized matrix W [rows = dims[0], cols = count / rows],
  *                        seen as one row-major sequence of positions (Deep Compression's CSR
  *                        with relative indices):
- *         u8  flags (bit 0: values are codebook indices, else f32; bit 1: streams Huffman-coded)
+ *         u8  flags (bit 0: values are codebook indices, else f32; bit 1: streams Huffman-coded;
+ *             bit 2: codebook stored as binary16)
  *         u8  index_bits b (1..12): each entry stores gap-1 where gap (1..2^b) is its distance
  *             from the previous entry's position (the first from position -1); a larger gap is
  *             bridged by filler entries of gap 2^b and value 0
  *         u8  code_bits (1..8 with a codebook, else 0)
  *         u8  0
  *         u32 entries n (fillers included), u32 nonzeros (fillers excluded), u32 0
- *         u16 codebook size k (0 without a codebook; k <= 2^code_bits), f32 codebook[k] with
- *             codebook[0] = 0, the value of fillers
+ *         u16 codebook size k (0 without a codebook; k <= 2^code_bits), codebook[k] as f32
+ *             (or f16 with flag bit 2) with codebook[0] = +0, the value of fillers
  *         u32 length, index stream: n symbols, b bits each packed LSB-first, or Huffman
  *             (src/compress/huffman.h)
  *         u32 length, value stream: n codes (code_bits each, packed or Huffman), or n x f32

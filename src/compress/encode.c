@@ -11,6 +11,7 @@ void nz_encode_cfg_default(nz_encode_cfg *cfg) {
     memset(cfg, 0, sizeof *cfg);
     cfg->huffman = 1;
     cfg->f16_biases = 1;
+    cfg->f16_codebooks = 1;
     cfg->sparse_min = 0.5f;
 }
 
@@ -43,6 +44,12 @@ nz_status nz_encode(nz_model *m, const nz_encode_cfg *cfg, nz_error *err) {
         }
         nz_sparse *s = n->params[0].sparse;
         s->huffman = cfg->huffman != 0;
+        if (cfg->f16_codebooks && s->n_codebook && !s->codebook_f16) {
+            /* round now, so the model in memory computes what the file will hold */
+            for (int k = 0; k < s->n_codebook; k++)
+                s->codebook[k] = nz_f16_to_f32(nz_f32_to_f16(s->codebook[k]));
+            s->codebook_f16 = 1;
+        }
         int want = i < NZ_MAX_PASS_NODES ? cfg->index_bits[i] : 0;
         if (want > 0) {
             if (want > 12) return nz_fail(err, NZ_ERR_ARG, "layer '%s': index width %d (1..12)", n->name, want);

@@ -248,9 +248,21 @@ static int snap_weights(nz_model *m, void *user) {
     return 0;
 }
 
-static int layer_bits(const nz_quant_cfg *cfg, const nz_node *n, int node) {
+/* Bits of a layer's codebook index: as configured per layer, else the fc/conv default capped
+ * for small layers so that the codebook (2^bits values) stays small next to the codes it
+ * serves: at most one shared value per 8 surviving weights. */
+static int layer_bits(const nz_quant_cfg *cfg, const nz_node *n, int node, size_t survivors) {
     if (node < NZ_MAX_PASS_NODES && cfg->bits[node] > 0) return cfg->bits[node];
-    return n->op == NZ_OP_CONV2D ? cfg->conv_bits : cfg->fc_bits;
+    int bits = n->op == NZ_OP_CONV2D ? cfg->conv_bits : cfg->fc_bits;
+    int cap = 2;
+    while (cap < bits && ((size_t)1 << (cap + 1)) * 8 <= survivors) cap++;
+    /* few enough survivors to keep them all exactly: the width that does */
+    if (survivors < ((size_t)1 << bits)) {
+        int exact = 1;
+        while (((size_t)1 << exact) - 1 < survivors) exact++;
+        if (exact > cap) cap = exact;
+    }
+    return bits < cap ? bits : cap;
 }
 
 nz_status nz_quantize(nz_model *m, const nz_dataset *train, const nz_dataset *test,
@@ -275,13 +287,15 @@ nz_status nz_quantize(nz_model *m, const nz_dataset *train, const nz_dataset *te
     for (int i = 0; i < m->n_nodes && !st; i++) {
         const nz_node *n = &m->nodes[i];
         if (!nz_node_is_weighted(n)) continue;
-        int bits = layer_bits(cfg, n, i);
+        const nz_param *w = &m->nodes[i].params[0];
+        float *W = m->params + w->off;
+        size_t survivors = 0;
+        for (size_t j = 0; j < w->n; j++) survivors += W[j] != 0.0f;
+        int bits = layer_bits(cfg, n, i, survivors);
         if (bits < 1 || bits > 8) {
             st = nz_fail(err, NZ_ERR_ARG, "layer '%s': %d bits (1..8 supported)", n->name, bits);
             break;
         }
-        const nz_param *w = &m->nodes[i].params[0];
-        float *W = m->params + w->off;
         int32_t *cl = malloc(sizeof(int32_t) * w->n);
         vals = malloc(sizeof(float) * w->n);
         asg = malloc(sizeof(int32_t) * w->n);

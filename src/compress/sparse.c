@@ -7,12 +7,14 @@
 #include <string.h>
 
 #include "compress/huffman.h"
+#include "core/half.h"
 #include "nnzip/compress.h"
 #include "nnzip/format.h"
 
 #define SPARSE_MAX_ROWS (1 << 24)
 #define SPARSE_FLAG_CODEBOOK 1u
 #define SPARSE_FLAG_HUFFMAN 2u
+#define SPARSE_FLAG_CB_F16 4u
 #define SPARSE_HEADER_BYTES 16u
 
 void nz_sparse_free(nz_sparse *s) {
@@ -340,14 +342,16 @@ nz_status nz_sparse_encode(nz_sparse *s, uint8_t **out, size_t *out_len, nz_erro
                 put_u32le(vs + 4 * (size_t)i, u);
             }
     }
-    size_t cb_bytes = 2 + 4 * (size_t)s->n_codebook;
+    const size_t cb_width = s->codebook_f16 ? 2 : 4;
+    size_t cb_bytes = 2 + cb_width * (size_t)s->n_codebook;
     size_t total = SPARSE_HEADER_BYTES + cb_bytes + 4 + gl + 4 + vl;
     uint8_t *buf = st ? NULL : malloc(total);
     if (!st && !buf) st = nz_fail(err, NZ_ERR_NOMEM, "out of memory");
     if (!st) {
         uint8_t *p = buf;
         p[0] = (uint8_t)((s->n_codebook ? SPARSE_FLAG_CODEBOOK : 0) |
-                         (s->huffman ? SPARSE_FLAG_HUFFMAN : 0));
+                         (s->huffman ? SPARSE_FLAG_HUFFMAN : 0) |
+                         (s->n_codebook && s->codebook_f16 ? SPARSE_FLAG_CB_F16 : 0));
         p[1] = (uint8_t)s->index_bits;
         p[2] = (uint8_t)s->code_bits;
         p[3] = 0;
@@ -359,10 +363,17 @@ nz_status nz_sparse_encode(nz_sparse *s, uint8_t **out, size_t *out_len, nz_erro
         p[1] = (uint8_t)(s->n_codebook >> 8);
         p += 2;
         for (int k = 0; k < s->n_codebook; k++) {
-            uint32_t u;
-            memcpy(&u, &s->codebook[k], 4);
-            put_u32le(p, u);
-            p += 4;
+            if (s->codebook_f16) {
+                uint16_t h = nz_f32_to_f16(s->codebook[k]);
+                p[0] = (uint8_t)h;
+                p[1] = (uint8_t)(h >> 8);
+                p += 2;
+            } else {
+                uint32_t u;
+                memcpy(&u, &s->codebook[k], 4);
+                put_u32le(p, u);
+                p += 4;
+            }
         }
         put_u32le(p, (uint32_t)gl);
         memcpy(p + 4, gs, gl);
@@ -404,7 +415,9 @@ nz_status nz_sparse_decode(const uint8_t *in, size_t len, int rows, int cols, nz
     NEED(len >= SPARSE_HEADER_BYTES + 2, "sparse tensor: payload too short");
     const unsigned flags = in[0], index_bits = in[1], code_bits = in[2];
     const uint32_t n = get_u32le(in + 4), nnz_hdr = get_u32le(in + 8);
-    NEED(flags <= 3 && in[3] == 0 && get_u32le(in + 12) == 0, "sparse tensor: bad flags");
+    NEED(flags <= 7 && in[3] == 0 && get_u32le(in + 12) == 0, "sparse tensor: bad flags");
+    NEED(!(flags & SPARSE_FLAG_CB_F16) || (flags & SPARSE_FLAG_CODEBOOK),
+         "sparse tensor: f16 codebook flag without a codebook");
     NEED(index_bits >= 1 && index_bits <= 12, "sparse tensor: index width %u not in 1..12",
          index_bits);
     const int has_cb = flags & SPARSE_FLAG_CODEBOOK, huff = (flags & SPARSE_FLAG_HUFFMAN) != 0;
@@ -415,9 +428,10 @@ nz_status nz_sparse_decode(const uint8_t *in, size_t len, int rows, int cols, nz
     off += 2;
     NEED(has_cb ? (n_cb >= 2 && n_cb <= (1 << code_bits)) : n_cb == 0,
          "sparse tensor: codebook size %d does not fit %u-bit indices", n_cb, code_bits);
-    NEED(len - off >= 4 * (size_t)n_cb + 4, "sparse tensor: codebook runs past the end");
+    const size_t cb_width = (flags & SPARSE_FLAG_CB_F16) ? 2 : 4;
+    NEED(len - off >= cb_width * (size_t)n_cb + 4, "sparse tensor: codebook runs past the end");
     const uint8_t *cbp = in + off;
-    off += 4 * (size_t)n_cb;
+    off += cb_width * (size_t)n_cb;
     const size_t gl = get_u32le(in + off);
     off += 4;
     NEED(gl <= len - off && len - off - gl >= 4, "sparse tensor: index stream runs past the end");
@@ -464,18 +478,24 @@ nz_status nz_sparse_decode(const uint8_t *in, size_t len, int rows, int cols, nz
         goto fail;
     }
     for (int k = 0; k < n_cb; k++) {
-        uint32_t u = get_u32le(cbp + 4 * (size_t)k);
-        memcpy(&s->codebook[k], &u, 4);
+        if (cb_width == 2) {
+            s->codebook[k] = nz_f16_to_f32((uint16_t)(cbp[2 * k] | cbp[2 * k + 1] << 8));
+        } else {
+            uint32_t u = get_u32le(cbp + 4 * (size_t)k);
+            memcpy(&s->codebook[k], &u, 4);
+        }
         NEED(isfinite(s->codebook[k]), "sparse tensor: codebook entry %d is not finite", k);
     }
-    NEED(!has_cb || get_u32le(cbp) == 0, "sparse tensor: codebook[0] is not +0");
+    NEED(!has_cb || (cb_width == 2 ? (cbp[0] | cbp[1]) == 0 : get_u32le(cbp) == 0),
+         "sparse tensor: codebook[0] is not +0");
+    s->codebook_f16 = cb_width == 2;
     s->index_bits = (int)index_bits;
     s->code_bits = (int)code_bits;
     s->huffman = huff;
     s->n_entries = n;
     s->index_stream_bytes = gl;
     s->value_stream_bytes = vl;
-    s->codebook_bytes = 2 + 4 * (size_t)n_cb;
+    s->codebook_bytes = 2 + cb_width * (size_t)n_cb;
     const uint64_t total = (uint64_t)rows * (uint64_t)cols;
     uint64_t pos = (uint64_t)-1;
     uint32_t j = 0;
