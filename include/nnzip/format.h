@@ -10,7 +10,8 @@
  *    20  u32    CRC32 of the section table
  *   section table (S x 32 bytes), section i:
  *     0  u32    kind (nzf_section_kind)
- *     4  u32    flags (0)
+ *     4  u32    flags: bit 0 (META and GRAPH only) = the payload is u32 raw length + a zlib
+ *               stream of the section (small models: the graph is mostly zero bytes)
  *     8  u64    offset from the start of the file
  *    16  u64    length in bytes
  *    24  u32    CRC32 (zlib) of the section's bytes
@@ -71,6 +72,8 @@ extern "C" {
 #define NZF_MAX_SECTIONS 65536u
 #define NZF_MAX_NODES 4096u
 #define NZF_MAX_META 256u
+#define NZF_SECFLAG_DEFLATE 1u
+#define NZF_MAX_INFLATED (16u << 20) /* largest META/GRAPH section once inflated */
 
 typedef enum {
     NZF_SEC_META = 1,

@@ -191,7 +191,8 @@ static nz_status container_open(container *ct, const uint8_t *buf, size_t size, 
             return nz_fail(err, NZ_ERR_UNSUPPORTED,
                            "%s: section %u has unknown kind %u (written by a newer nnzip?)", name,
                            i, s->kind);
-        if (s->flags != 0)
+        if (s->flags != 0 && !(s->flags == NZF_SECFLAG_DEFLATE &&
+                               (s->kind == NZF_SEC_META || s->kind == NZF_SEC_GRAPH)))
             return nz_fail(err, NZ_ERR_UNSUPPORTED, "%s: section %u (%s) has unknown flags 0x%x",
                            name, i, kind_name(s->kind), s->flags);
         if (s->reserved != 0)
@@ -244,12 +245,72 @@ static nz_status sec_check_crc(const container *ct, uint32_t i, const char *desc
 
 /* ---------------------------------------------------------------- META */
 
-static nz_status meta_parse(const container *ct, nz_model *m, nz_meta *meta, nz_error *err) {
-    uint32_t si = (uint32_t)ct->meta_idx;
-    nz_status st = sec_check_crc(ct, si, "meta", err);
+/* A META or GRAPH section's bytes, inflated if stored deflated (*owned: caller frees). The raw
+ * length is bounded, and zlib must produce exactly that many bytes. */
+static nz_status sec_payload(const container *ct, uint32_t si, const char *desc,
+                             const uint8_t **out, size_t *len, uint8_t **owned, nz_error *err) {
+    *owned = NULL;
+    nz_status st = sec_check_crc(ct, si, desc, err);
     if (st) return st;
+    const uint8_t *p = sec_data(ct, si);
+    size_t n = (size_t)ct->sec[si].len;
+    if (!(ct->sec[si].flags & NZF_SECFLAG_DEFLATE)) {
+        *out = p;
+        *len = n;
+        return NZ_OK;
+    }
+    if (n < 4)
+        return nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (%s) is too short", ct->name, si, desc);
+    uint32_t raw = get_u32le(p);
+    /* zlib cannot expand more than about 1032:1 */
+    if (raw > NZF_MAX_INFLATED || (uint64_t)raw > (uint64_t)(n - 4) * 1032u + 64u)
+        return nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (%s): implausible size %u", ct->name,
+                       si, desc, raw);
+    uint8_t *buf = malloc(raw ? raw : 1);
+    if (!buf) return nz_fail(err, NZ_ERR_NOMEM, "%s: out of memory", ct->name);
+    uLongf got = raw;
+    if (uncompress(buf, &got, p + 4, (uLong)(n - 4)) != Z_OK || got != raw) {
+        free(buf);
+        return nz_fail(err, NZ_ERR_CORRUPT, "%s: section %u (%s) does not inflate to its %u bytes",
+                       ct->name, si, desc, raw);
+    }
+    *out = buf;
+    *len = raw;
+    *owned = buf;
+    return NZ_OK;
+}
+
+static nz_status meta_parse_bytes(const container *ct, const uint8_t *data, size_t len,
+                                  nz_model *m, nz_meta *meta, nz_error *err);
+static nz_status graph_parse_bytes(const container *ct, const uint8_t *data, size_t len,
+                                   nz_model *m, nz_error *err);
+
+static nz_status meta_parse(const container *ct, nz_model *m, nz_meta *meta, nz_error *err) {
+    const uint8_t *d = NULL;
+    size_t n = 0;
+    uint8_t *owned = NULL;
+    nz_status st = sec_payload(ct, (uint32_t)ct->meta_idx, "meta", &d, &n, &owned, err);
+    if (!st) st = meta_parse_bytes(ct, d, n, m, meta, err);
+    free(owned);
+    return st;
+}
+
+static nz_status graph_parse(const container *ct, nz_model *m, nz_error *err) {
+    const uint8_t *d = NULL;
+    size_t n = 0;
+    uint8_t *owned = NULL;
+    nz_status st = sec_payload(ct, (uint32_t)ct->graph_idx, "graph", &d, &n, &owned, err);
+    if (!st) st = graph_parse_bytes(ct, d, n, m, err);
+    free(owned);
+    return st;
+}
+
+static nz_status meta_parse_bytes(const container *ct, const uint8_t *data, size_t len,
+                                  nz_model *m, nz_meta *meta, nz_error *err) {
+    uint32_t si = (uint32_t)ct->meta_idx;
+    nz_status st = NZ_OK;
     const char *name = ct->name;
-    cursor c = cur_make(sec_data(ct, si), (size_t)ct->sec[si].len);
+    cursor c = cur_make(data, len);
     uint32_t count = cur_u32(&c);
     if (c.overrun || count > NZF_MAX_META || !fits(c.left, count, META_ENTRY_MIN))
         return nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (meta): bad entry count %u", name, si,
@@ -349,12 +410,11 @@ static bool u32_to_int(uint32_t u, int *out) {
     return true;
 }
 
-static nz_status graph_parse(const container *ct, nz_model *m, nz_error *err) {
+static nz_status graph_parse_bytes(const container *ct, const uint8_t *data, size_t len,
+                                   nz_model *m, nz_error *err) {
     uint32_t si = (uint32_t)ct->graph_idx;
-    nz_status st = sec_check_crc(ct, si, "graph", err);
-    if (st) return st;
     const char *name = ct->name;
-    cursor c = cur_make(sec_data(ct, si), (size_t)ct->sec[si].len);
+    cursor c = cur_make(data, len);
     uint32_t in_c = cur_u32(&c), in_h = cur_u32(&c), in_w = cur_u32(&c);
     uint32_t n_classes = cur_u32(&c);
     m->pre.scale = cur_f32(&c);

@@ -237,9 +237,28 @@ static uint32_t tensor_write(out_file *o, const nz_model *m, int node, int slot,
     return crc;
 }
 
-static void entry_put(uint8_t *e, uint32_t kind, uint64_t off, uint64_t len, uint32_t crc) {
+/* Replaces b's bytes by u32 raw length + zlib stream when that is smaller; returns the flag. */
+static uint32_t deflate_section(byte_buf *b) {
+    if (b->oom || b->len < 64) return 0;
+    uLongf cap = compressBound((uLong)b->len);
+    uint8_t *z = malloc(4 + (size_t)cap);
+    if (!z) return 0;
+    if (compress2(z + 4, &cap, b->data, (uLong)b->len, 9) != Z_OK || 4 + (size_t)cap >= b->len) {
+        free(z);
+        return 0;
+    }
+    put_u32le(z, (uint32_t)b->len);
+    free(b->data);
+    b->data = z;
+    b->len = 4 + (size_t)cap;
+    b->cap = b->len;
+    return NZF_SECFLAG_DEFLATE;
+}
+
+static void entry_put(uint8_t *e, uint32_t kind, uint32_t flags, uint64_t off, uint64_t len,
+                      uint32_t crc) {
     put_u32le(e, kind);
-    put_u32le(e + 4, 0);
+    put_u32le(e + 4, flags);
     put_u64le(e + 8, off);
     put_u64le(e + 16, len);
     put_u32le(e + 24, crc);
@@ -332,11 +351,13 @@ nz_status nz_save(const nz_model *m, const nz_meta *meta, const char *path, nz_e
     out_write(&o, head, head_len);
     uint64_t off = head_len;
     uint8_t *e = head + NZF_HEADER_SIZE;
-    entry_put(e, NZF_SEC_META, off, metab.len, crc32_update(0, metab.data, metab.len));
+    uint32_t meta_flags = deflate_section(&metab), graph_flags = deflate_section(&graphb);
+    entry_put(e, NZF_SEC_META, meta_flags, off, metab.len, crc32_update(0, metab.data, metab.len));
     out_write(&o, metab.data, metab.len);
     off += metab.len;
     e += NZF_ENTRY_SIZE;
-    entry_put(e, NZF_SEC_GRAPH, off, graphb.len, crc32_update(0, graphb.data, graphb.len));
+    entry_put(e, NZF_SEC_GRAPH, graph_flags, off, graphb.len,
+              crc32_update(0, graphb.data, graphb.len));
     out_write(&o, graphb.data, graphb.len);
     off += graphb.len;
     e += NZF_ENTRY_SIZE;
@@ -349,7 +370,7 @@ nz_status nz_save(const nz_model *m, const nz_meta *meta, const char *path, nz_e
                 st = tst;
                 goto done;
             }
-            entry_put(e, NZF_SEC_TENSOR, off, len, crc);
+            entry_put(e, NZF_SEC_TENSOR, 0, off, len, crc);
             off += len;
             e += NZF_ENTRY_SIZE;
         }
