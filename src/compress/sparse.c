@@ -136,51 +136,66 @@ void nz_sparse_to_dense(const nz_sparse *s, float *W) {
 
 /* ---------------------------------------------------------------- kernels */
 
-void nz_sparse_matmul(const nz_sparse *s, const float *X, int N, float *Y, int accumulate) {
-    const int rows = s->rows;
+/* One row of Y = S X: each stored weight adds a scaled row of X (contiguous: vectorizes). */
+static inline void matmul_row(const nz_sparse *s, int r, const float *X, int N, float *Y,
+                              int accumulate) {
     const uint32_t *rp = s->row_ptr, *col = s->col;
-    /* threads only when there is enough work to pay for waking them */
-    const int par = (double)s->nnz * N > 65536.0 && !omp_in_parallel();
-#pragma omp parallel for schedule(static) if (par)
-    for (int r = 0; r < rows; r++) {
-        float *y = Y + (size_t)r * N;
-        if (!accumulate) memset(y, 0, sizeof(float) * (size_t)N);
-        if (s->n_codebook) {
-            const float *cb = s->codebook;
-            const uint8_t *code = s->code;
-            for (uint32_t j = rp[r]; j < rp[r + 1]; j++) {
-                const float w = cb[code[j]];
-                const float *x = X + (size_t)col[j] * N;
+    float *y = Y + (size_t)r * N;
+    if (!accumulate) memset(y, 0, sizeof(float) * (size_t)N);
+    for (uint32_t j = rp[r]; j < rp[r + 1]; j++) {
+        const float w = nz_sparse_value(s, j);
+        const float *x = X + (size_t)col[j] * N;
 #pragma omp simd
-                for (int n = 0; n < N; n++) y[n] += w * x[n];
-            }
-        } else {
-            const float *val = s->val;
-            for (uint32_t j = rp[r]; j < rp[r + 1]; j++) {
-                const float w = val[j];
-                const float *x = X + (size_t)col[j] * N;
-#pragma omp simd
-                for (int n = 0; n < N; n++) y[n] += w * x[n];
-            }
-        }
+        for (int n = 0; n < N; n++) y[n] += w * x[n];
     }
 }
 
-void nz_sparse_matvec(const nz_sparse *s, const float *x, float *y) {
-    const int rows = s->rows;
-    const uint32_t *rp = s->row_ptr, *col = s->col;
-    const int par = s->nnz > 32768 && !omp_in_parallel();
-#pragma omp parallel for schedule(static) if (par)
-    for (int r = 0; r < rows; r++) {
-        float acc = 0.0f;
-        if (s->n_codebook) {
-            const float *cb = s->codebook;
-            const uint8_t *code = s->code;
-            for (uint32_t j = rp[r]; j < rp[r + 1]; j++) acc += cb[code[j]] * x[col[j]];
-        } else {
-            for (uint32_t j = rp[r]; j < rp[r + 1]; j++) acc += s->val[j] * x[col[j]];
+void nz_sparse_matmul(const nz_sparse *s, const float *X, int N, float *Y, int accumulate) {
+    /* threads only when there is enough work to pay for waking them; a parallel region with a
+     * false if() clause still costs a libgomp call, so the serial path avoids it entirely */
+    if ((double)s->nnz * N > 65536.0 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < s->rows; r++) matmul_row(s, r, X, N, Y, accumulate);
+    } else {
+        for (int r = 0; r < s->rows; r++) matmul_row(s, r, X, N, Y, accumulate);
+    }
+}
+
+/* One row of y = S x. Four accumulators break the add-latency chain of a single sum. */
+static inline float matvec_row(const nz_sparse *s, int r, const float *x) {
+    const uint32_t *col = s->col;
+    uint32_t j = s->row_ptr[r];
+    const uint32_t end = s->row_ptr[r + 1];
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    if (s->n_codebook) {
+        const float *cb = s->codebook;
+        const uint8_t *code = s->code;
+        for (; j + 4 <= end; j += 4) {
+            a0 += cb[code[j]] * x[col[j]];
+            a1 += cb[code[j + 1]] * x[col[j + 1]];
+            a2 += cb[code[j + 2]] * x[col[j + 2]];
+            a3 += cb[code[j + 3]] * x[col[j + 3]];
         }
-        y[r] = acc;
+        for (; j < end; j++) a0 += cb[code[j]] * x[col[j]];
+    } else {
+        const float *v = s->val;
+        for (; j + 4 <= end; j += 4) {
+            a0 += v[j] * x[col[j]];
+            a1 += v[j + 1] * x[col[j + 1]];
+            a2 += v[j + 2] * x[col[j + 2]];
+            a3 += v[j + 3] * x[col[j + 3]];
+        }
+        for (; j < end; j++) a0 += v[j] * x[col[j]];
+    }
+    return (a0 + a1) + (a2 + a3);
+}
+
+void nz_sparse_matvec(const nz_sparse *s, const float *x, float *y) {
+    if (s->nnz > 8192 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < s->rows; r++) y[r] = matvec_row(s, r, x);
+    } else {
+        for (int r = 0; r < s->rows; r++) y[r] = matvec_row(s, r, x);
     }
 }
 

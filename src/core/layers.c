@@ -20,6 +20,11 @@ static void split_range(int n, int t, int T, int *lo, int *hi) {
 
 void dense_forward(float *out, const float *in, const float *W, const float *b, int B, int n_in,
                    int n_out) {
+    if (B == 1) { /* GEMV: OpenBLAS's GEMM packs its operands, a waste for one row */
+        memcpy(out, b, sizeof(float) * (size_t)n_out);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n_out, n_in, 1.0f, W, n_in, in, 1, 1.0f, out, 1);
+        return;
+    }
     /* Splitting the batch over threads, each running a single-threaded GEMM, beats OpenBLAS's
      * own threading at LeNet sizes (measured in bench/bench_engine.c). */
     const int T = B >= 16 ? (B / 8 < layers_threads() ? B / 8 : layers_threads()) : 1;
