@@ -95,6 +95,8 @@ if "$NNZ" train --model lenet300 --data mnist --epochs 1 --seed 1 --json -o "$M"
   expect 0 "info on an encoded file" -- "$NNZ" info "$T/enc.nnz"; grep -q "idx-bits" "$T/out" && ok || bad "info shows the compression table"
   expect 0 "compress" -- "$NNZ" compress "$M" --method deep --limit 2000 --rounds 1 --prune-epochs 1 --quant-epochs 1 -q --json -o "$T/c.nnz"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["ratio"] > 20, d["ratio"]' "$T/out" && ok || bad "compress ratio: $(head -c 300 "$T/out")"
+  expect 0 "compress slim,deep" -- "$NNZ" compress "$M" --method slim,deep --limit 1000 --rounds 1 --prune-epochs 1 --quant-epochs 1 -q --json -o "$T/sd.nnz"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["method"] == "slim,deep" and d["ratio"] > 20, d' "$T/out" && ok || bad "compress slim,deep: $(head -c 300 "$T/out")"
   expect 2 "unknown method" -- "$NNZ" compress "$M" --method magic -o "$T/c2.nnz"; err_names magic "unknown method"
   expect 2 "bad sparsity spec" -- "$NNZ" prune "$M" --sparsity fc9=0.5 -o "$T/p2.nnz"; err_names fc9 "bad layer name"
   cp "$T/enc.nnz" "$T/encflip.nnz"; es=$(stat -c %s "$T/enc.nnz")

@@ -921,7 +921,8 @@ static const opt_def encode_opts[] = {
     ENCODE_OPTS};
 static const opt_def compress_opts[] = {
     RETRAIN_OPTS,
-    {"method", 'M', 1, "LIST", "methods in order; now: deep (prune, quantize, encode)"},
+    {"method", 'M', 1, "LIST", "methods in order: deep (prune, quantize, encode), slim, slim,deep"},
+    {"lambda", 'l', 1, "SPEC", "slim: L1 strength on the norms (default 3e-2)"},
     PRUNE_OPTS, QUANT_OPTS, ENCODE_OPTS};
 
 static void print_prune(const nz_prune_result *r, const nz_model *m) {
@@ -1068,8 +1069,10 @@ static int cmd_compress(int argc, char **argv) {
     int rc = parse_opts(&o, argc, argv, 1);
     if (rc) return rc;
     const char *method = opt_get(&o, "method") ? opt_get(&o, "method") : "deep";
-    if (strcmp(method, "deep") != 0) {
-        fprintf(stderr, "nnzip compress: unknown --method '%s' (available: deep)\n", method);
+    const int do_slim = strcmp(method, "slim") == 0 || strcmp(method, "slim,deep") == 0;
+    const int do_deep = strcmp(method, "deep") == 0 || strcmp(method, "slim,deep") == 0;
+    if (!do_slim && !do_deep) {
+        fprintf(stderr, "nnzip compress: unknown --method '%s' (deep, slim, slim,deep)\n", method);
         return EXIT_USAGE;
     }
     job j;
@@ -1089,6 +1092,46 @@ static int cmd_compress(int argc, char **argv) {
         (rc = quant_cfg_from_opts("compress", &o, &j.m, j.seed, j.batch, &qc)) ||
         (rc = encode_cfg_from_opts("compress", &o, &j.m, &ec)))
         goto done;
+    memset(&pr, 0, sizeof pr);
+    memset(&qr, 0, sizeof qr);
+    float err_before = -1;
+    size_t dense = 0; /* float32 bytes of the model given, before any method */
+    for (int i = 0; i < j.m.n_nodes; i++) dense += nz_node_param_count(&j.m.nodes[i]) * 4;
+    if (do_slim) {
+        nz_slim_cfg sc;
+        nz_slim_result sr;
+        nz_slim_cfg_default(&sc);
+        sc.train.seed = sc.finetune.seed = (uint64_t)j.seed;
+        sc.train.batch = sc.finetune.batch = (int)j.batch;
+        const char *lam = opt_get(&o, "lambda");
+        if (lam && (rc = parse_layer_spec("compress", "lambda", lam, &j.m, sc.lambda, 0, 10)))
+            goto done;
+        if (!quiet) fprintf(stderr, "compress: slimming\n");
+        if (nz_slim(&j.m, &j.tr, &j.te, &sc, &j.hooks, &sr, &e)) {
+            rc = fail_err("compress", &e);
+            goto done;
+        }
+        err_before = sr.test_err_before;
+        if (!quiet)
+            fprintf(stderr, "compress: slimmed %zu -> %zu parameters, test error %.2f%% -> %.2f%%\n",
+                    sr.params_before, sr.params_after, (double)sr.test_err_before,
+                    (double)sr.test_err_after);
+        /* the sparsity/bits settings named layers of the original: re-read them for the
+         * smaller model */
+        if ((rc = prune_cfg_from_opts("compress", &o, &j.m, j.seed, j.batch, &pc)) ||
+            (rc = quant_cfg_from_opts("compress", &o, &j.m, j.seed, j.batch, &qc)) ||
+            (rc = encode_cfg_from_opts("compress", &o, &j.m, &ec)))
+            goto done;
+    }
+    if (!do_deep) {
+        if (nz_evaluate(&j.m, &j.te, 256, &ev, &e)) {
+            rc = fail_err("compress", &e);
+            goto done;
+        }
+        pr.test_err_before = err_before;
+        pr.test_err_after = qr.test_err_after = ev.error;
+        goto save;
+    }
     if (!quiet) fprintf(stderr, "compress: stage 1/3, pruning\n");
     if (nz_prune(&j.m, &j.tr, &j.te, &pc, &j.hooks, &pr, &e)) {
         rc = fail_err("compress", &e);
@@ -1104,16 +1147,16 @@ static int cmd_compress(int argc, char **argv) {
         rc = fail_err("compress", &e);
         goto done;
     }
-    nz_meta_set(&j.meta, "method", "deep");
+    if (err_before >= 0) pr.test_err_before = err_before;
+save:
+    nz_meta_set(&j.meta, "method", method);
     if ((rc = job_save(&j, "compress", opt_get(&o, "output"), "compressed", ev.error))) goto done;
     uint64_t fb = file_size(opt_get(&o, "output"));
-    size_t dense = 0;
-    for (int i = 0; i < j.m.n_nodes; i++) dense += nz_node_param_count(&j.m.nodes[i]) * 4;
     if (opt_flag(&o, "json")) {
-        printf("{\"method\": \"deep\", \"test_error_pct\": %.4f, \"test_error_before_pct\": %.4f, "
+        printf("{\"method\": \"%s\", \"test_error_pct\": %.4f, \"test_error_before_pct\": %.4f, "
                "\"test_error_pruned_pct\": %.4f, \"test_error_quantized_pct\": %.4f, "
                "\"file_bytes\": %llu, \"float32_bytes\": %zu, \"ratio\": %.2f, \"layers\": ",
-               (double)ev.error, (double)pr.test_err_before, (double)pr.test_err_after,
+               method, (double)ev.error, (double)pr.test_err_before, (double)pr.test_err_after,
                (double)qr.test_err_after, (unsigned long long)fb, dense,
                (double)dense / (double)(fb ? fb : 1));
         json_size_table(stdout, &j.m);
@@ -1123,6 +1166,9 @@ static int cmd_compress(int argc, char **argv) {
                (double)pr.test_err_before, (double)pr.test_err_after, (double)qr.test_err_after,
                (double)ev.error);
         print_size_table(stdout, &j.m, fb);
+        printf("  %s: %llu bytes = %.1fx smaller than the original model's %zu bytes of float32 "
+               "parameters\n", opt_get(&o, "output"), (unsigned long long)fb,
+               (double)dense / (double)(fb ? fb : 1), dense);
     }
 done:
     job_free(&j);
