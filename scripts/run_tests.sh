@@ -34,6 +34,9 @@ run torch_ref_gen /usr/bin/python3 scripts/torch_ref.py build/torch_ref.bin
 note "unit tests (release)"
 for t in build/tests/test_*; do run "$(basename "$t")" "$t" build/torch_ref.bin; done
 
+note "data (MNIST for the CLI tests; quick when already fetched)"
+run fetch_data scripts/fetch_data.sh
+
 note "CLI end-to-end"
 run cli_test tests/cli_test.sh build/nnzip
 
