@@ -34,7 +34,7 @@ $(BUILD)/nnzip: $(BUILD)/tools/nnzip.o $(BUILD)/libnnzip.a
 	@echo "LD $@"
 	@$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
 
-$(BUILD)/tests/%: tests/%.c tests/testlib.h $(BUILD)/libnnzip.a
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/libnnzip.a
 	@mkdir -p $(dir $@)
 	@echo "LD $@"
 	@$(CC) $(CFLAGS_ALL) -Itests -o $@ $< $(BUILD)/libnnzip.a $(LDLIBS_ALL)

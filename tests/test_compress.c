@@ -13,6 +13,7 @@
 #include "nnzip/format.h"
 #include "nnzip/model.h"
 #include "nnzip/train.h"
+#include "synthetic.h"
 #include "testlib.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -783,28 +784,6 @@ static void test_kmeans(void) {
 }
 
 /* ---------------------------------------------------------------- trained quantization */
-
-/* A learnable synthetic set (as tests/test_model.c): class k lights up a k-dependent block. */
-static void make_synthetic(nz_dataset *ds, int n, uint64_t seed) {
-    memset(ds, 0, sizeof *ds);
-    snprintf(ds->name, sizeof ds->name, "synthetic");
-    ds->n = n;
-    ds->shape = (nz_shape){1, 28, 28};
-    ds->n_classes = 10;
-    ds->images = malloc((size_t)n * 784);
-    ds->labels = malloc((size_t)n);
-    nz_rng r;
-    nz_rng_seed(&r, seed);
-    for (int i = 0; i < n; i++) {
-        int k = (int)nz_rng_below(&r, 10);
-        ds->labels[i] = (uint8_t)k;
-        uint8_t *im = ds->images + (size_t)i * 784;
-        for (int p = 0; p < 784; p++) im[p] = (uint8_t)nz_rng_below(&r, 60);
-        int r0 = (k / 5) * 12 + 2, c0 = (k % 5) * 5 + 1;
-        for (int y = r0; y < r0 + 10; y++)
-            for (int x = c0; x < c0 + 4; x++) im[y * 28 + x] = (uint8_t)(180 + nz_rng_below(&r, 70));
-    }
-}
 
 static void test_quantize(void) {
     nz_dataset ds;

@@ -8,15 +8,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
+#include "core/layers.h"
 #include "nnzip/compress.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void nz_slim_cfg_default(nz_slim_cfg *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -71,16 +66,26 @@ static double group_cost(const nz_model *m, int i) {
 
 /* ---------------------------------------------------------------- conversion */
 
-/* Replaces node i by a node of kind op whose params are filled by fill(). The params buffer is
- * rebuilt so every view stays contiguous in node order. */
-static nz_status rebuild_params(nz_model *m, const nz_node *new_nodes, nz_error *err) {
+/* Installs new_nodes (same count, changed param lists) with a fresh params buffer laid out
+ * contiguously in node order. The old buffer and node list are handed back for the caller to
+ * copy values from and free; on failure m is unchanged. */
+static nz_status relayout(nz_model *m, const nz_node *new_nodes, float **old_params,
+                          nz_node **old_nodes, nz_error *err) {
+    const size_t nsz = sizeof(nz_node) * (size_t)m->n_nodes;
     size_t total = 0;
     for (int i = 0; i < m->n_nodes; i++)
         for (int k = 0; k < new_nodes[i].n_params; k++)
             total += nz_param_numel(&new_nodes[i].params[k]);
     float *p = calloc(total ? total : 1, sizeof(float));
-    if (!p) return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
-    free(m->params);
+    nz_node *on = malloc(nsz);
+    if (!p || !on) {
+        free(p);
+        free(on);
+        return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    }
+    memcpy(on, m->nodes, nsz);
+    *old_nodes = on;
+    *old_params = m->params;
     m->params = p;
     m->n_params = total;
     size_t off = 0;
@@ -95,10 +100,20 @@ static nz_status rebuild_params(nz_model *m, const nz_node *new_nodes, nz_error 
     return NZ_OK;
 }
 
+/* Copies every parameter of a node whose layout did not change. */
+static void copy_node_params(nz_model *m, const float *old, const nz_node *o, const nz_node *n) {
+    for (int k = 0; k < n->n_params; k++)
+        memcpy(m->params + n->params[k].off, old + o->params[k].off,
+               sizeof(float) * n->params[k].n);
+}
+
+static int is_normdir(const nz_node *n) { return n->op == NZ_OP_NDENSE || n->op == NZ_OP_NCONV2D; }
+
 nz_status nz_normdir_convert(nz_model *m, nz_error *err) {
     nz_status st = nz_model_densify(m, err);
     if (st) return st;
-    nz_node *nn = malloc(sizeof(nz_node) * (size_t)m->n_nodes);
+    nz_node *nn = malloc(sizeof(nz_node) * (size_t)m->n_nodes), *old_nodes;
+    float *old;
     if (!nn) return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
     memcpy(nn, m->nodes, sizeof(nz_node) * (size_t)m->n_nodes);
     for (int i = 0; i < m->n_nodes; i++) {
@@ -116,35 +131,19 @@ nz_status nz_normdir_convert(nz_model *m, nz_error *err) {
             g.dims[1] = V.dims[1];
             n->op = NZ_OP_NCONV2D;
         }
-        g.store = NZ_STORE_F32;
         n->n_params = 3;
         n->params[0] = V;
         n->params[1] = g;
         n->params[2] = b;
     }
-    float *old = m->params;
-    nz_node *old_nodes = malloc(sizeof(nz_node) * (size_t)m->n_nodes);
-    if (!old_nodes) {
-        free(nn);
-        return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
-    }
-    memcpy(old_nodes, m->nodes, sizeof(nz_node) * (size_t)m->n_nodes);
-    m->params = NULL; /* rebuild_params frees it: keep the old values alive until copied */
-    st = rebuild_params(m, nn, err);
-    if (st) {
-        m->params = old;
-        memcpy(m->nodes, old_nodes, sizeof(nz_node) * (size_t)m->n_nodes);
-        free(nn);
-        free(old_nodes);
-        return st;
-    }
+    st = relayout(m, nn, &old, &old_nodes, err);
+    free(nn);
+    if (st) return st;
     for (int i = 0; i < m->n_nodes; i++) {
         const nz_node *o = &old_nodes[i];
         nz_node *n = &m->nodes[i];
-        if (n->op != NZ_OP_NDENSE && n->op != NZ_OP_NCONV2D) {
-            for (int k = 0; k < n->n_params; k++)
-                memcpy(m->params + n->params[k].off, old + o->params[k].off,
-                       sizeof(float) * n->params[k].n);
+        if (!is_normdir(n)) {
+            copy_node_params(m, old, o, n);
             continue;
         }
         const float *W = old + o->params[0].off;
@@ -162,62 +161,41 @@ nz_status nz_normdir_convert(nz_model *m, nz_error *err) {
                sizeof(float) * n->params[2].n);
     }
     free(old);
-    free(nn);
     free(old_nodes);
     return NZ_OK;
 }
 
 nz_status nz_normdir_restore(nz_model *m, nz_error *err) {
-    nz_node *nn = malloc(sizeof(nz_node) * (size_t)m->n_nodes);
-    nz_node *old_nodes = malloc(sizeof(nz_node) * (size_t)m->n_nodes);
-    if (!nn || !old_nodes) {
-        free(nn);
-        free(old_nodes);
-        return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
-    }
+    nz_node *nn = malloc(sizeof(nz_node) * (size_t)m->n_nodes), *old_nodes;
+    float *old;
+    if (!nn) return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
     memcpy(nn, m->nodes, sizeof(nz_node) * (size_t)m->n_nodes);
-    memcpy(old_nodes, m->nodes, sizeof(nz_node) * (size_t)m->n_nodes);
     for (int i = 0; i < m->n_nodes; i++) {
         nz_node *n = &nn[i];
-        if (n->op != NZ_OP_NDENSE && n->op != NZ_OP_NCONV2D) continue;
+        if (!is_normdir(n)) continue;
         n->op = n->op == NZ_OP_NDENSE ? NZ_OP_DENSE : NZ_OP_CONV2D;
         n->n_params = 2;
         n->params[1] = n->params[2];
         memset(&n->params[2], 0, sizeof n->params[2]);
     }
-    float *old = m->params;
-    m->params = NULL;
-    nz_status st = rebuild_params(m, nn, err);
-    if (st) {
-        m->params = old;
-        memcpy(m->nodes, old_nodes, sizeof(nz_node) * (size_t)m->n_nodes);
-        free(nn);
-        free(old_nodes);
-        return st;
-    }
+    nz_status st = relayout(m, nn, &old, &old_nodes, err);
+    free(nn);
+    if (st) return st;
     for (int i = 0; i < m->n_nodes; i++) {
         const nz_node *o = &old_nodes[i];
-        nz_node *n = &m->nodes[i];
-        if (o->op != NZ_OP_NDENSE && o->op != NZ_OP_NCONV2D) {
-            for (int k = 0; k < n->n_params; k++)
-                memcpy(m->params + n->params[k].off, old + o->params[k].off,
-                       sizeof(float) * n->params[k].n);
+        const nz_node *n = &m->nodes[i];
+        if (!is_normdir(o)) {
+            copy_node_params(m, old, o, n);
             continue;
         }
-        const float *V = old + o->params[0].off, *g = old + o->params[1].off;
-        float *W = m->params + n->params[0].off;
-        const size_t G = o->params[1].n, S = o->params[0].n / G;
-        for (size_t j = 0; j < G; j++) {
-            double ss = 0;
-            for (size_t q = 0; q < S; q++) ss += (double)V[j * S + q] * V[j * S + q];
-            double scale = ss > 0 && g[j] != 0.0f ? g[j] / sqrt(ss) : 0.0;
-            for (size_t q = 0; q < S; q++) W[j * S + q] = (float)(V[j * S + q] * scale);
-        }
+        /* W = g V / ||V||, the forward's own computation (zero norms give zero groups) */
+        const size_t G = o->params[1].n;
+        normdir_weights(m->params + n->params[0].off, old + o->params[0].off,
+                        old + o->params[1].off, (int)G, (int)(o->params[0].n / G));
         memcpy(m->params + n->params[1].off, old + o->params[2].off,
                sizeof(float) * n->params[1].n);
     }
     free(old);
-    free(nn);
     free(old_nodes);
     return NZ_OK;
 }
@@ -241,7 +219,7 @@ static int prox_step(nz_model *m, void *user) {
     if (ramp > 1) ramp = 1;
     for (int i = 0; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
-        if (n->op != NZ_OP_NDENSE && n->op != NZ_OP_NCONV2D) continue;
+        if (!is_normdir(n)) continue;
         float *V = m->params + n->params[0].off, *g = m->params + n->params[1].off;
         const size_t G = n->params[1].n, S = n->params[0].n / G;
         const float t = (float)(s->lr * s->lambda[i] * ramp);
@@ -470,7 +448,7 @@ nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
                   const nz_slim_cfg *cfg, const nz_train_hooks *hooks, nz_slim_result *res,
                   nz_error *err) {
     memset(res, 0, sizeof *res);
-    double t0 = now_s();
+    double t0 = nz_now_s();
     if (m->n_nodes > NZ_MAX_PASS_NODES)
         return nz_fail(err, NZ_ERR_ARG, "model has %d nodes; slimming handles %d", m->n_nodes,
                        NZ_MAX_PASS_NODES);
@@ -583,6 +561,6 @@ nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
         res->kernels_before[r] = kern0[i];
         res->kernels_after[r] = kern1[i];
     }
-    res->seconds = now_s() - t0;
+    res->seconds = nz_now_s() - t0;
     return NZ_OK;
 }

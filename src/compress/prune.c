@@ -7,15 +7,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "nnzip/compress.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Is this the network's last weighted layer (the classifier)? */
 static int is_last_weighted(const nz_model *m, int node) {
@@ -199,7 +193,7 @@ nz_status nz_prune(nz_model *m, const nz_dataset *train, const nz_dataset *test,
                    const nz_prune_cfg *cfg, const nz_train_hooks *hooks, nz_prune_result *res,
                    nz_error *err) {
     memset(res, 0, sizeof *res);
-    double t0 = now_s();
+    double t0 = nz_now_s();
     nz_status st = nz_model_densify(m, err);
     if (st) return st;
     if (m->n_nodes > NZ_MAX_PASS_NODES)
@@ -277,7 +271,7 @@ nz_status nz_prune(nz_model *m, const nz_dataset *train, const nz_dataset *test,
         if ((st = nz_evaluate(m, test, 256, &ev, err))) goto done;
         res->test_err_after = ev.error;
     }
-    res->seconds = now_s() - t0;
+    res->seconds = nz_now_s() - t0;
 done:
     free(mask);
     return st;

@@ -4,15 +4,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "nnzip/compress.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void nz_quant_cfg_default(nz_quant_cfg *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -269,7 +263,7 @@ nz_status nz_quantize(nz_model *m, const nz_dataset *train, const nz_dataset *te
                       const nz_quant_cfg *cfg, const nz_train_hooks *hooks, nz_quant_result *res,
                       nz_error *err) {
     memset(res, 0, sizeof *res);
-    double t0 = now_s();
+    double t0 = nz_now_s();
     nz_status st = nz_model_densify(m, err);
     if (st) return st;
     if (m->n_nodes > NZ_MAX_PASS_NODES)
@@ -398,6 +392,6 @@ nz_status nz_quantize(nz_model *m, const nz_dataset *train, const nz_dataset *te
     }
     for (int l = 0; l < q.n_layers; l++) free(q.cluster[l]);
     free(q.gsum);
-    res->seconds = now_s() - t0;
+    res->seconds = nz_now_s() - t0;
     return st;
 }

@@ -2,15 +2,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "nnzip/train.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void nz_train_cfg_default(nz_train_cfg *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -54,7 +48,7 @@ nz_status nz_evaluate(const nz_model *m, const nz_dataset *ds, int batch, nz_eva
         return nz_fail(err, NZ_ERR_SHAPE, "%s: images are %dx%dx%d, the model takes %dx%dx%d",
                        ds->name, ds->shape.c, ds->shape.h, ds->shape.w, m->in.c, m->in.h, m->in.w);
     if (batch <= 0) batch = 256;
-    double t0 = now_s();
+    double t0 = nz_now_s();
     nz_ws *ws = nz_ws_new(m, batch, err);
     float *x = malloc(sizeof(float) * nz_shape_size(m->in) * (size_t)batch);
     uint8_t *y = malloc((size_t)batch);
@@ -81,7 +75,7 @@ nz_status nz_evaluate(const nz_model *m, const nz_dataset *ds, int batch, nz_eva
     res->correct = (int)correct;
     res->loss = ds->n ? (float)(loss / ds->n) : 0.0f;
     res->error = ds->n ? (float)(100.0 * (double)(ds->n - correct) / ds->n) : 0.0f;
-    res->seconds = now_s() - t0;
+    res->seconds = nz_now_s() - t0;
     nz_ws_free(ws);
     free(x);
     free(y);
@@ -139,7 +133,7 @@ nz_status nz_train(nz_model *m, const nz_dataset *train, const nz_dataset *test,
     nz_rng_seed(&drop_rng, cfg->seed ^ 0x5DEECE66Dull);
     for (int i = 0; i < train->n; i++) order[i] = i;
     const long steps = (train->n + batch - 1) / batch;
-    const double t0 = now_s();
+    const double t0 = nz_now_s();
     long images = 0;
     for (int epoch = 0; epoch < cfg->epochs; epoch++) {
         nz_rng_shuffle(&shuffle_rng, order, (size_t)train->n);
@@ -186,7 +180,7 @@ nz_status nz_train(nz_model *m, const nz_dataset *train, const nz_dataset *test,
                 pr.loss = (float)(loss_sum / seen);
                 pr.train_err = (float)(100.0 * (double)(seen - correct) / seen);
                 pr.lr = lr;
-                pr.elapsed = now_s() - t0;
+                pr.elapsed = nz_now_s() - t0;
                 pr.images_per_s = images / (pr.elapsed > 0 ? pr.elapsed : 1e-9);
                 hooks->progress(&pr, hooks->progress_user);
             }
@@ -209,13 +203,13 @@ nz_status nz_train(nz_model *m, const nz_dataset *train, const nz_dataset *test,
             pr.step = steps;
             pr.loss = res->final_loss;
             pr.train_err = res->train_err;
-            pr.elapsed = now_s() - t0;
+            pr.elapsed = nz_now_s() - t0;
             pr.images_per_s = images / (pr.elapsed > 0 ? pr.elapsed : 1e-9);
             pr.epoch_done = 1;
             hooks->progress(&pr, hooks->progress_user);
         }
     }
-    res->seconds = now_s() - t0;
+    res->seconds = nz_now_s() - t0;
     res->images_per_s = images / (res->seconds > 0 ? res->seconds : 1e-9);
 done:
     nz_sgd_free(&opt);
