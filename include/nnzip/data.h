@@ -9,6 +9,7 @@
 
 #include "error.h"
 #include "model.h"
+#include "rng.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,6 +36,38 @@ nz_status nz_idx_load(const char *images_path, const char *labels_path, nz_datas
  * /usr/share/datasets/fashion-mnist is a fallback for fashion-mnist. */
 nz_status nz_data_open(const char *spec, const char *data_dir, int train, nz_dataset *ds,
                        nz_error *err);
+
+/* Reads CIFAR-10 binary batches (cifar-10-batches-bin) from dir: train = data_batch_1.bin,
+ * data_batch_2.bin, ... up to _5, in that order, stopping at the first one missing (so
+ * data_batch_1.bin alone is a valid, smaller training set; a missing data_batch_1.bin fails);
+ * test = test_batch.bin. Each record is 1 label byte (< 10) + 3072 pixel bytes (1024 R, 1024 G,
+ * 1024 B, row-major 32x32), giving shape 3x32x32, 10 classes, name "cifar10". A missing file, a
+ * file whose size is zero or not a multiple of 3073, or a label >= 10 fails with a message
+ * naming the file (and its size, or the record index). On failure ds is left empty.
+ * nz_data_open accepts "cifar10:DIR" for it. */
+nz_status nz_cifar10_load(const char *dir, int train, nz_dataset *ds, nz_error *err);
+
+/* Per-channel mean and population standard deviation of pixel * scale (e.g. scale 1/255) over
+ * the whole dataset, computed in double; sets pre->scale = scale, pre->n_ch = ds->shape.c
+ * (at most 4: further channels get no stats), mean and std. A constant channel gets std 1e-6;
+ * an empty dataset mean 0, std 1. What `nnzip train` stores in a new model. */
+void nz_dataset_channel_stats(const nz_dataset *ds, float scale, nz_preproc *pre);
+
+/* Training augmentation applied to an already preprocessed batch x [B, C, H, W], in place:
+ * random crop with `crop_pad` pixels of padding on each side (torchvision's RandomCrop(size,
+ * padding=pad): the padding is a raw zero pixel, i.e. ((float)0 * scale - mean[c]) / std[c]
+ * once preprocessed, as nz_batch_fill computes it; 0 for channels without stats or pre NULL),
+ * then, if flip, a horizontal flip with probability 1/2. Draws from rng in a fixed order, per
+ * sample: dy = nz_rng_below(rng, 2*pad+1), then dx likewise (both only if pad > 0), then
+ * flip = nz_rng_below(rng, 2) (only if flip); out[y][x] = padded[y + dy][x + dx], mirrored if
+ * flip = 1. So a seed reproduces it. pad 0 and flip 0 leave x unchanged and draw nothing. */
+typedef struct {
+    int crop_pad;
+    int flip;
+} nz_augment;
+
+void nz_augment_batch(float *x, int B, nz_shape s, const nz_preproc *pre, const nz_augment *aug,
+                      nz_rng *rng);
 
 /* The directory nz_data_open would use for a named set (for messages and scripts). */
 void nz_data_default_dir(char *buf, size_t n);

@@ -31,6 +31,15 @@ typedef enum {
     NZ_OP_NCONV2D = 8, /* norm x direction conv, one norm per kernel (output, input channel):
                           W[o,i] = g[o,i] V[o,i] / ||V[o,i]||_F; params: V [oc, ic, kh, kw],
                           g [oc, ic], b [oc]; stride, pad */
+    NZ_OP_BATCHNORM = 9, /* per channel (2-D on [C,H,W], 1-D on [C,1,1]) as PyTorch's BatchNorm:
+                            params gamma [C], beta [C], running_mean [C], running_var [C] (the
+                            last two are buffers: updated by a training forward, never by the
+                            optimizer); p = momentum (0.1), eps = NZ_BN_EPS */
+    NZ_OP_ADD = 10,      /* two inputs of the same shape: out = a + b (residual join) */
+    NZ_OP_AVGPOOL = 11,  /* kh x kw window, stride, no padding (floor) */
+    NZ_OP_GAP = 12,      /* global average pool: [C,H,W] -> [C,1,1] */
+    NZ_OP_SHORTCUT = 13, /* He et al.'s option-A shortcut: x[:, :, ::stride, ::stride] with
+                            zero channels padded equally on both sides up to `units` channels */
     NZ_OP__COUNT
 } nz_op;
 
@@ -44,6 +53,8 @@ typedef struct {
 static inline size_t nz_shape_size(nz_shape s) { return (size_t)s.c * (size_t)s.h * (size_t)s.w; }
 
 #define NZ_MAX_INPUTS 2
+#define NZ_BN_EPS 1e-5f
+#define NZ_BN_MOMENTUM 0.1f
 #define NZ_MAX_PARAMS 4
 #define NZ_MAX_DIMS 4
 #define NZ_NAME_MAX 32
@@ -107,6 +118,15 @@ int nz_model_add_maxpool(nz_model *m, const char *name, int input, int k, int st
 int nz_model_add_relu(nz_model *m, const char *name, int input, nz_error *err);
 int nz_model_add_flatten(nz_model *m, const char *name, int input, nz_error *err);
 int nz_model_add_dropout(nz_model *m, const char *name, int input, float p, nz_error *err);
+int nz_model_add_batchnorm(nz_model *m, const char *name, int input, nz_error *err);
+int nz_model_add_add(nz_model *m, const char *name, int a, int b, nz_error *err);
+int nz_model_add_avgpool(nz_model *m, const char *name, int input, int k, int stride, nz_error *err);
+int nz_model_add_gap(nz_model *m, const char *name, int input, nz_error *err);
+int nz_model_add_shortcut(nz_model *m, const char *name, int input, int out_ch, int stride,
+                          nz_error *err);
+/* 1 if parameter slot k of node n is a buffer (batch norm running statistics): saved with the
+ * model, updated by the forward pass, skipped by the optimizer and by compression passes. */
+int nz_param_is_buffer(const nz_node *n, int k);
 int nz_model_add_ndense(nz_model *m, const char *name, int input, int units, nz_error *err);
 int nz_model_add_nconv2d(nz_model *m, const char *name, int input, int out_ch, int k, int stride,
                          int pad, nz_error *err);
@@ -119,7 +139,8 @@ void nz_model_init_params(nz_model *m, nz_rng *rng);
 nz_status nz_model_copy(nz_model *dst, const nz_model *src, nz_error *err);
 
 /* ---- the model zoo ---- */
-/* name: lenet300 | lenet500 | lenet5. Input shape and classes come from the dataset. */
+/* name: lenet300 | lenet500 | lenet5 | resnet20 | resnet32 | resnet56 | vgg16. Input shape and
+ * classes come from the dataset. */
 nz_status nz_zoo_build(nz_model *m, const char *name, nz_shape in, int n_classes, nz_error *err);
 const char *nz_zoo_names(void); /* "lenet300, lenet500, lenet5" for help text */
 /* The peak SGD learning rate the zoo recipe uses for an architecture (cosine schedule, batch 64,
@@ -143,7 +164,8 @@ void nz_ws_zero_grads(nz_ws *ws);
 const float *nz_ws_act(const nz_ws *ws, int node); /* node's output of the last forward */
 
 /* x: [B, C, H, W] preprocessed input. Returns logits [B, n_classes] owned by ws.
- * training != 0 enables dropout (drawing from rng). */
+ * training != 0 enables dropout (drawing from rng) and makes batch norm use batch statistics and
+ * update its running statistics in m->params (the one write a forward does to the model). */
 const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int training,
                         nz_rng *rng);
 /* Back-propagates dlogits [B, n_classes] through the last forward; parameter gradients are

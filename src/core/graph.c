@@ -16,13 +16,15 @@ struct nz_ws {
     int32_t **argmax; /* maxpool nodes */
     float **mask;     /* dropout nodes */
     unsigned char *owns; /* 1 where act/dact are this node's own memory (0: aliases its input) */
-    unsigned char *drop_on; /* dropout nodes: 1 if the last forward dropped (mask valid) */
+    unsigned char *drop_on; /* dropout: 1 if the last forward dropped (mask valid);
+                               batch norm: 1 if it used batch statistics */
     float *grads;     /* (n_params) */
     size_t n_params;
     float *scratch;   /* im2col, per thread */
     float *dw_partial;/* conv per-thread weight-gradient partials */
     float *sp_scratch;/* sparse dense layers: input^T and output^T */
     float **weff;     /* norm-direction nodes: the effective W and its gradient, (2, |W|) */
+    float **bnstat;   /* batch-norm nodes: mean and 1/std used by the last forward, (2, C) */
     int threads;
     int last_B;
 };
@@ -39,7 +41,9 @@ void nz_ws_free(nz_ws *ws) {
         if (ws->argmax) free(ws->argmax[i]);
         if (ws->mask) free(ws->mask[i]);
         if (ws->weff) free(ws->weff[i]);
+        if (ws->bnstat) free(ws->bnstat[i]);
     }
+    free(ws->bnstat);
     free(ws->act);
     free(ws->dact);
     free(ws->argmax);
@@ -66,10 +70,13 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     ws->mask = calloc((size_t)m->n_nodes, sizeof(float *));
     ws->owns = calloc((size_t)m->n_nodes, 1);
     ws->weff = calloc((size_t)m->n_nodes, sizeof(float *));
+    ws->bnstat = calloc((size_t)m->n_nodes, sizeof(float *));
     ws->drop_on = calloc((size_t)m->n_nodes, 1);
     ws->n_params = m->n_params;
     ws->grads = calloc(m->n_params ? m->n_params : 1, sizeof(float));
-    if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->weff || !ws->grads) goto oom;
+    if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->weff || !ws->bnstat ||
+        !ws->grads)
+        goto oom;
     size_t scratch = 0, partial = 0, sp = 0;
     for (int i = 1; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
@@ -85,6 +92,8 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
         }
         if (n->op == NZ_OP_MAXPOOL && !(ws->argmax[i] = malloc(sizeof(int32_t) * sz))) goto oom;
         if (n->op == NZ_OP_DROPOUT && !(ws->mask[i] = malloc(sizeof(float) * sz))) goto oom;
+        if (n->op == NZ_OP_BATCHNORM && !(ws->bnstat[i] = malloc(sizeof(float) * 2 * (size_t)n->out.c)))
+            goto oom;
         if ((n->op == NZ_OP_NDENSE || n->op == NZ_OP_NCONV2D) &&
             !(ws->weff[i] = malloc(sizeof(float) * 2 * nz_param_numel(&n->params[0]))))
             goto oom;
@@ -227,6 +236,28 @@ const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int
         case NZ_OP_FLATTEN:
             ws->act[i] = ws->act[n->inputs[0]];
             break;
+        case NZ_OP_BATCHNORM: {
+            /* the one place a forward writes the model: running statistics in training */
+            float *Pw = m->params;
+            ws->drop_on[i] = training != 0;
+            batchnorm_forward(out, in, P + n->params[0].off, P + n->params[1].off,
+                              Pw + n->params[2].off, Pw + n->params[3].off, ws->bnstat[i],
+                              ws->bnstat[i] + s.c, B, s.c, s.h * s.w, n->p, NZ_BN_EPS, training);
+            break;
+        }
+        case NZ_OP_ADD:
+            add_forward(out, in, ws->act[n->inputs[1]], sz);
+            break;
+        case NZ_OP_AVGPOOL:
+            avgpool_forward(out, in, B, s.c, s.h, s.w, n->kh, n->kw, n->stride, n->out.h,
+                            n->out.w);
+            break;
+        case NZ_OP_GAP:
+            avgpool_forward(out, in, B, s.c, s.h, s.w, s.h, s.w, 1, 1, 1);
+            break;
+        case NZ_OP_SHORTCUT:
+            shortcut_forward(out, in, B, s.c, s.h, s.w, n->units, n->stride, n->out.h, n->out.w);
+            break;
         default:
             break;
         }
@@ -294,6 +325,28 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
                 dropout_backward(din, dout, ws->mask[i], sz);
             else if (din)
                 for (size_t j = 0; j < sz; j++) din[j] += dout[j];
+            break;
+        case NZ_OP_BATCHNORM:
+            batchnorm_backward(din, G + n->params[0].off, G + n->params[1].off, dout,
+                               ws->act[src], P + n->params[0].off, ws->bnstat[i],
+                               ws->bnstat[i] + s.c, B, s.c, s.h * s.w, ws->drop_on[i]);
+            break;
+        case NZ_OP_ADD:
+            if (din) add_backward(din, dout, sz);
+            if (n->inputs[1] != 0) add_backward(ws->dact[n->inputs[1]], dout, sz);
+            break;
+        case NZ_OP_AVGPOOL:
+            if (din)
+                avgpool_backward(din, dout, B, s.c, s.h, s.w, n->kh, n->kw, n->stride, n->out.h,
+                                 n->out.w);
+            break;
+        case NZ_OP_GAP:
+            if (din) avgpool_backward(din, dout, B, s.c, s.h, s.w, s.h, s.w, 1, 1, 1);
+            break;
+        case NZ_OP_SHORTCUT:
+            if (din)
+                shortcut_backward(din, dout, B, s.c, s.h, s.w, n->units, n->stride, n->out.h,
+                                  n->out.w);
             break;
         case NZ_OP_FLATTEN: /* shares its input's gradient buffer */
         default:

@@ -64,6 +64,38 @@ void normdir_weights(float *W, const float *V, const float *g, int G, int S);
 void normdir_backward(float *dV, float *dg, const float *dW, const float *V, const float *g,
                       int G, int S);
 
+/* Batch norm over x (B, C, HW), per channel c with N = B*HW values.
+ * Training: mean/var from the batch (biased var for normalizing), saved as mean[c], invstd[c]
+ * = 1/sqrt(var + eps) for backward; running stats updated as PyTorch does (unbiased var):
+ * r = (1 - momentum) r + momentum * stat. Eval (training 0): running stats, nothing updated;
+ * mean/invstd still receive the values used, so backward works in both modes. */
+void batchnorm_forward(float *out, const float *in, const float *gamma, const float *beta,
+                       float *run_mean, float *run_var, float *mean, float *invstd, int B, int C,
+                       int HW, float momentum, float eps, int training);
+/* din += ..., dgamma += sum(dout * xhat), dbeta += sum(dout). training selects the gradient of
+ * batch statistics (1) or of a fixed affine map (0). din may be NULL. */
+void batchnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout,
+                        const float *in, const float *gamma, const float *mean,
+                        const float *invstd, int B, int C, int HW, int training);
+
+/* out (B, C, OH, OW) = mean over k x k windows with stride s (no padding) */
+void avgpool_forward(float *out, const float *in, int B, int C, int H, int W, int kh, int kw,
+                     int stride, int OH, int OW);
+void avgpool_backward(float *din, const float *dout, int B, int C, int H, int W, int kh, int kw,
+                      int stride, int OH, int OW);
+
+/* Option-A shortcut: out (B, OC, OH, OW) = in (B, C, H, W) sampled every `stride` pixels, with
+ * (OC - C) / 2 zero channels before and the rest after. */
+void shortcut_forward(float *out, const float *in, int B, int C, int H, int W, int OC, int stride,
+                      int OH, int OW);
+void shortcut_backward(float *din, const float *dout, int B, int C, int H, int W, int OC,
+                       int stride, int OH, int OW);
+
+/* out = a + b */
+void add_forward(float *out, const float *a, const float *b, size_t n);
+/* d += dout */
+void add_backward(float *d, const float *dout, size_t n);
+
 /* thread count the kernels partition work over (OpenMP max threads) */
 int layers_threads(void);
 

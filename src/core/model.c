@@ -1,6 +1,7 @@
 /* The model graph: building, shape inference and validation, initialisation, the zoo. */
 #include "nnzip/model.h"
 #include "nnzip/compress.h"
+#include "core/model_infer.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -8,7 +9,8 @@
 #include <string.h>
 
 static const char *const op_names[NZ_OP__COUNT] = {
-    "input", "dense", "conv2d", "maxpool", "relu", "flatten", "dropout", "ndense", "nconv2d"};
+    "input",   "dense", "conv2d",  "maxpool", "relu", "flatten",  "dropout",
+    "ndense",  "nconv2d", "batchnorm", "add",   "avgpool", "gap", "shortcut"};
 
 const char *nz_op_name(nz_op op) {
     return (op >= 0 && op < NZ_OP__COUNT) ? op_names[op] : "unknown";
@@ -18,8 +20,8 @@ const char *nz_op_name(nz_op op) {
 #define NZ_MAX_ELEMS ((size_t)1 << 31)
 
 /* Output shape and expected parameter dims of node n given its inputs' shapes. */
-static nz_status node_infer(const nz_model *m, const nz_node *n, nz_shape *out, int *np,
-                            nz_param expect[NZ_MAX_PARAMS], nz_error *err) {
+nz_status model_node_infer(const nz_model *m, const nz_node *n, nz_shape *out, int *np,
+                           nz_param expect[NZ_MAX_PARAMS], nz_error *err) {
     nz_shape s = {0, 0, 0};
     *np = 0;
     memset(expect, 0, sizeof(nz_param) * NZ_MAX_PARAMS);
@@ -27,11 +29,13 @@ static nz_status node_infer(const nz_model *m, const nz_node *n, nz_shape *out, 
         *out = m->in;
         return NZ_OK;
     }
-    int need = 1;
+    int need = n->op == NZ_OP_ADD ? 2 : 1;
     if (n->n_inputs != need)
         return nz_fail(err, NZ_ERR_FORMAT, "node '%s': %s takes %d input(s), has %d", n->name,
                        nz_op_name(n->op), need, n->n_inputs);
     s = m->nodes[n->inputs[0]].out;
+    if (s.c <= 0 || s.h <= 0 || s.w <= 0)
+        return nz_fail(err, NZ_ERR_SHAPE, "node '%s': input has no shape", n->name);
     switch (n->op) {
     case NZ_OP_NDENSE:
     case NZ_OP_DENSE: {
@@ -81,6 +85,7 @@ static nz_status node_infer(const nz_model *m, const nz_node *n, nz_shape *out, 
         *out = (nz_shape){n->units, oh, ow};
         break;
     }
+    case NZ_OP_AVGPOOL:
     case NZ_OP_MAXPOOL: {
         if (n->kh <= 0 || n->kw <= 0 || n->stride <= 0 || n->kh > s.h || n->kw > s.w)
             return nz_fail(err, NZ_ERR_SHAPE, "node '%s': bad pool window %dx%d on %dx%d",
@@ -99,6 +104,34 @@ static nz_status node_infer(const nz_model *m, const nz_node *n, nz_shape *out, 
         break;
     case NZ_OP_FLATTEN:
         *out = (nz_shape){(int)nz_shape_size(s), 1, 1};
+        break;
+    case NZ_OP_BATCHNORM:
+        if (!(n->p > 0.0f && n->p <= 1.0f))
+            return nz_fail(err, NZ_ERR_SHAPE, "node '%s': batch norm momentum %g not in (0,1]",
+                           n->name, (double)n->p);
+        *np = 4; /* gamma, beta, running mean, running var */
+        for (int k = 0; k < 4; k++) {
+            expect[k].ndim = 1;
+            expect[k].dims[0] = s.c;
+        }
+        *out = s;
+        break;
+    case NZ_OP_ADD: {
+        nz_shape t = m->nodes[n->inputs[1]].out;
+        if (t.c != s.c || t.h != s.h || t.w != s.w)
+            return nz_fail(err, NZ_ERR_SHAPE, "node '%s': adds %dx%dx%d to %dx%dx%d", n->name,
+                           s.c, s.h, s.w, t.c, t.h, t.w);
+        *out = s;
+        break;
+    }
+    case NZ_OP_GAP:
+        *out = (nz_shape){s.c, 1, 1};
+        break;
+    case NZ_OP_SHORTCUT:
+        if (n->units < s.c || n->units > 65536 || n->stride <= 0 || n->stride > 64)
+            return nz_fail(err, NZ_ERR_SHAPE, "node '%s': bad shortcut %d -> %d channels, stride %d",
+                           n->name, s.c, n->units, n->stride);
+        *out = (nz_shape){n->units, (s.h - 1) / n->stride + 1, (s.w - 1) / n->stride + 1};
         break;
     default:
         return nz_fail(err, NZ_ERR_UNSUPPORTED, "node '%s': unknown op %d", n->name, (int)n->op);
@@ -155,13 +188,14 @@ void nz_model_free(nz_model *m) {
 
 /* Appends node (attributes filled by the caller), infers its shape and allocates its params. */
 static int add_node(nz_model *m, nz_node *n, nz_error *err) {
-    if (n->inputs[0] < 0 || n->inputs[0] >= m->n_nodes) {
-        nz_fail(err, NZ_ERR_ARG, "node '%s': input %d does not exist", n->name, n->inputs[0]);
-        return -1;
-    }
+    for (int k = 0; k < n->n_inputs; k++)
+        if (n->inputs[k] < 0 || n->inputs[k] >= m->n_nodes) {
+            nz_fail(err, NZ_ERR_ARG, "node '%s': input %d does not exist", n->name, n->inputs[k]);
+            return -1;
+        }
     int np;
     nz_param expect[NZ_MAX_PARAMS];
-    if (node_infer(m, n, &n->out, &np, expect, err) != NZ_OK) return -1;
+    if (model_node_infer(m, n, &n->out, &np, expect, err) != NZ_OK) return -1;
     size_t add = 0;
     for (int i = 0; i < np; i++) add += param_count(&expect[i]);
     if (add) {
@@ -260,6 +294,50 @@ int nz_model_add_dropout(nz_model *m, const char *name, int input, float p, nz_e
     return add_node(m, &n, err);
 }
 
+int nz_model_add_batchnorm(nz_model *m, const char *name, int input, nz_error *err) {
+    nz_node n = node_new(NZ_OP_BATCHNORM, name, input);
+    n.p = NZ_BN_MOMENTUM;
+    int id = add_node(m, &n, err);
+    if (id >= 0) { /* identity until trained: gamma 1, beta 0, running var 1 */
+        const nz_node *b = &m->nodes[id];
+        for (int c = 0; c < b->params[0].dims[0]; c++) {
+            m->params[b->params[0].off + c] = 1.0f;
+            m->params[b->params[3].off + c] = 1.0f;
+        }
+    }
+    return id;
+}
+
+int nz_model_add_add(nz_model *m, const char *name, int a, int b, nz_error *err) {
+    nz_node n = node_new(NZ_OP_ADD, name, a);
+    n.n_inputs = 2;
+    n.inputs[1] = b;
+    return add_node(m, &n, err);
+}
+
+int nz_model_add_avgpool(nz_model *m, const char *name, int input, int k, int stride,
+                         nz_error *err) {
+    nz_node n = node_new(NZ_OP_AVGPOOL, name, input);
+    n.kh = n.kw = k;
+    n.stride = stride;
+    return add_node(m, &n, err);
+}
+
+int nz_model_add_gap(nz_model *m, const char *name, int input, nz_error *err) {
+    nz_node n = node_new(NZ_OP_GAP, name, input);
+    return add_node(m, &n, err);
+}
+
+int nz_model_add_shortcut(nz_model *m, const char *name, int input, int out_ch, int stride,
+                          nz_error *err) {
+    nz_node n = node_new(NZ_OP_SHORTCUT, name, input);
+    n.units = out_ch;
+    n.stride = stride;
+    return add_node(m, &n, err);
+}
+
+int nz_param_is_buffer(const nz_node *n, int k) { return n->op == NZ_OP_BATCHNORM && k >= 2; }
+
 nz_status nz_model_validate(const nz_model *m, nz_error *err) {
     if (m->n_nodes < 2 || m->nodes[0].op != NZ_OP_INPUT)
         return nz_fail(err, NZ_ERR_FORMAT, "graph must start with an input node and have layers");
@@ -288,7 +366,7 @@ nz_status nz_model_validate(const nz_model *m, nz_error *err) {
         nz_shape s;
         int np;
         nz_param expect[NZ_MAX_PARAMS];
-        nz_status st = node_infer(m, n, &s, &np, expect, err);
+        nz_status st = model_node_infer(m, n, &s, &np, expect, err);
         if (st) return st;
         if (s.c != n->out.c || s.h != n->out.h || s.w != n->out.w)
             return nz_fail(err, NZ_ERR_SHAPE, "node '%s': stored shape %dx%dx%d, expected %dx%dx%d",
@@ -329,6 +407,12 @@ nz_status nz_model_validate(const nz_model *m, nz_error *err) {
 void nz_model_init_params(nz_model *m, nz_rng *rng) {
     for (int i = 0; i < m->n_nodes; i++) {
         nz_node *n = &m->nodes[i];
+        if (n->op == NZ_OP_BATCHNORM) {
+            for (int k = 0; k < 4; k++)
+                for (size_t j = 0; j < n->params[k].n; j++)
+                    m->params[n->params[k].off + j] = (k == 0 || k == 3) ? 1.0f : 0.0f;
+            continue;
+        }
         if (n->op != NZ_OP_DENSE && n->op != NZ_OP_CONV2D) continue;
         if (n->params[0].sparse || n->params[1].sparse) continue;
         /* PyTorch: kaiming_uniform_(a=sqrt(5)) gives bound 1/sqrt(fan_in); the bias too */
@@ -385,7 +469,9 @@ size_t nz_model_flops(const nz_model *m) {
 
 /* ---------------------------------------------------------------- zoo */
 
-const char *nz_zoo_names(void) { return "lenet300, lenet500, lenet5"; }
+const char *nz_zoo_names(void) {
+    return "lenet300, lenet500, lenet5, resnet20, resnet32, resnet56, vgg16";
+}
 
 float nz_zoo_default_lr(const char *name) { return strcmp(name, "lenet5") == 0 ? 0.05f : 0.1f; }
 
@@ -400,6 +486,80 @@ static nz_status build_mlp(nz_model *m, const int *hidden, int nh, nz_error *err
     }
     snprintf(name, sizeof name, "fc%d", nh + 1);
     if (x >= 0) x = nz_model_add_dense(m, name, x, m->n_classes, err);
+    return x >= 0 ? NZ_OK : err->code;
+}
+
+/* conv k x k (padding k/2) -> batch norm [-> relu]; returns the last node or -1 */
+static int conv_bn(nz_model *m, const char *prefix, int x, int ch, int k, int stride, int relu,
+                   nz_error *err) {
+    char name[NZ_NAME_MAX];
+    snprintf(name, sizeof name, "%.20s_conv", prefix);
+    if (x >= 0) x = nz_model_add_conv2d(m, name, x, ch, k, stride, k / 2, err);
+    snprintf(name, sizeof name, "%.20s_bn", prefix);
+    if (x >= 0) x = nz_model_add_batchnorm(m, name, x, err);
+    snprintf(name, sizeof name, "%.20s_relu", prefix);
+    if (x >= 0 && relu) x = nz_model_add_relu(m, name, x, err);
+    return x;
+}
+
+/* He et al. (2016) CIFAR ResNet-(6n+2): 3x3 conv 16, then three stages of n basic blocks with
+ * 16, 32, 64 channels (stride 2 entering stages 2 and 3), global average pool, fc. Shortcuts are
+ * the paper's option A (identity; strided subsampling plus zero channels where the shape
+ * changes): parameter-free, so the parameter counts (0.27M / 0.46M / 0.85M) are the ones the
+ * compression papers quote ratios against. */
+static nz_status build_resnet(nz_model *m, int n, nz_error *err) {
+    char pre[24], name[NZ_NAME_MAX];
+    int x = conv_bn(m, "stem", 0, 16, 3, 1, 1, err);
+    int ch = 16;
+    for (int stage = 0; stage < 3 && x >= 0; stage++) {
+        int out_ch = 16 << stage;
+        for (int b = 0; b < n && x >= 0; b++) {
+            int stride = (stage > 0 && b == 0) ? 2 : 1;
+            snprintf(pre, sizeof pre, "s%db%d_a", stage + 1, b + 1);
+            int y = conv_bn(m, pre, x, out_ch, 3, stride, 1, err);
+            snprintf(pre, sizeof pre, "s%db%d_b", stage + 1, b + 1);
+            y = conv_bn(m, pre, y, out_ch, 3, 1, 0, err);
+            int skip = x;
+            if (y >= 0 && (stride != 1 || out_ch != ch)) {
+                snprintf(name, sizeof name, "s%db%d_short", stage + 1, b + 1);
+                skip = nz_model_add_shortcut(m, name, x, out_ch, stride, err);
+            }
+            snprintf(name, sizeof name, "s%db%d_add", stage + 1, b + 1);
+            if (y >= 0 && skip >= 0) y = nz_model_add_add(m, name, y, skip, err);
+            else y = -1;
+            snprintf(name, sizeof name, "s%db%d_relu", stage + 1, b + 1);
+            x = y >= 0 ? nz_model_add_relu(m, name, y, err) : -1;
+            ch = out_ch;
+        }
+    }
+    if (x >= 0) x = nz_model_add_gap(m, "gap", x, err);
+    if (x >= 0) x = nz_model_add_flatten(m, "flatten", x, err);
+    if (x >= 0) x = nz_model_add_dense(m, "fc", x, m->n_classes, err);
+    return x >= 0 ? NZ_OK : err->code;
+}
+
+/* VGG-16 for small images (as in the CIFAR slimming literature): 13 conv3x3-BN-ReLU layers,
+ * 64-64-M-128-128-M-256x3-M-512x3-M-512x3-M, one fc to the classes. A 2x2 max pool is skipped
+ * where the map is already 1 pixel (28x28 inputs reach 1x1 after four pools); a global average
+ * pool reduces whatever is left (nothing for 32x32 inputs). */
+static nz_status build_vgg16(nz_model *m, nz_error *err) {
+    static const int cfg[] = {64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0,
+                              512, 512, 512, 0};
+    char pre[24];
+    int x = 0, conv = 0, pool = 0;
+    for (size_t i = 0; i < sizeof cfg / sizeof *cfg && x >= 0; i++) {
+        if (cfg[i]) {
+            snprintf(pre, sizeof pre, "conv%d", ++conv);
+            x = conv_bn(m, pre, x, cfg[i], 3, 1, 1, err);
+        } else if (m->nodes[x].out.h >= 2 && m->nodes[x].out.w >= 2) {
+            snprintf(pre, sizeof pre, "pool%d", ++pool);
+            x = nz_model_add_maxpool(m, pre, x, 2, 2, err);
+        }
+    }
+    if (x >= 0 && (m->nodes[x].out.h > 1 || m->nodes[x].out.w > 1))
+        x = nz_model_add_gap(m, "gap", x, err);
+    if (x >= 0) x = nz_model_add_flatten(m, "flatten", x, err);
+    if (x >= 0) x = nz_model_add_dense(m, "fc", x, m->n_classes, err);
     return x >= 0 ? NZ_OK : err->code;
 }
 
@@ -425,6 +585,14 @@ nz_status nz_zoo_build(nz_model *m, const char *name, nz_shape in, int n_classes
         if (x >= 0) x = nz_model_add_relu(m, "relu1", x, err);
         if (x >= 0) x = nz_model_add_dense(m, "fc2", x, n_classes, err);
         st = x >= 0 ? NZ_OK : err->code;
+    } else if (strcmp(name, "resnet20") == 0) {
+        st = build_resnet(m, 3, err);
+    } else if (strcmp(name, "resnet32") == 0) {
+        st = build_resnet(m, 5, err);
+    } else if (strcmp(name, "resnet56") == 0) {
+        st = build_resnet(m, 9, err);
+    } else if (strcmp(name, "vgg16") == 0) {
+        st = build_vgg16(m, err);
     } else {
         st = nz_fail(err, NZ_ERR_ARG, "unknown model '%s' (expected %s)", name, nz_zoo_names());
     }

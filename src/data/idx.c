@@ -275,6 +275,13 @@ nz_status nz_data_open(const char *spec, const char *data_dir, int train, nz_dat
     char dir[4096], img[4200], lab[4200];
     int named = strcmp(spec, "mnist") == 0 || strcmp(spec, "fashion-mnist") == 0;
 
+    /* CIFAR-10 has its own reader and no named default location: the spec carries the dir. */
+    if (strncmp(spec, "cifar10:", 8) == 0) {
+        if (!spec[8])
+            return nz_fail(err, NZ_ERR_ARG, "cifar10: no directory given (expected cifar10:DIR)");
+        return nz_cifar10_load(spec + 8, train, ds, err);
+    }
+
     if (named) {
         char base[4000];
         if (data_dir && *data_dir)
@@ -286,7 +293,8 @@ nz_status nz_data_open(const char *spec, const char *data_dir, int train, nz_dat
         snprintf(dir, sizeof dir, "%s", spec);
     } else {
         return nz_fail(err, NZ_ERR_ARG,
-                       "unknown dataset '%s' (expected mnist, fashion-mnist or a directory of idx files)",
+                       "unknown dataset '%s' (expected mnist, fashion-mnist, cifar10:DIR or a "
+                       "directory of idx files)",
                        spec);
     }
 

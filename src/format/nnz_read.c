@@ -5,6 +5,7 @@
  * file can make the reader allocate no more than about its own size. Errors name the file and,
  * where one is involved, the section. */
 #include "nnzip/format.h"
+#include "core/model_infer.h"
 #include "nnzip/compress.h"
 #include "core/half.h"
 
@@ -365,42 +366,17 @@ static nz_status meta_parse_bytes(const container *ct, const uint8_t *data, size
 
 /* ---------------------------------------------------------------- GRAPH */
 
-/* Output shape of node n from its (already parsed) input, mirroring model.c's node_infer so the
- * rebuilt model carries shapes; nz_model_validate re-derives and compares them afterwards, so
- * this only has to avoid undefined behaviour. Nonsense attributes give {0,0,0}, which validate
- * always rejects with its own message. */
+/* Output shape of node n from its (already parsed) inputs, by the same inference the builder
+ * uses; nz_model_validate re-derives and compares everything afterwards, so here a failure only
+ * has to give {0,0,0}, which validate always rejects with its own message. */
 static nz_shape infer_out(const nz_model *m, const nz_node *n) {
     const nz_shape none = {0, 0, 0};
-    if (n->op == NZ_OP_INPUT) return m->in;
-    if (n->n_inputs != 1) return none;
-    nz_shape s = m->nodes[n->inputs[0]].out;
-    if (s.c <= 0 || s.h <= 0 || s.w <= 0) return none;
-    long long oh, ow;
-    switch (n->op) {
-    case NZ_OP_NDENSE:
-    case NZ_OP_DENSE: return (nz_shape){n->units, 1, 1};
-    case NZ_OP_NCONV2D:
-    case NZ_OP_CONV2D:
-        if (n->stride <= 0) return none;
-        oh = ((long long)s.h + 2LL * n->pad - n->kh) / n->stride + 1;
-        ow = ((long long)s.w + 2LL * n->pad - n->kw) / n->stride + 1;
-        if (oh <= 0 || ow <= 0 || oh > INT32_MAX || ow > INT32_MAX) return none;
-        return (nz_shape){n->units, (int)oh, (int)ow};
-    case NZ_OP_MAXPOOL:
-        if (n->stride <= 0) return none;
-        oh = ((long long)s.h - n->kh) / n->stride + 1;
-        ow = ((long long)s.w - n->kw) / n->stride + 1;
-        if (oh <= 0 || ow <= 0) return none;
-        return (nz_shape){s.c, (int)oh, (int)ow};
-    case NZ_OP_RELU:
-    case NZ_OP_DROPOUT: return s;
-    case NZ_OP_FLATTEN:
-        if (!fits(INT32_MAX, (uint64_t)s.c, (uint64_t)s.h) ||
-            !fits(INT32_MAX, (uint64_t)s.c * (uint64_t)s.h, (uint64_t)s.w))
-            return none;
-        return (nz_shape){s.c * s.h * s.w, 1, 1};
-    default: return none;
-    }
+    nz_shape out;
+    int np;
+    nz_param expect[NZ_MAX_PARAMS];
+    nz_error e;
+    if (model_node_infer(m, n, &out, &np, expect, &e) != NZ_OK) return none;
+    return out;
 }
 
 /* u32 attribute that must fit a non-negative int */
