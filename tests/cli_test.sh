@@ -28,6 +28,9 @@ expect 2 "unknown flag" -- "$NNZ" train --model lenet300 --bogus -o "$T/x.nnz"; 
 expect 2 "bad integer" -- "$NNZ" train --model lenet300 --epochs many -o "$T/x.nnz"; err_names many "bad integer"
 expect 2 "unknown model" -- "$NNZ" train --model resnet999 --data mnist --epochs 1 -o "$T/x.nnz"; err_names resnet999 "unknown model"
 expect 2 "no args" -- "$NNZ"
+expect 2 "bad --augment" -- "$NNZ" train --model lenet300 --augment crop4,spin -o "$T/x.nnz"; err_names spin "bad --augment"
+expect 2 "multistep without milestones" -- "$NNZ" train --model lenet300 --schedule multistep -o "$T/x.nnz"; err_names milestones "multistep without milestones"
+expect 1 "missing --resume file" -- "$NNZ" train --resume "$T/nope.ckpt.nnz" -o "$T/x.nnz"; err_names "$T/nope.ckpt.nnz" "missing --resume file"
 
 # ---- bad files
 expect 1 "missing model file" -- "$NNZ" eval "$T/nope.nnz"; err_names "$T/nope.nnz" "missing file"
@@ -109,6 +112,41 @@ if "$NNZ" train --model lenet300 --data mnist --epochs 1 --seed 1 --json -o "$M"
   "$NNZ" train --model lenet300 --data mnist --limit 2000 --epochs 1 --seed 5 --threads 1 -q -o "$T/d1.nnz" >/dev/null 2>&1
   "$NNZ" train --model lenet300 --data mnist --limit 2000 --epochs 1 --seed 5 --threads 1 -q -o "$T/d2.nnz" >/dev/null 2>&1
   cmp -s "$T/d1.nnz" "$T/d2.nnz" && ok || bad "--threads 1 --seed 5 twice gave different files"
+
+  # checkpoints: 1 epoch, then --resume to 3, gives the 3-epoch run's file byte for byte
+  # (multistep: the LR does not depend on the total, so both runs see the same schedule)
+  TR="--model lenet300 --data mnist --limit 2000 --schedule multistep --milestones 2 --seed 3 --threads 1 -q"
+  "$NNZ" train $TR --epochs 3 -o "$T/r3.nnz" >/dev/null 2>&1
+  "$NNZ" train $TR --epochs 1 -o "$T/r1.nnz" >/dev/null 2>&1
+  [ -f "$T/r1.ckpt.nnz" ] && ok || bad "no default checkpoint OUTPUT.ckpt.nnz"
+  expect 0 "resume to 3 epochs" -- "$NNZ" train --resume "$T/r1.ckpt.nnz" --epochs 3 --threads 1 -q -o "$T/r3b.nnz"
+  cmp -s "$T/r3.nnz" "$T/r3b.nnz" && ok || bad "1 epoch + --resume to 3 differs from 3 epochs straight"
+  expect 0 "eval a checkpoint" -- "$NNZ" eval "$T/r1.ckpt.nnz"
+  # bad --resume files and settings: one line, non-zero
+  expect 1 "resume from a finished model" -- "$NNZ" train --resume "$T/r3.nnz" -o "$T/x3.nnz"; err_names "not a checkpoint" "resume from a model"
+  expect 1 "resume from a text file" -- "$NNZ" train --resume "$T/text.nnz" -o "$T/x3.nnz"; err_names "$T/text.nnz" "resume from text"
+  cp "$T/r1.ckpt.nnz" "$T/bad.ckpt.nnz"; cs=$(stat -c %s "$T/bad.ckpt.nnz")
+  python3 -c 'import sys; p=sys.argv[1]; b=bytearray(open(p,"rb").read()); b[int(sys.argv[2])]^=0x21; open(p,"wb").write(b)' "$T/bad.ckpt.nnz" $((cs - 10))
+  expect 1 "corrupt checkpoint" -- "$NNZ" train --resume "$T/bad.ckpt.nnz" -o "$T/x3.nnz"; err_names "(state)" "corrupt checkpoint"
+  expect 2 "resume with another lr" -- "$NNZ" train --resume "$T/r1.ckpt.nnz" --lr 0.5 -q -o "$T/x3.nnz"; err_names "lr" "resume with another lr"
+  expect 2 "resume with another model" -- "$NNZ" train --resume "$T/r1.ckpt.nnz" --model lenet5 -o "$T/x3.nnz"; err_names lenet5 "resume with another model"
+  [ ! -e "$T/x3.nnz" ] && ok || bad "a refused resume wrote its output"
+
+  # Ctrl-C: SIGINT once the first checkpoint exists stops after the current step with exit 130,
+  # a checkpoint and how to resume; resuming gives the uninterrupted run's file
+  TI="--model lenet300 --data mnist --limit 10000 --epochs 6 --seed 4 --threads 1"
+  "$NNZ" train $TI -q -o "$T/i6.nnz" >/dev/null 2>&1
+  "$NNZ" train $TI -o "$T/int.nnz" >/dev/null 2>"$T/int.err" &
+  pid=$!
+  for _ in $(seq 1 600); do [ -e "$T/int.ckpt.nnz" ] && break; sleep 0.1; done
+  kill -INT "$pid" 2>/dev/null
+  wait "$pid"; rc=$?
+  [ "$rc" = 130 ] && ok || bad "SIGINT: exit $rc, want 130 ($(tail -n 2 "$T/int.err"))"
+  [ -e "$T/int.ckpt.nnz" ] && [ ! -e "$T/int.nnz" ] && ok || bad "SIGINT: want a checkpoint and no output"
+  grep -q "saved to $T/int.ckpt.nnz; resume with: nnzip train --resume $T/int.ckpt.nnz" "$T/int.err" && ok || bad "SIGINT message: $(tail -n 1 "$T/int.err")"
+  expect 0 "resume after SIGINT" -- "$NNZ" train --resume "$T/int.ckpt.nnz" --threads 1 -q -o "$T/int.nnz"
+  cmp -s "$T/i6.nnz" "$T/int.nnz" && ok || bad "interrupted + resumed run differs from the uninterrupted one"
+  ls "$T" | grep -q '\.tmp\.' && bad "temporary files left behind by checkpoints" || ok
 else
   bad "training failed: $(tail -n 2 "$T/train.err")"
 fi

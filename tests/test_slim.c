@@ -408,6 +408,57 @@ static void test_remove_whole_layer(void) {
     nz_model_free(&m);
 }
 
+/* ResNet-20 (batch norm, option-A shortcuts, residual adds): channels of a block's inner conv
+ * are removed together with its batch norm entries and the next conv's input channels; the conv
+ * feeding a residual add keeps all its channels even when some are zero (the skip carries them).
+ * Removed channels are given BN constants that end <= 0 after the relu, so removal is exact
+ * despite the next conv's zero padding (a positive constant would only fold exactly into an
+ * unpadded conv). */
+static void set_dead_channels(nz_model *m, const char *conv, const char *bn, const int *ch,
+                              int n_ch) {
+    remove_units(m, conv, ch, n_ch);
+    const nz_node *c = &m->nodes[node_id(m, conv)], *b = &m->nodes[node_id(m, bn)];
+    for (int k = 0; k < n_ch; k++) {
+        float bias = m->params[c->params[1].off + ch[k]];
+        m->params[b->params[0].off + ch[k]] = 0.7f;  /* gamma */
+        m->params[b->params[1].off + ch[k]] = -0.5f; /* beta: the constant ends at -0.5 */
+        m->params[b->params[2].off + ch[k]] = bias;  /* running mean = the constant input */
+    }
+}
+
+static void test_remove_resnet(void) {
+    const char *what = "resnet20 remove";
+    nz_model m;
+    if (build(&m, "resnet20", 606) != 0) return;
+    nz_rng r;
+    nz_rng_seed(&r, 607);
+    for (int i = 0; i < m.n_nodes; i++) { /* non-trivial eval-mode batch norms */
+        const nz_node *n = &m.nodes[i];
+        if (n->op != NZ_OP_BATCHNORM) continue;
+        for (int c = 0; c < n->out.c; c++) {
+            m.params[n->params[0].off + c] = nz_rng_range(&r, 0.5f, 1.5f);
+            m.params[n->params[1].off + c] = nz_rng_range(&r, -0.2f, 0.2f);
+            m.params[n->params[2].off + c] = nz_rng_range(&r, -0.2f, 0.2f);
+            m.params[n->params[3].off + c] = nz_rng_range(&r, 0.5f, 2.0f);
+        }
+    }
+    int a1[] = {2, 5}, a2[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, b1[] = {3};
+    set_dead_channels(&m, "s1b1_a_conv", "s1b1_a_bn", a1, 2);
+    set_dead_channels(&m, "s2b2_a_conv", "s2b2_a_bn", a2, 10);
+    set_dead_channels(&m, "s1b1_b_conv", "s1b1_b_bn", b1, 1); /* feeds an add: stays */
+    double e;
+    if (remove_and_compare(what, &m, &e) == NZ_OK) {
+        expect_dims(&m, "s1b1_a_conv", 0, 4, (int[]){14, 16, 3, 3});
+        expect_dims(&m, "s1b1_a_bn", 3, 1, (int[]){14});
+        expect_dims(&m, "s1b1_b_conv", 0, 4, (int[]){16, 14, 3, 3});
+        expect_dims(&m, "s2b2_a_conv", 0, 4, (int[]){22, 32, 3, 3});
+        expect_dims(&m, "s2b2_b_conv", 0, 4, (int[]){32, 22, 3, 3});
+        expect_dims(&m, "s3b1_a_conv", 0, 4, (int[]){64, 32, 3, 3});
+        printf("  %s: s1b1 16 -> 14, s2b2 32 -> 22 inner channels, logits err %.2e\n", what, e);
+    }
+    nz_model_free(&m);
+}
+
 /* Dense layers reading a [C, H, W] activation directly (no flatten node): after a conv + relu,
  * and on the raw image. Within nz_slim_remove's contract (plain layers with relu between), so
  * it must either remove exactly or refuse cleanly. Run in a child process by main. */
@@ -665,6 +716,7 @@ int main(int argc, char **argv) {
     test_remove_mlp();
     test_remove_conv();
     test_remove_whole_layer();
+    test_remove_resnet();
     test_refusals();
 
     nz_dataset train, test;

@@ -215,7 +215,8 @@ static void on_progress(const nz_progress *p, void *user) {
     if (ps->quiet) return;
     double total = (double)p->epochs * p->steps;
     double done = (double)(p->epoch - 1) * p->steps + p->step;
-    double eta = done > 0 ? p->elapsed * (total - done) / done : 0;
+    double timed = done - (double)p->steps_before; /* a resumed run timed only its own steps */
+    double eta = timed > 0 ? p->elapsed * (total - done) / timed : 0;
     char etas[32];
     fmt_eta(etas, sizeof etas, eta);
     if (ps->tty) {
@@ -290,20 +291,30 @@ static int open_data(const char *cmd, const char *spec, const char *dir, int tra
 /* ---------------------------------------------------------------- train */
 
 static const opt_def train_opts[] = {
-    {"model", 'm', 1, "NAME", "architecture: lenet300, lenet500, lenet5"},
-    {"data", 'd', 1, "SET", "mnist, fashion-mnist, or a directory of idx files (default mnist)"},
+    {"model", 'm', 1, "NAME", "architecture (cmd_train lists the zoo here)"},
+    {"data", 'd', 1, "SET", "mnist, fashion-mnist, cifar10:DIR, or a directory of idx files (default mnist)"},
     {"data-dir", 0, 1, "DIR", "where named datasets live (default $NNZIP_DATA_DIR or ~/.cache/nnzip/data)"},
     {"output", 'o', 1, "FILE", "write the trained model here (.nnz)"},
-    {"epochs", 'e', 1, "N", "epochs (default 20)"},
+    {"epochs", 'e', 1, "N", "epochs (default 20); with --resume the new total"},
     {"batch", 'b', 1, "N", "minibatch size (default 64)"},
     {"lr", 0, 1, "X", "peak learning rate (default 0.1; 0.05 for lenet5)"},
     {"momentum", 0, 1, "X", "SGD momentum (default 0.9)"},
     {"wd", 0, 1, "X", "weight decay (default 5e-4)"},
     {"nesterov", 0, 0, "", "Nesterov momentum"},
-    {"schedule", 0, 1, "KIND", "cosine (default), step, const"},
+    {"schedule", 0, 1, "KIND", "cosine (default), step, multistep, const"},
     {"step-epochs", 0, 1, "N", "step schedule: decay every N epochs (default 10)"},
-    {"gamma", 0, 1, "X", "step schedule: decay factor (default 0.1)"},
+    {"milestones", 0, 1, "LIST", "multistep schedule: epochs to decay at, e.g. 100,150"},
+    {"gamma", 0, 1, "X", "step/multistep schedule: decay factor (default 0.1)"},
     {"warmup", 0, 1, "N", "linear warm-up epochs (default 0)"},
+    {"label-smoothing", 0, 1, "X", "label smoothing in [0, 1) (default 0)"},
+    {"augment", 0, 1, "LIST", "training augmentation: cropN (pad N, random crop), flip, none (default none)"},
+    {"normalize", 0, 1, "MODE", "per-channel input normalization from the training set: auto "
+                                "(default: on for resnet*/vgg*), on, off"},
+    {"checkpoint", 0, 1, "FILE", "checkpoint saved every epoch and on Ctrl-C (default: OUTPUT "
+                                 "with .nnz replaced by .ckpt.nnz)"},
+    {"no-checkpoint", 0, 0, "", "do not write checkpoints"},
+    {"resume", 0, 1, "FILE", "continue from a checkpoint (model, optimizer, RNG, position and "
+                             "settings; only --epochs may change)"},
     {"limit", 0, 1, "N", "use only the first N training images"},
     {"seed", 's', 1, "N", "random seed (default 1); with --threads 1 runs are bit-identical"},
     {"threads", 't', 1, "N", "threads (default: all cores)"},
@@ -311,21 +322,235 @@ static const opt_def train_opts[] = {
     {"quiet", 'q', 0, "", "no progress output"},
 };
 
+/* --milestones 100,150 */
+static int parse_milestones(const char *s, nz_train_cfg *cfg) {
+    int n = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || v < 1 || v > 1000000 || (n > 0 && v <= cfg->milestones[n - 1]) ||
+            n == NZ_MAX_MILESTONES || (*end && *end != ',') || (*end == ',' && !end[1])) {
+            fprintf(stderr,
+                    "nnzip train: --milestones expects up to %d increasing epochs >= 1 separated "
+                    "by commas, got '%s'\n",
+                    NZ_MAX_MILESTONES, s);
+            return EXIT_USAGE;
+        }
+        cfg->milestones[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    if (n == 0) {
+        fprintf(stderr, "nnzip train: --milestones is empty\n");
+        return EXIT_USAGE;
+    }
+    cfg->n_milestones = n;
+    return 0;
+}
+
+/* --augment crop4,flip | none */
+static int parse_augment(const char *s, nz_augment *aug) {
+    nz_augment a = {0, 0};
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", s);
+    int any = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        any = 1;
+        char *end;
+        if (strcmp(t, "none") == 0) continue;
+        if (strcmp(t, "flip") == 0) {
+            a.flip = 1;
+            continue;
+        }
+        if (strncmp(t, "crop", 4) == 0) {
+            long v = t[4] ? strtol(t + 4, &end, 10) : 4;
+            if (t[4] && (*end || end == t + 4)) v = -1;
+            if (v >= 1 && v <= NZ_MAX_CROP_PAD) {
+                a.crop_pad = (int)v;
+                continue;
+            }
+        }
+        fprintf(stderr, "nnzip train: unknown --augment token '%s' (cropN with N in 1..%d, flip, "
+                        "none)\n",
+                t, NZ_MAX_CROP_PAD);
+        return EXIT_USAGE;
+    }
+    if (!any) {
+        fprintf(stderr, "nnzip train: --augment is empty (cropN, flip, none)\n");
+        return EXIT_USAGE;
+    }
+    *aug = a;
+    return 0;
+}
+
+/* Applies the training-setting options given on the command line on top of cfg. */
+static int train_cfg_from_opts(const opts *o, nz_train_cfg *cfg) {
+    long v;
+    int rc;
+    if (opt_get(o, "epochs")) {
+        if ((rc = opt_int(o, "epochs", 0, 100000, &v))) return rc;
+        cfg->epochs = (int)v;
+    }
+    if (opt_get(o, "batch")) {
+        if ((rc = opt_int(o, "batch", 1, 65536, &v))) return rc;
+        cfg->batch = (int)v;
+    }
+    if (opt_get(o, "step-epochs")) {
+        if ((rc = opt_int(o, "step-epochs", 1, 100000, &v))) return rc;
+        cfg->step_epochs = (int)v;
+    }
+    if (opt_get(o, "warmup")) {
+        if ((rc = opt_int(o, "warmup", 0, 100000, &v))) return rc;
+        cfg->warmup_epochs = (int)v;
+    }
+    if (opt_get(o, "seed")) {
+        if ((rc = opt_int(o, "seed", 0, 0x7fffffffffffffffL, &v))) return rc;
+        cfg->seed = (uint64_t)v;
+    }
+    if ((rc = opt_float(o, "lr", 0, 100, &cfg->lr)) ||
+        (rc = opt_float(o, "momentum", 0, 0.9999, &cfg->momentum)) ||
+        (rc = opt_float(o, "wd", 0, 1, &cfg->weight_decay)) ||
+        (rc = opt_float(o, "gamma", 0, 1, &cfg->step_gamma)) ||
+        (rc = opt_float(o, "label-smoothing", 0, 0.999, &cfg->label_smoothing)))
+        return rc;
+    if (opt_flag(o, "nesterov")) cfg->nesterov = 1;
+    const char *sch = opt_get(o, "schedule");
+    if (sch) {
+        int k = -1;
+        for (int i = 0; i < NZ_SCHED__COUNT; i++)
+            if (strcmp(sch, nz_sched_name((nz_sched)i)) == 0) k = i;
+        if (k < 0) {
+            fprintf(stderr, "nnzip train: unknown --schedule '%s' (cosine, step, multistep, const)\n",
+                    sch);
+            return EXIT_USAGE;
+        }
+        cfg->sched = (nz_sched)k;
+    }
+    const char *ms = opt_get(o, "milestones");
+    if (ms) {
+        if ((rc = parse_milestones(ms, cfg))) return rc;
+        if (!sch) cfg->sched = NZ_SCHED_MULTISTEP; /* the only schedule milestones mean anything to */
+    }
+    if (cfg->sched == NZ_SCHED_MULTISTEP && cfg->n_milestones == 0) {
+        fprintf(stderr, "nnzip train: --schedule multistep needs --milestones (e.g. 100,150)\n");
+        return EXIT_USAGE;
+    }
+    if (ms && cfg->sched != NZ_SCHED_MULTISTEP) {
+        fprintf(stderr, "nnzip train: --milestones needs --schedule multistep\n");
+        return EXIT_USAGE;
+    }
+    const char *aug = opt_get(o, "augment");
+    if (aug && (rc = parse_augment(aug, &cfg->augment))) return rc;
+    return 0;
+}
+
+/* The META "train_settings" line: the historical fields, then the newer ones when used (so
+ * LeNet runs keep their bytes). */
+static void train_settings_str(char *buf, size_t n, const nz_train_cfg *c) {
+    int k = snprintf(buf, n, "batch=%d lr=%g momentum=%g wd=%g schedule=%s", c->batch,
+                     (double)c->lr, (double)c->momentum, (double)c->weight_decay,
+                     nz_sched_name(c->sched));
+#define APPEND(...)                                                                            \
+    do {                                                                                       \
+        if (k >= 0 && (size_t)k < n) k += snprintf(buf + k, n - (size_t)k, __VA_ARGS__);       \
+    } while (0)
+    if (c->sched == NZ_SCHED_MULTISTEP) {
+        for (int i = 0; i < c->n_milestones; i++) APPEND("%s%d", i ? "," : " milestones=", c->milestones[i]);
+        APPEND(" gamma=%g", (double)c->step_gamma);
+    }
+    if (c->sched == NZ_SCHED_STEP) APPEND(" step=%d gamma=%g", c->step_epochs, (double)c->step_gamma);
+    if (c->warmup_epochs) APPEND(" warmup=%d", c->warmup_epochs);
+    if (c->nesterov) APPEND(" nesterov");
+    if (c->label_smoothing > 0) APPEND(" label_smoothing=%g", (double)c->label_smoothing);
+    if (c->augment.crop_pad) APPEND(" augment=crop%d%s", c->augment.crop_pad, c->augment.flip ? ",flip" : "");
+    else if (c->augment.flip) APPEND(" augment=flip");
+#undef APPEND
+}
+
+/* Whether the model's preprocessing normalizes per channel (anything beyond scaling). */
+static int pre_is_normalized(const nz_preproc *p) {
+    for (int c = 0; c < p->n_ch && c < 4; c++)
+        if (p->mean[c] != 0.0f || p->std[c] != 1.0f) return 1;
+    return 0;
+}
+
+/* The META of a trained model (keys in their historical order, so files keep their bytes). */
+static void train_meta(nz_meta *meta, const char *data, int epochs, const nz_train_cfg *cfg,
+                       double test_err) {
+    char buf[160];
+    memset(meta, 0, sizeof *meta);
+    nz_meta_set(meta, "data", data);
+    snprintf(buf, sizeof buf, "%d", epochs);
+    nz_meta_set(meta, "epochs", buf);
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)cfg->seed);
+    nz_meta_set(meta, "seed", buf);
+    snprintf(buf, sizeof buf, "%.4f", test_err);
+    nz_meta_set(meta, "test_error_pct", buf);
+    train_settings_str(buf, sizeof buf, cfg);
+    nz_meta_set(meta, "train_settings", buf);
+}
+
+/* What the checkpoint callback needs: where to write, and the facts for its META. */
+typedef struct {
+    const char *path;
+    const char *data_name, *data_spec; /* data_spec: what --data was, to reopen on --resume */
+    int saved;     /* a checkpoint was written in this run */
+    int epoch;     /* its position */
+    long step, steps;
+} ckpt_ctx;
+
+static nz_status save_ckpt(const nz_model *m, const nz_train_state *st, void *user, nz_error *err) {
+    ckpt_ctx *c = user;
+    nz_meta meta;
+    train_meta(&meta, c->data_name, st->epoch, &st->cfg, st->last_test_err);
+    nz_meta_set(&meta, "data_spec", c->data_spec);
+    char buf[32];
+    snprintf(buf, sizeof buf, "%ld", st->step);
+    nz_meta_set(&meta, "checkpoint_step", buf);
+    nz_status s = nz_save_checkpoint(m, &meta, st, c->path, err);
+    if (!s) {
+        c->saved = 1;
+        c->epoch = st->epoch;
+        c->step = st->step;
+        c->steps = st->steps;
+    }
+    return s;
+}
+
+/* OUTPUT.nnz -> OUTPUT.ckpt.nnz (any other name gets .ckpt.nnz appended) */
+static void default_ckpt_path(char *buf, size_t n, const char *out) {
+    size_t len = strlen(out);
+    if (len > 4 && strcmp(out + len - 4, ".nnz") == 0) len -= 4;
+    snprintf(buf, n, "%.*s.ckpt.nnz", (int)len, out);
+}
+
 static int cmd_train(int argc, char **argv) {
-    const int nd = (int)(sizeof train_opts / sizeof *train_opts);
+    enum { ND = (int)(sizeof train_opts / sizeof *train_opts) };
+    /* the --model help lists the zoo as the library knows it */
+    opt_def defs[ND];
+    memcpy(defs, train_opts, sizeof defs);
+    char model_help[256];
+    snprintf(model_help, sizeof model_help, "architecture: %s", nz_zoo_names());
+    defs[0].help = model_help;
     if (want_help(argc, argv)) {
-        print_help("train", "--model NAME --data SET -o FILE [options]",
+        print_help("train", "--model NAME --data SET -o FILE [options]\n"
+                            "       nnzip train --resume CHECKPOINT -o FILE [--epochs N]",
                    "Train a model from the zoo with minibatch SGD and save it as a .nnz file.\n"
-                   "Evaluates on the test split after every epoch.",
-                   train_opts, nd);
+                   "Evaluates on the test split after every epoch. A checkpoint (model, optimizer,\n"
+                   "RNG states and position) is saved atomically after every epoch and on Ctrl-C,\n"
+                   "which stops after the current step (exit 130); --resume continues it exactly\n"
+                   "(bit for bit at --threads 1).",
+                   defs, ND);
         return 0;
     }
-    opts o = {.cmd = "train", .defs = train_opts, .n_defs = nd};
+    opts o = {.cmd = "train", .defs = defs, .n_defs = ND};
     int rc = parse_opts(&o, argc, argv, 0);
     if (rc) return rc;
     const char *model_name = opt_get(&o, "model"), *out = opt_get(&o, "output");
-    const char *data = opt_get(&o, "data") ? opt_get(&o, "data") : "mnist";
-    if (!model_name) {
+    const char *resume = opt_get(&o, "resume");
+    const char *norm = opt_get(&o, "normalize");
+    if (!model_name && !resume) {
         fprintf(stderr, "nnzip train: --model is required (%s)\n", nz_zoo_names());
         return EXIT_USAGE;
     }
@@ -333,90 +558,118 @@ static int cmd_train(int argc, char **argv) {
         fprintf(stderr, "nnzip train: -o FILE is required\n");
         return EXIT_USAGE;
     }
-    if ((rc = check_output("train", out))) return rc;
-    nz_train_cfg cfg;
-    nz_train_cfg_default(&cfg);
-    cfg.epochs = 20;
-    cfg.lr = nz_zoo_default_lr(model_name);
-    long v;
-    if ((rc = apply_threads(&o))) return rc;
-    if (opt_get(&o, "epochs")) {
-        if ((rc = opt_int(&o, "epochs", 0, 100000, &v))) return rc;
-        cfg.epochs = (int)v;
+    if (norm && strcmp(norm, "auto") != 0 && strcmp(norm, "on") != 0 && strcmp(norm, "off") != 0) {
+        fprintf(stderr, "nnzip train: --normalize expects auto, on or off, got '%s'\n", norm);
+        return EXIT_USAGE;
     }
-    if (opt_get(&o, "batch")) {
-        if ((rc = opt_int(&o, "batch", 1, 65536, &v))) return rc;
-        cfg.batch = (int)v;
-    }
-    if (opt_get(&o, "step-epochs")) {
-        if ((rc = opt_int(&o, "step-epochs", 1, 100000, &v))) return rc;
-        cfg.step_epochs = (int)v;
-    }
-    if (opt_get(&o, "warmup")) {
-        if ((rc = opt_int(&o, "warmup", 0, 100000, &v))) return rc;
-        cfg.warmup_epochs = (int)v;
-    }
-    long limit = 0, seed = 1;
-    if ((rc = opt_int(&o, "limit", 1, 1L << 30, &limit))) return rc;
-    if ((rc = opt_int(&o, "seed", 0, 0x7fffffffffffffffL, &seed))) return rc;
-    cfg.seed = (uint64_t)seed;
-    if ((rc = opt_float(&o, "lr", 0, 100, &cfg.lr)) || (rc = opt_float(&o, "momentum", 0, 0.9999, &cfg.momentum)) ||
-        (rc = opt_float(&o, "wd", 0, 1, &cfg.weight_decay)) ||
-        (rc = opt_float(&o, "gamma", 0, 1, &cfg.step_gamma)))
-        return rc;
-    cfg.nesterov = opt_flag(&o, "nesterov");
-    const char *sch = opt_get(&o, "schedule");
-    if (sch) {
-        if (strcmp(sch, "cosine") == 0) cfg.sched = NZ_SCHED_COSINE;
-        else if (strcmp(sch, "step") == 0) cfg.sched = NZ_SCHED_STEP;
-        else if (strcmp(sch, "const") == 0) cfg.sched = NZ_SCHED_CONST;
-        else {
-            fprintf(stderr, "nnzip train: unknown --schedule '%s' (cosine, step, const)\n", sch);
+    char ckpt_buf[4096];
+    const char *ckpt = NULL;
+    if (!opt_flag(&o, "no-checkpoint")) {
+        ckpt = opt_get(&o, "checkpoint");
+        if (!ckpt) {
+            default_ckpt_path(ckpt_buf, sizeof ckpt_buf, out);
+            ckpt = ckpt_buf;
+        }
+        if (strcmp(ckpt, out) == 0) {
+            fprintf(stderr, "nnzip train: --checkpoint must differ from the output %s\n", out);
             return EXIT_USAGE;
         }
+    } else if (opt_get(&o, "checkpoint")) {
+        fprintf(stderr, "nnzip train: --checkpoint and --no-checkpoint contradict each other\n");
+        return EXIT_USAGE;
     }
+    if ((rc = check_output("train", out)) || (ckpt && (rc = check_output("train", ckpt))))
+        return rc;
+    if ((rc = apply_threads(&o))) return rc;
+    long limit = 0;
+    if ((rc = opt_int(&o, "limit", 1, 1L << 30, &limit))) return rc;
+
+    nz_model m;
+    nz_meta cmeta;
+    nz_train_state from;
+    nz_error e = {0};
+    nz_train_cfg cfg;
+    memset(&m, 0, sizeof m);
+    memset(&from, 0, sizeof from);
+    const char *data = opt_get(&o, "data");
+    if (resume) {
+        /* the checkpoint fixes the model and settings; options given must agree with it (the
+         * trainer names the first that differs), except --epochs, the new total */
+        if (nz_load_checkpoint(resume, &m, &cmeta, &from, &e)) return fail_err("train", &e);
+        rc = EXIT_USAGE;
+        if (model_name && strcmp(model_name, m.arch) != 0)
+            fprintf(stderr, "nnzip train: --model %s, but %s holds a %s\n", model_name, resume,
+                    m.arch);
+        else if (norm && strcmp(norm, "auto") != 0 &&
+                 (strcmp(norm, "on") == 0) != pre_is_normalized(&m.pre))
+            fprintf(stderr, "nnzip train: --normalize %s, but the model in %s is %snormalized\n",
+                    norm, resume, pre_is_normalized(&m.pre) ? "" : "not ");
+        else
+            rc = 0;
+        model_name = m.arch;
+        if (!data) data = nz_meta_get(&cmeta, "data_spec");
+        if (!data) data = nz_meta_get(&cmeta, "data");
+        if (!limit) limit = from.n_order; /* the same first images (none removed when larger) */
+        cfg = from.cfg;
+    } else {
+        nz_train_cfg_default(&cfg);
+        cfg.epochs = 20;
+        cfg.lr = nz_zoo_default_lr(model_name);
+    }
+    if (!data) data = "mnist";
+    if (!rc) rc = train_cfg_from_opts(&o, &cfg);
     nz_dataset tr, te;
     memset(&tr, 0, sizeof tr);
     memset(&te, 0, sizeof te);
-    if ((rc = open_data("train", data, opt_get(&o, "data-dir"), 1, (int)limit, &tr))) return rc;
-    if ((rc = open_data("train", data, opt_get(&o, "data-dir"), 0, 0, &te))) {
-        nz_dataset_free(&tr);
-        return rc;
+    if (rc || (rc = open_data("train", data, opt_get(&o, "data-dir"), 1, (int)limit, &tr))) goto done;
+    if ((rc = open_data("train", data, opt_get(&o, "data-dir"), 0, 0, &te))) goto done;
+    if (!resume) {
+        if (nz_zoo_build(&m, model_name, tr.shape, tr.n_classes > 10 ? tr.n_classes : 10, &e)) {
+            rc = fail_err("train", &e);
+            goto done;
+        }
+        /* auto: the CIFAR nets are trained on normalized inputs; the LeNets keep [0, 1] pixels
+         * (and their published results) */
+        int normalize = norm && strcmp(norm, "auto") != 0
+                            ? strcmp(norm, "on") == 0
+                            : strncmp(model_name, "resnet", 6) == 0 || strncmp(model_name, "vgg", 3) == 0;
+        if (normalize) nz_dataset_channel_stats(&tr, m.pre.scale, &m.pre);
+        nz_rng init_rng;
+        nz_rng_seed(&init_rng, cfg.seed * 2654435761u + 17);
+        nz_model_init_params(&m, &init_rng);
     }
-    nz_model m;
-    nz_error e = {0};
-    if (nz_zoo_build(&m, model_name, tr.shape, tr.n_classes > 10 ? tr.n_classes : 10, &e)) {
-        nz_dataset_free(&tr);
-        nz_dataset_free(&te);
-        return fail_err("train", &e);
-    }
-    nz_rng init_rng;
-    nz_rng_seed(&init_rng, cfg.seed * 2654435761u + 17);
-    nz_model_init_params(&m, &init_rng);
+
+    ckpt_ctx cc = {.path = ckpt, .data_name = tr.name, .data_spec = data};
 
     progress_state ps = {.tty = isatty(STDERR_FILENO), .quiet = opt_flag(&o, "quiet")};
     signal(SIGINT, on_sigint);
     nz_train_hooks hooks = {.progress = on_progress, .progress_user = &ps, .stop = &g_stop};
+    if (ckpt) {
+        hooks.checkpoint = save_ckpt;
+        hooks.checkpoint_user = &cc;
+    }
     nz_train_result res;
-    if (nz_train(&m, &tr, &te, &cfg, &hooks, &res, &e)) {
+    if (nz_train_resume(&m, &tr, &te, &cfg, &hooks, resume ? &from : NULL, &res, &e)) {
         rc = fail_err("train", &e);
-        if (e.code == NZ_ERR_INTERRUPTED) fprintf(stderr, "nnzip train: nothing written to %s\n", out);
+        if (e.code == NZ_ERR_INTERRUPTED && cc.saved) {
+            const char *dd = opt_get(&o, "data-dir");
+            char where[96];
+            if (cc.step > 0)
+                snprintf(where, sizeof where, "at epoch %d, step %ld of %ld", cc.epoch + 1,
+                         cc.step, cc.steps);
+            else
+                snprintf(where, sizeof where, "after epoch %d", cc.epoch);
+            fprintf(stderr,
+                    "nnzip train: checkpoint %s saved to %s; resume with: nnzip train --resume "
+                    "%s%s%s -o %s\n",
+                    where, ckpt, ckpt, dd ? " --data-dir " : "", dd ? dd : "", out);
+        } else if (e.code == NZ_ERR_INTERRUPTED) {
+            fprintf(stderr, "nnzip train: nothing written to %s\n", out);
+        }
         goto done;
     }
     nz_meta meta;
-    memset(&meta, 0, sizeof meta);
-    char buf[128];
-    nz_meta_set(&meta, "data", tr.name);
-    snprintf(buf, sizeof buf, "%d", res.epochs_done);
-    nz_meta_set(&meta, "epochs", buf);
-    snprintf(buf, sizeof buf, "%llu", (unsigned long long)cfg.seed);
-    nz_meta_set(&meta, "seed", buf);
-    snprintf(buf, sizeof buf, "%.4f", (double)res.test_err);
-    nz_meta_set(&meta, "test_error_pct", buf);
-    snprintf(buf, sizeof buf, "batch=%d lr=%g momentum=%g wd=%g schedule=%s", cfg.batch,
-             (double)cfg.lr, (double)cfg.momentum, (double)cfg.weight_decay,
-             sch ? sch : "cosine");
-    nz_meta_set(&meta, "train_settings", buf);
+    train_meta(&meta, tr.name, res.epochs_done, &cfg, res.test_err);
     if (nz_save(&m, &meta, out, &e)) {
         rc = fail_err("train", &e);
         goto done;
@@ -428,6 +681,9 @@ static int cmd_train(int argc, char **argv) {
         json_str(stdout, tr.name);
         printf(", \"output\": ");
         json_str(stdout, out);
+        printf(", \"checkpoint\": ");
+        if (ckpt) json_str(stdout, ckpt);
+        else printf("null");
         printf(", \"epochs\": %d, \"test_error_pct\": %.4f, \"train_error_pct\": %.4f, "
                "\"loss\": %.6f, \"seconds\": %.2f, \"images_per_s\": %.1f, \"threads\": %d}\n",
                res.epochs_done, (double)res.test_err, (double)res.train_err,
@@ -439,6 +695,7 @@ static int cmd_train(int argc, char **argv) {
     }
 done:
     nz_model_free(&m);
+    nz_train_state_free(&from);
     nz_dataset_free(&tr);
     nz_dataset_free(&te);
     return rc;

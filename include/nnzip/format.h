@@ -47,6 +47,21 @@
  *             (src/compress/huffman.h)
  *         u32 length, value stream: n codes (code_bits each, packed or Huffman), or n x f32
  *     Stream lengths must match exactly; positions must stay inside the matrix; codes < k. 
+ *   4 STATE   a checkpoint's training state (nz_train_state; at most one, written last; a file
+ *             with it is still a model: nz_load validates the state, then ignores it):
+ *             u32 state version (1); u32 epoch (completed); u64 step (completed steps of the
+ *             next epoch, 0 at an epoch boundary), u64 steps per epoch;
+ *             settings: u32 epochs, batch; f32 lr, momentum, weight_decay; u32 nesterov,
+ *             schedule (nz_sched), step_epochs; f32 gamma; u32 warmup_epochs, n_milestones,
+ *             milestones[8] (unused ones 0); f32 label_smoothing; u32 crop_pad, flip;
+ *             u64 seed; u32 eval_every;
+ *             progress: f32 last_loss, last_train_err, last_test_err, best_test_err (-1: none);
+ *             f64 epoch_loss_sum, u64 epoch_seen, u64 epoch_correct (the epoch in progress);
+ *             RNG: u64[4] xoshiro256** state for each of shuffle, dropout, augmentation;
+ *             u64 n_params (must equal the model's), f32 velocity[n_params];
+ *             u32 n_order, u32 order[n_order] (a permutation of 0..n_order-1).
+ *             Every length is exact; settings must pass nz_train_cfg_check; step <= steps =
+ *             ceil(n_order / batch); epoch <= epochs; no RNG state is all zero.
  *   Unknown section kinds are an error (never silently skipped), so an older reader refuses a
  *   newer file cleanly rather than running a half-read model.
  *
@@ -61,6 +76,7 @@
 
 #include "error.h"
 #include "model.h"
+#include "train.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -79,6 +95,7 @@ typedef enum {
     NZF_SEC_META = 1,
     NZF_SEC_GRAPH = 2,
     NZF_SEC_TENSOR = 3,
+    NZF_SEC_STATE = 4,
     NZF_SEC__END
 } nzf_section_kind;
 
@@ -106,6 +123,19 @@ const char *nz_meta_get(const nz_meta *meta, const char *key);
 nz_status nz_save(const nz_model *m, const nz_meta *meta, const char *path, nz_error *err);
 /* m must be uninitialised; meta may be NULL. On failure nothing needs freeing. */
 nz_status nz_load(const char *path, nz_model *m, nz_meta *meta, nz_error *err);
+
+/* A checkpoint: the model and meta as nz_save writes them, plus a STATE section holding st
+ * (st->n_params must be m->n_params). Atomic like nz_save. */
+nz_status nz_save_checkpoint(const nz_model *m, const nz_meta *meta, const nz_train_state *st,
+                             const char *path, nz_error *err);
+/* Loads a checkpoint: m and meta as nz_load, st filled with owned arrays (free with
+ * nz_model_free and nz_train_state_free). A file without a STATE section is refused (it is a
+ * finished model, not a checkpoint). On failure nothing needs freeing. */
+nz_status nz_load_checkpoint(const char *path, nz_model *m, nz_meta *meta, nz_train_state *st,
+                             nz_error *err);
+nz_status nz_load_checkpoint_buffer(const uint8_t *buf, size_t size, const char *name,
+                                    nz_model *m, nz_meta *meta, nz_train_state *st,
+                                    nz_error *err);
 
 /* Parses a whole file image already in memory (what nz_load does after reading; also the
  * fuzz entry point). name is used in error messages. */

@@ -251,16 +251,35 @@ static int is_weighted_plain(const nz_node *n) {
     return n->op == NZ_OP_DENSE || n->op == NZ_OP_CONV2D;
 }
 
+/* Ops a removed channel passes through as a per-channel constant. */
+static int is_channel_wise(nz_op op) {
+    return op == NZ_OP_RELU || op == NZ_OP_MAXPOOL || op == NZ_OP_AVGPOOL || op == NZ_OP_GAP ||
+           op == NZ_OP_DROPOUT || op == NZ_OP_FLATTEN || op == NZ_OP_BATCHNORM;
+}
+
+/* Can node i's output channels shrink? Only if every consumer, through channel-wise ops, is a
+ * weighted layer that can drop the matching inputs. A residual add or shortcut fixes the
+ * channel count of everything that reaches it (the skip path carries all channels), so in a
+ * ResNet only the inner conv of each block shrinks. */
+static int shrinkable(const nz_model *m, int i) {
+    for (int j = i + 1; j < m->n_nodes; j++) {
+        const nz_node *n = &m->nodes[j];
+        int uses = 0;
+        for (int k = 0; k < n->n_inputs; k++) uses |= n->inputs[k] == i;
+        if (!uses) continue;
+        if (is_weighted_plain(n)) continue;
+        if (!is_channel_wise(n->op) || !shrinkable(m, j)) return 0;
+    }
+    return 1;
+}
+
 nz_status nz_slim_remove(nz_model *m, nz_error *err) {
     const int N = m->n_nodes;
     int last = -1;
     for (int i = 0; i < N; i++) {
         const nz_node *n = &m->nodes[i];
-        if (n->op == NZ_OP_NDENSE || n->op == NZ_OP_NCONV2D || n->params[0].sparse)
+        if (n->op == NZ_OP_NDENSE || n->op == NZ_OP_NCONV2D || (n->n_params && n->params[0].sparse))
             return nz_fail(err, NZ_ERR_ARG, "slim: node '%s' must be plain dense/conv2d first", n->name);
-        if (n->n_inputs > 1)
-            return nz_fail(err, NZ_ERR_UNSUPPORTED, "slim: node '%s' joins branches; removal "
-                           "handles chains only", n->name);
         if (is_weighted_plain(n)) last = i;
     }
     /* keep[i][c]: is channel c of node i's output kept; cval[i][c]: the constant a removed
@@ -290,7 +309,7 @@ nz_status nz_slim_remove(nz_model *m, nz_error *err) {
         switch (n->op) {
         case NZ_OP_DENSE:
         case NZ_OP_CONV2D: {
-            if (i == last) break;
+            if (i == last || !shrinkable(m, i)) break;
             const float *W = m->params + n->params[0].off, *b = m->params + n->params[1].off;
             const size_t S = n->params[0].n / (size_t)C;
             for (int o = 0; o < C; o++) {
@@ -315,9 +334,23 @@ nz_status nz_slim_remove(nz_model *m, nz_error *err) {
             }
             break;
         case NZ_OP_MAXPOOL:
+        case NZ_OP_AVGPOOL:
+        case NZ_OP_GAP:
         case NZ_OP_DROPOUT:
             memcpy(keep[i], keep[src], (size_t)C);
             memcpy(cval[i], cval[src], sizeof(float) * (size_t)C);
+            break;
+        case NZ_OP_BATCHNORM: { /* a constant channel leaves eval-mode BN as a constant */
+            const float *P = m->params;
+            for (int c = 0; c < C; c++) {
+                keep[i][c] = keep[src][c];
+                float a = P[n->params[0].off + c] / sqrtf(P[n->params[3].off + c] + NZ_BN_EPS);
+                cval[i][c] = (cval[src][c] - P[n->params[2].off + c]) * a + P[n->params[1].off + c];
+            }
+            break;
+        }
+        case NZ_OP_ADD: /* never shrinks (see shrinkable): both inputs keep every channel */
+        case NZ_OP_SHORTCUT:
             break;
         case NZ_OP_FLATTEN: {
             const int hw = s.h * s.w;
@@ -349,11 +382,29 @@ nz_status nz_slim_remove(nz_model *m, nz_error *err) {
         case NZ_OP_MAXPOOL: id = nz_model_add_maxpool(&out, n->name, n->inputs[0], n->kh, n->stride, err); break;
         case NZ_OP_DROPOUT: id = nz_model_add_dropout(&out, n->name, n->inputs[0], n->p, err); break;
         case NZ_OP_FLATTEN: id = nz_model_add_flatten(&out, n->name, n->inputs[0], err); break;
+        case NZ_OP_AVGPOOL: id = nz_model_add_avgpool(&out, n->name, n->inputs[0], n->kh, n->stride, err); break;
+        case NZ_OP_GAP: id = nz_model_add_gap(&out, n->name, n->inputs[0], err); break;
+        case NZ_OP_BATCHNORM: id = nz_model_add_batchnorm(&out, n->name, n->inputs[0], err); break;
+        case NZ_OP_ADD: id = nz_model_add_add(&out, n->name, n->inputs[0], n->inputs[1], err); break;
+        case NZ_OP_SHORTCUT:
+            id = nz_model_add_shortcut(&out, n->name, n->inputs[0], n->units, n->stride, err);
+            break;
         default: break;
         }
         if (id < 0) {
             st = err ? err->code : NZ_ERR_SHAPE;
             break;
+        }
+        if (n->op == NZ_OP_BATCHNORM) { /* gather the kept channels' four vectors */
+            out.nodes[id].p = n->p;
+            const nz_node *o = &out.nodes[id];
+            for (int k = 0; k < 4; k++) {
+                int c2 = 0;
+                for (int c = 0; c < n->out.c; c++)
+                    if (keep[i][c])
+                        out.params[o->params[k].off + c2++] = m->params[n->params[k].off + c];
+            }
+            continue;
         }
         if (!is_weighted_plain(n)) continue;
         const nz_node *o = &out.nodes[id];

@@ -16,6 +16,7 @@ struct nz_ws {
     int32_t **argmax; /* maxpool nodes */
     float **mask;     /* dropout nodes */
     unsigned char *owns; /* 1 where act/dact are this node's own memory (0: aliases its input) */
+    unsigned char *fresh; /* backward: 1 while a node's gradient buffer is unwritten */
     unsigned char *drop_on; /* dropout: 1 if the last forward dropped (mask valid);
                                batch norm: 1 if it used batch statistics */
     float *grads;     /* (n_params) */
@@ -51,6 +52,7 @@ void nz_ws_free(nz_ws *ws) {
     free(ws->weff);
     free(ws->owns);
     free(ws->drop_on);
+    free(ws->fresh);
     free(ws->grads);
     free(ws->scratch);
     free(ws->dw_partial);
@@ -72,9 +74,10 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     ws->weff = calloc((size_t)m->n_nodes, sizeof(float *));
     ws->bnstat = calloc((size_t)m->n_nodes, sizeof(float *));
     ws->drop_on = calloc((size_t)m->n_nodes, 1);
+    ws->fresh = calloc((size_t)m->n_nodes, 1);
     ws->n_params = m->n_params;
     ws->grads = calloc(m->n_params ? m->n_params : 1, sizeof(float));
-    if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->weff || !ws->bnstat ||
+    if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->fresh || !ws->weff || !ws->bnstat ||
         !ws->grads)
         goto oom;
     size_t scratch = 0, partial = 0, sp = 0;
@@ -265,20 +268,56 @@ const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int
     return ws->act[m->n_nodes - 1];
 }
 
+/* The node whose buffer node i's gradient lives in (flatten shares its input's). */
+static int grad_owner(const nz_model *m, const nz_ws *ws, int i) {
+    while (i > 0 && !ws->owns[i]) i = m->nodes[i].inputs[0];
+    return i;
+}
+
+/* Gradient buffers start the backward pass unwritten ("fresh"). The first consumer to reach a
+ * buffer overwrites it when its kernel can (relu, batch norm, add, conv), which saves zeroing
+ * every activation gradient each step; any other writer zeroes it first and accumulates. */
+static float *grad_for_add(const nz_model *m, nz_ws *ws, int src, int B) {
+    const int o = grad_owner(m, ws, src);
+    if (ws->fresh[o]) {
+        memset(ws->dact[o], 0, sizeof(float) * nz_shape_size(m->nodes[o].out) * (size_t)B);
+        ws->fresh[o] = 0;
+    }
+    return ws->dact[src];
+}
+
+/* 1 if the caller may overwrite src's gradient (and it is now marked written) */
+static int grad_take_fresh(const nz_model *m, nz_ws *ws, int src) {
+    const int o = grad_owner(m, ws, src);
+    if (!ws->fresh[o]) return 0;
+    ws->fresh[o] = 0;
+    return 1;
+}
+
 void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
     const int last = m->n_nodes - 1;
-    for (int i = 1; i < m->n_nodes; i++)
-        if (ws->owns[i]) memset(ws->dact[i], 0, sizeof(float) * nz_shape_size(m->nodes[i].out) * B);
+    for (int i = 1; i < m->n_nodes; i++) ws->fresh[i] = ws->owns[i];
     memcpy(ws->dact[last], dlogits, sizeof(float) * nz_shape_size(m->nodes[last].out) * B);
+    ws->fresh[grad_owner(m, ws, last)] = 0;
     for (int i = last; i >= 1; i--) {
         const nz_node *n = &m->nodes[i];
         const int src = n->inputs[0];
         const nz_shape s = m->nodes[src].out;
-        float *din = src == 0 ? NULL : ws->dact[src]; /* no gradient for the data */
+        size_t sz = nz_shape_size(n->out) * (size_t)B;
+        if (n->op == NZ_OP_FLATTEN) continue; /* shares its input's gradient buffer */
+        if (ws->fresh[grad_owner(m, ws, i)]) (void)grad_for_add(m, ws, i, B); /* no consumer */
         const float *dout = ws->dact[i];
         const float *P = m->params;
         float *G = ws->grads;
-        size_t sz = nz_shape_size(n->out) * (size_t)B;
+        /* no gradient for the data; otherwise overwrite where the kernel allows (set) */
+        int set = 0;
+        float *din = NULL;
+        if (src != 0) {
+            int can_set = n->op == NZ_OP_RELU || n->op == NZ_OP_BATCHNORM ||
+                          n->op == NZ_OP_ADD || n->op == NZ_OP_CONV2D;
+            set = can_set && grad_take_fresh(m, ws, src);
+            din = set ? ws->dact[src] : grad_for_add(m, ws, src, B);
+        }
         switch (n->op) {
         case NZ_OP_DENSE:
             dense_backward(din, G + n->params[0].off, G + n->params[1].off, dout, ws->act[src],
@@ -286,6 +325,7 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
             break;
         case NZ_OP_CONV2D: {
             conv_dims d = node_conv_dims(m, n, ws);
+            d.din_set = set;
             conv2d_backward(din, G + n->params[0].off, G + n->params[1].off, dout, ws->act[src],
                             P + n->params[0].off, B, &d, ws->scratch, ws->dw_partial);
             break;
@@ -318,7 +358,8 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
                 maxpool_backward(din, dout, ws->argmax[i], B, s.c, s.h, s.w, n->out.h, n->out.w);
             break;
         case NZ_OP_RELU:
-            if (din) relu_backward(din, dout, ws->act[i], sz);
+            if (set) relu_backward_set(din, dout, ws->act[i], sz);
+            else if (din) relu_backward(din, dout, ws->act[i], sz);
             break;
         case NZ_OP_DROPOUT:
             if (din && ws->drop_on[i])
@@ -327,13 +368,19 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
                 for (size_t j = 0; j < sz; j++) din[j] += dout[j];
             break;
         case NZ_OP_BATCHNORM:
-            batchnorm_backward(din, G + n->params[0].off, G + n->params[1].off, dout,
+            (set ? batchnorm_backward_set : batchnorm_backward)(din, G + n->params[0].off, G + n->params[1].off, dout,
                                ws->act[src], P + n->params[0].off, ws->bnstat[i],
                                ws->bnstat[i] + s.c, B, s.c, s.h * s.w, ws->drop_on[i]);
             break;
         case NZ_OP_ADD:
-            if (din) add_backward(din, dout, sz);
-            if (n->inputs[1] != 0) add_backward(ws->dact[n->inputs[1]], dout, sz);
+            if (set) memcpy(din, dout, sizeof(float) * sz);
+            else if (din) add_backward(din, dout, sz);
+            if (n->inputs[1] != 0) {
+                if (grad_take_fresh(m, ws, n->inputs[1]))
+                    memcpy(ws->dact[n->inputs[1]], dout, sizeof(float) * sz);
+                else
+                    add_backward(grad_for_add(m, ws, n->inputs[1], B), dout, sz);
+            }
             break;
         case NZ_OP_AVGPOOL:
             if (din)
@@ -348,7 +395,6 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
                 shortcut_backward(din, dout, B, s.c, s.h, s.w, n->units, n->stride, n->out.h,
                                   n->out.w);
             break;
-        case NZ_OP_FLATTEN: /* shares its input's gradient buffer */
         default:
             break;
         }

@@ -69,6 +69,7 @@ conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad
     d.OH = (H + 2 * pad - K) / stride + 1;
     d.OW = (W + 2 * pad - K) / stride + 1;
     d.threads = layers_threads();
+    d.din_set = 0;
     return d;
 }
 
@@ -221,8 +222,11 @@ void conv2d_backward(float *din, float *dW, float *db, const float *dout, const 
             if (din) {
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)N, d->OC, 1.0f, W, K,
                             g, (int)N, 0.0f, dcols, (int)N);
-                for (int j = 0; j < m; j++)
-                    col2im_add(din + in_sz * (n0 + j), dcols + (size_t)j * OHW, N, d);
+                for (int j = 0; j < m; j++) {
+                    float *dx = din + in_sz * (n0 + j);
+                    if (d->din_set) memset(dx, 0, sizeof(float) * in_sz); /* cache-hot */
+                    col2im_add(dx, dcols + (size_t)j * OHW, N, d);
+                }
             }
         }
     }
@@ -285,6 +289,11 @@ void relu_forward(float *out, const float *in, size_t n) {
 void relu_backward(float *din, const float *dout, const float *out, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) din[i] += out[i] > 0.0f ? dout[i] : 0.0f;
+}
+
+void relu_backward_set(float *din, const float *dout, const float *out, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) din[i] = out[i] > 0.0f ? dout[i] : 0.0f;
 }
 
 void dropout_forward(float *out, float *mask, const float *in, size_t n, float p, nz_rng *rng) {
@@ -378,9 +387,9 @@ void batchnorm_forward(float *out, const float *in, const float *gamma, const fl
     }
 }
 
-void batchnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout,
+static void bn_backward(float *din, float *dgamma, float *dbeta, const float *dout,
                         const float *in, const float *gamma, const float *mean,
-                        const float *invstd, int B, int C, int HW, int training) {
+                        const float *invstd, int B, int C, int HW, int training, int set) {
     const size_t plane = (size_t)HW, stride = (size_t)C * HW;
     const double N = (double)B * HW;
 #pragma omp parallel for schedule(static) if ((long)B * C * HW > 32768)
@@ -404,9 +413,24 @@ void batchnorm_backward(float *din, float *dgamma, float *dbeta, const float *do
         for (int n = 0; n < B; n++) {
             const float *x = in + n * stride + c * plane, *g = dout + n * stride + c * plane;
             float *dx = din + n * stride + c * plane;
-            for (int i = 0; i < HW; i++) dx[i] += k * (g[i] - a - (x[i] - mu) * is * bb);
+            if (set)
+                for (int i = 0; i < HW; i++) dx[i] = k * (g[i] - a - (x[i] - mu) * is * bb);
+            else
+                for (int i = 0; i < HW; i++) dx[i] += k * (g[i] - a - (x[i] - mu) * is * bb);
         }
     }
+}
+
+void batchnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout,
+                        const float *in, const float *gamma, const float *mean,
+                        const float *invstd, int B, int C, int HW, int training) {
+    bn_backward(din, dgamma, dbeta, dout, in, gamma, mean, invstd, B, C, HW, training, 0);
+}
+
+void batchnorm_backward_set(float *din, float *dgamma, float *dbeta, const float *dout,
+                            const float *in, const float *gamma, const float *mean,
+                            const float *invstd, int B, int C, int HW, int training) {
+    bn_backward(din, dgamma, dbeta, dout, in, gamma, mean, invstd, B, C, HW, training, 1);
 }
 
 /* ---------------------------------------------------------------- average pool, shortcut, add */

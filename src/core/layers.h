@@ -24,6 +24,7 @@ typedef struct {
     int stride, pad;
     int OH, OW;       /* output size */
     int threads;      /* at most this many threads (scratch is sized for it); set by make */
+    int din_set;      /* backward: 1 = overwrite din instead of adding to it (0 by make) */
 } conv_dims;
 
 conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad);
@@ -52,6 +53,8 @@ void maxpool_backward(float *din, const float *dout, const int32_t *argmax, int 
 void relu_forward(float *out, const float *in, size_t n);
 /* din += dout where out > 0 */
 void relu_backward(float *din, const float *dout, const float *out, size_t n);
+/* din = dout where out > 0, else 0: the first gradient into din, no zeroing pass needed */
+void relu_backward_set(float *din, const float *dout, const float *out, size_t n);
 
 /* Inverted dropout: mask[i] = 0 or 1/(1-p); out = in * mask. */
 void dropout_forward(float *out, float *mask, const float *in, size_t n, float p, nz_rng *rng);
@@ -77,6 +80,11 @@ void batchnorm_forward(float *out, const float *in, const float *gamma, const fl
 void batchnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout,
                         const float *in, const float *gamma, const float *mean,
                         const float *invstd, int B, int C, int HW, int training);
+
+/* as batchnorm_backward, but din = ... (overwrites) */
+void batchnorm_backward_set(float *din, float *dgamma, float *dbeta, const float *dout,
+                            const float *in, const float *gamma, const float *mean,
+                            const float *invstd, int B, int C, int HW, int training);
 
 /* out (B, C, OH, OW) = mean over k x k windows with stride s (no padding) */
 void avgpool_forward(float *out, const float *in, int B, int C, int H, int W, int kh, int kw,

@@ -10,6 +10,7 @@
 #include "core/half.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,8 @@ static const uint8_t nzf_magic[8] = {0x89, 'N', 'N', 'Z', 0x0D, 0x0A, 0x1A, 0x0A
 #define GRAPH_PARAM_SIZE 20u
 #define TENSOR_HEAD_SIZE 16u
 #define META_ENTRY_MIN 6u
+#define STATE_HEAD_SIZE 268u /* STATE up to and including n_params */
+#define STATE_VERSION 1u
 
 /* ---------------------------------------------------------------- bounds and bytes */
 
@@ -119,7 +122,7 @@ typedef struct {
     const char *name;
     uint32_t n_sec;
     sec_entry *sec;
-    int meta_idx, graph_idx;
+    int meta_idx, graph_idx, state_idx;
 } container;
 
 static const char *kind_name(uint32_t kind) {
@@ -127,6 +130,7 @@ static const char *kind_name(uint32_t kind) {
     case NZF_SEC_META: return "meta";
     case NZF_SEC_GRAPH: return "graph";
     case NZF_SEC_TENSOR: return "tensor";
+    case NZF_SEC_STATE: return "state";
     default: return "unknown";
     }
 }
@@ -139,7 +143,7 @@ static nz_status container_open(container *ct, const uint8_t *buf, size_t size, 
     ct->buf = buf;
     ct->size = size;
     ct->name = name;
-    ct->meta_idx = ct->graph_idx = -1;
+    ct->meta_idx = ct->graph_idx = ct->state_idx = -1;
     size_t mlen = size < 8 ? size : 8;
     if (memcmp(buf, nzf_magic, mlen) != 0)
         return nz_fail(err, NZ_ERR_FORMAT, "%s: not an nnzip file (bad magic)", name);
@@ -210,8 +214,9 @@ static nz_status container_open(container *ct, const uint8_t *buf, size_t size, 
                            "%s: section %u (%s) overlaps the table or the previous section",
                            name, i, kind_name(s->kind));
         prev_end = s->off + s->len;
-        int *slot = s->kind == NZF_SEC_META ? &ct->meta_idx
+        int *slot = s->kind == NZF_SEC_META    ? &ct->meta_idx
                     : s->kind == NZF_SEC_GRAPH ? &ct->graph_idx
+                    : s->kind == NZF_SEC_STATE ? &ct->state_idx
                                                : NULL;
         if (slot) {
             if (*slot >= 0)
@@ -630,12 +635,170 @@ static nz_status tensors_parse(const container *ct, nz_model *m, nz_error *err) 
     return st;
 }
 
+/* ---------------------------------------------------------------- STATE */
+
+static bool rng_nonzero(const nz_rng *r) { return (r->s[0] | r->s[1] | r->s[2] | r->s[3]) != 0; }
+
+/* Checks a checkpoint's STATE section against the loaded model and, if out is non-NULL, fills
+ * it (owned arrays). Every inconsistency is one message naming the section. */
+static nz_status state_parse(const container *ct, const nz_model *m, nz_train_state *out,
+                             nz_error *err) {
+    const uint32_t si = (uint32_t)ct->state_idx;
+    const char *name = ct->name;
+    nz_status st = sec_check_crc(ct, si, "state", err);
+    if (st) return st;
+    cursor c = cur_make(sec_data(ct, si), (size_t)ct->sec[si].len);
+    if (c.left < STATE_HEAD_SIZE)
+        return nz_fail(err, NZ_ERR_FORMAT,
+                       "%s: section %u (state) is too short (%zu bytes; its head alone needs %u)",
+                       name, si, c.left, STATE_HEAD_SIZE);
+    uint32_t version = cur_u32(&c);
+    if (version != STATE_VERSION)
+        return nz_fail(err, NZ_ERR_UNSUPPORTED,
+                       "%s: section %u (state): state version %u (this nnzip reads %u)", name, si,
+                       version, STATE_VERSION);
+    nz_train_state s;
+    memset(&s, 0, sizeof s);
+    nz_train_cfg *cf = &s.cfg;
+    uint32_t epoch = cur_u32(&c);
+    uint64_t step = cur_u64(&c), steps = cur_u64(&c);
+    uint32_t epochs = cur_u32(&c), batch = cur_u32(&c);
+    cf->lr = cur_f32(&c);
+    cf->momentum = cur_f32(&c);
+    cf->weight_decay = cur_f32(&c);
+    uint32_t nesterov = cur_u32(&c), sched = cur_u32(&c), step_epochs = cur_u32(&c);
+    cf->step_gamma = cur_f32(&c);
+    uint32_t warmup = cur_u32(&c), n_ms = cur_u32(&c), ms[NZ_MAX_MILESTONES];
+    for (int i = 0; i < NZ_MAX_MILESTONES; i++) ms[i] = cur_u32(&c);
+    cf->label_smoothing = cur_f32(&c);
+    uint32_t crop = cur_u32(&c), flip = cur_u32(&c);
+    cf->seed = cur_u64(&c);
+    uint32_t eval_every = cur_u32(&c);
+    s.last_loss = cur_f32(&c);
+    s.last_train_err = cur_f32(&c);
+    s.last_test_err = cur_f32(&c);
+    s.best_test_err = cur_f32(&c);
+    uint64_t sum_bits = cur_u64(&c);
+    memcpy(&s.epoch_loss_sum, &sum_bits, sizeof sum_bits);
+    uint64_t seen = cur_u64(&c), correct = cur_u64(&c);
+    nz_rng *r[3] = {&s.shuffle_rng, &s.drop_rng, &s.aug_rng};
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < 4; i++) r[k]->s[i] = cur_u64(&c);
+    uint64_t n_params = cur_u64(&c);
+
+    /* integers into ints; out-of-range values become -1, which the checks below refuse */
+    int iv[8];
+    const uint32_t uv[8] = {epoch, epochs, batch, nesterov, step_epochs, warmup, crop, flip};
+    for (int i = 0; i < 8; i++)
+        if (!u32_to_int(uv[i], &iv[i])) iv[i] = -1;
+    s.epoch = iv[0];
+    cf->epochs = iv[1];
+    cf->batch = iv[2];
+    cf->nesterov = iv[3];
+    cf->step_epochs = iv[4];
+    cf->warmup_epochs = iv[5];
+    cf->augment.crop_pad = iv[6];
+    cf->augment.flip = iv[7];
+    cf->sched = sched < NZ_SCHED__COUNT ? (nz_sched)sched : NZ_SCHED__COUNT;
+    cf->eval_every = eval_every <= INT32_MAX ? (int)eval_every : -1;
+    cf->n_milestones = n_ms <= NZ_MAX_MILESTONES ? (int)n_ms : NZ_MAX_MILESTONES + 1;
+    bool ms_ok = true;
+    for (int i = 0; i < NZ_MAX_MILESTONES; i++) {
+        if (i < cf->n_milestones)
+            ms_ok = ms_ok && ms[i] <= INT32_MAX;
+        else
+            ms_ok = ms_ok && ms[i] == 0; /* one canonical form */
+        cf->milestones[i] = ms[i] <= INT32_MAX ? (int)ms[i] : -1;
+    }
+    nz_error ce;
+    if (!ms_ok || nz_train_cfg_check(cf, &ce) != NZ_OK)
+        return nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (state): bad training settings: %s",
+                       name, si, ms_ok ? ce.msg : "unused milestone slots are not 0");
+    if (s.epoch < 0 || s.epoch > cf->epochs)
+        return nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (state): epoch %u of %d", name, si,
+                       epoch, cf->epochs);
+    if (!isfinite(s.last_loss) || !isfinite(s.last_train_err) || !isfinite(s.last_test_err) ||
+        !isfinite(s.best_test_err) || !isfinite(s.epoch_loss_sum) || s.epoch_loss_sum < 0)
+        return nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (state): non-finite progress values",
+                       name, si);
+    for (int k = 0; k < 3; k++)
+        if (!rng_nonzero(r[k]))
+            return nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (state): RNG state %d is all zero",
+                           name, si, k);
+    if (n_params != (uint64_t)m->n_params)
+        return nz_fail(err, NZ_ERR_SHAPE,
+                       "%s: section %u (state): optimizer state for %llu parameters, the model "
+                       "has %zu",
+                       name, si, (unsigned long long)n_params, m->n_params);
+    /* the arrays: n_params floats, the order count, n_order u32, nothing after */
+    if (!fits(c.left, n_params, 4) || c.left - n_params * 4 < 4)
+        return nz_fail(err, NZ_ERR_FORMAT,
+                       "%s: section %u (state): %zu bytes left for %llu optimizer values", name,
+                       si, c.left, (unsigned long long)n_params);
+    const uint8_t *vel = cur_take(&c, (size_t)n_params * 4);
+    uint32_t n_order = cur_u32(&c);
+    if (n_order > INT32_MAX || !fits(c.left, n_order, 4) || c.left != (size_t)n_order * 4)
+        return nz_fail(err, NZ_ERR_FORMAT,
+                       "%s: section %u (state): %zu bytes left for an order of %u examples", name,
+                       si, c.left, n_order);
+    const uint8_t *ord = c.p;
+    uint64_t want_steps = n_order ? ((uint64_t)n_order + (uint64_t)cf->batch - 1) / (uint64_t)cf->batch : 0;
+    if (steps != want_steps || step > steps || seen > n_order || correct > seen ||
+        (step == 0 && (seen != 0 || s.epoch_loss_sum != 0)))
+        return nz_fail(err, NZ_ERR_FORMAT,
+                       "%s: section %u (state): position step %llu of %llu (%llu seen) does not "
+                       "fit %u examples in batches of %d",
+                       name, si, (unsigned long long)step, (unsigned long long)steps,
+                       (unsigned long long)seen, n_order, cf->batch);
+    s.step = (long)step;
+    s.steps = (long)steps;
+    s.epoch_seen = (long)seen;
+    s.epoch_correct = (long)correct;
+    s.n_params = (size_t)n_params;
+    s.n_order = (int)n_order;
+    for (size_t j = 0; j < (size_t)n_params; j++)
+        if (!isfinite(bits_f32(get_u32le(vel + 4 * j))))
+            return nz_fail(err, NZ_ERR_FORMAT,
+                           "%s: section %u (state): optimizer value %zu is not finite", name, si,
+                           j);
+    /* the order must be a permutation: each index once (the bitmap is n_order / 8 bytes, less
+     * than the section holds) */
+    uint8_t *seen_bits = calloc((size_t)n_order / 8 + 1, 1);
+    if (!seen_bits) return nz_fail(err, NZ_ERR_NOMEM, "%s: out of memory", name);
+    for (uint32_t j = 0; j < n_order; j++) {
+        uint32_t v = get_u32le(ord + 4 * (size_t)j);
+        if (v >= n_order || (seen_bits[v / 8] >> (v % 8) & 1)) {
+            free(seen_bits);
+            return nz_fail(err, NZ_ERR_FORMAT,
+                           "%s: section %u (state): the data order is not a permutation of %u "
+                           "examples (entry %u is %u)",
+                           name, si, n_order, j, v);
+        }
+        seen_bits[v / 8] |= (uint8_t)(1u << (v % 8));
+    }
+    free(seen_bits);
+    if (!out) return NZ_OK;
+    s.velocity = malloc(sizeof(float) * (s.n_params ? s.n_params : 1));
+    s.order = malloc(sizeof(int32_t) * (n_order ? n_order : 1));
+    if (!s.velocity || !s.order) {
+        nz_train_state_free(&s);
+        return nz_fail(err, NZ_ERR_NOMEM, "%s: out of memory", name);
+    }
+    for (size_t j = 0; j < s.n_params; j++) s.velocity[j] = bits_f32(get_u32le(vel + 4 * j));
+    for (uint32_t j = 0; j < n_order; j++) s.order[j] = (int32_t)get_u32le(ord + 4 * (size_t)j);
+    *out = s;
+    return NZ_OK;
+}
+
 /* ---------------------------------------------------------------- entry points */
 
-nz_status nz_load_buffer(const uint8_t *buf, size_t size, const char *name, nz_model *m,
-                         nz_meta *meta, nz_error *err) {
+/* The one parser behind every load. state NULL: a STATE section, if any, is validated and
+ * ignored; else it is required and returned. */
+static nz_status load_impl(const uint8_t *buf, size_t size, const char *name, nz_model *m,
+                           nz_meta *meta, nz_train_state *state, nz_error *err) {
     if (!name) name = "(buffer)";
     if (meta) memset(meta, 0, sizeof *meta);
+    if (state) memset(state, 0, sizeof *state);
     if (!m) return nz_fail(err, NZ_ERR_ARG, "%s: no model to load into", name);
     memset(m, 0, sizeof *m);
     if (!buf && size) return nz_fail(err, NZ_ERR_ARG, "%s: no buffer", name);
@@ -650,12 +813,29 @@ nz_status nz_load_buffer(const uint8_t *buf, size_t size, const char *name, nz_m
         st = nz_model_validate(m, &verr);
         if (st) nz_fail(err, st, "%s: section %d (graph): %s", name, ct.graph_idx, verr.msg);
     }
+    if (!st && ct.state_idx >= 0) st = state_parse(&ct, m, state, err);
+    else if (!st && state)
+        st = nz_fail(err, NZ_ERR_FORMAT,
+                     "%s: not a checkpoint (no training state section): a finished model", name);
     container_close(&ct);
     if (st) {
         nz_model_free(m);
         if (meta) memset(meta, 0, sizeof *meta);
+        if (state) nz_train_state_free(state);
     }
     return st;
+}
+
+nz_status nz_load_buffer(const uint8_t *buf, size_t size, const char *name, nz_model *m,
+                         nz_meta *meta, nz_error *err) {
+    return load_impl(buf, size, name, m, meta, NULL, err);
+}
+
+nz_status nz_load_checkpoint_buffer(const uint8_t *buf, size_t size, const char *name,
+                                    nz_model *m, nz_meta *meta, nz_train_state *st,
+                                    nz_error *err) {
+    if (!st) return nz_fail(err, NZ_ERR_ARG, "%s: no state to load into", name ? name : "(buffer)");
+    return load_impl(buf, size, name, m, meta, st, err);
 }
 
 /* Reads a whole regular file into memory. */
@@ -710,6 +890,21 @@ nz_status nz_load(const char *path, nz_model *m, nz_meta *meta, nz_error *err) {
     st = nz_load_buffer(buf, size, path, m, meta, err);
     free(buf);
     return st;
+}
+
+nz_status nz_load_checkpoint(const char *path, nz_model *m, nz_meta *meta, nz_train_state *st,
+                             nz_error *err) {
+    if (m) memset(m, 0, sizeof *m);
+    if (meta) memset(meta, 0, sizeof *meta);
+    if (st) memset(st, 0, sizeof *st);
+    if (!path) return nz_fail(err, NZ_ERR_ARG, "(no path): no file to load");
+    uint8_t *buf;
+    size_t size;
+    nz_status rs = read_file(path, &buf, &size, err);
+    if (rs) return rs;
+    rs = nz_load_checkpoint_buffer(buf, size, path, m, meta, st, err);
+    free(buf);
+    return rs;
 }
 
 nz_status nz_file_stats_read(const char *path, nz_file_stats *stats, nz_error *err) {

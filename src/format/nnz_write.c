@@ -94,9 +94,20 @@ static void buf_u32(byte_buf *b, uint32_t v) {
     if (p) put_u32le(p, v);
 }
 
+static void buf_u64(byte_buf *b, uint64_t v) {
+    uint8_t *p = buf_grow(b, 8);
+    if (p) put_u64le(p, v);
+}
+
 static void buf_i32(byte_buf *b, int32_t v) { buf_u32(b, (uint32_t)v); }
 
 static void buf_f32(byte_buf *b, float v) { buf_u32(b, f32_bits(v)); }
+
+static void buf_f64(byte_buf *b, double v) {
+    uint64_t u;
+    memcpy(&u, &v, sizeof u);
+    buf_u64(b, u);
+}
 
 static void buf_bytes(byte_buf *b, const void *src, size_t n) {
     uint8_t *p = buf_grow(b, n);
@@ -237,6 +248,92 @@ static uint32_t tensor_write(out_file *o, const nz_model *m, int node, int slot,
     return crc;
 }
 
+/* The fixed-size head of a STATE section (everything before the velocity array). */
+static void state_head_build(byte_buf *b, const nz_train_state *st) {
+    const nz_train_cfg *c = &st->cfg;
+    buf_u32(b, 1); /* state version */
+    buf_u32(b, (uint32_t)st->epoch);
+    buf_u64(b, (uint64_t)st->step);
+    buf_u64(b, (uint64_t)st->steps);
+    buf_u32(b, (uint32_t)c->epochs);
+    buf_u32(b, (uint32_t)c->batch);
+    buf_f32(b, c->lr);
+    buf_f32(b, c->momentum);
+    buf_f32(b, c->weight_decay);
+    buf_u32(b, (uint32_t)c->nesterov);
+    buf_u32(b, (uint32_t)c->sched);
+    buf_u32(b, (uint32_t)c->step_epochs);
+    buf_f32(b, c->step_gamma);
+    buf_u32(b, (uint32_t)c->warmup_epochs);
+    buf_u32(b, (uint32_t)c->n_milestones);
+    for (int i = 0; i < NZ_MAX_MILESTONES; i++)
+        buf_u32(b, i < c->n_milestones ? (uint32_t)c->milestones[i] : 0u);
+    buf_f32(b, c->label_smoothing);
+    buf_u32(b, (uint32_t)c->augment.crop_pad);
+    buf_u32(b, (uint32_t)c->augment.flip);
+    buf_u64(b, c->seed);
+    buf_u32(b, (uint32_t)c->eval_every);
+    buf_f32(b, st->last_loss);
+    buf_f32(b, st->last_train_err);
+    buf_f32(b, st->last_test_err);
+    buf_f32(b, st->best_test_err);
+    buf_f64(b, st->epoch_loss_sum);
+    buf_u64(b, (uint64_t)st->epoch_seen);
+    buf_u64(b, (uint64_t)st->epoch_correct);
+    const nz_rng *r[3] = {&st->shuffle_rng, &st->drop_rng, &st->aug_rng};
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < 4; i++) buf_u64(b, r[k]->s[i]);
+    buf_u64(b, (uint64_t)st->n_params);
+}
+
+/* The reader's structural checks, made at save time too: a caller's inconsistent state fails
+ * here, naming the file, rather than when someone tries to resume from it. */
+static nz_status state_check(const nz_model *m, const nz_train_state *st, const char *path,
+                             nz_error *err) {
+    nz_error ce;
+    if (nz_train_cfg_check(&st->cfg, &ce))
+        return nz_fail(err, NZ_ERR_ARG, "%s: cannot save the training state: %s", path, ce.msg);
+    long want_steps = st->n_order > 0 ? (st->n_order + (long)st->cfg.batch - 1) / st->cfg.batch : 0;
+    if (st->n_params != m->n_params || !st->velocity || st->n_order < 0 ||
+        (st->n_order > 0 && !st->order) || st->epoch < 0 || st->epoch > st->cfg.epochs ||
+        st->steps != want_steps || st->step < 0 || st->step > st->steps || st->epoch_seen < 0 ||
+        st->epoch_correct < 0)
+        return nz_fail(err, NZ_ERR_ARG,
+                       "%s: cannot save: inconsistent training state (%zu parameters for a model "
+                       "of %zu, epoch %d of %d, step %ld of %ld)",
+                       path, st->n_params, m->n_params, st->epoch, st->cfg.epochs, st->step,
+                       st->steps);
+    return NZ_OK;
+}
+
+/* Streams a STATE section and returns its CRC and length. */
+static uint32_t state_write(out_file *o, const nz_train_state *st, const byte_buf *head,
+                            uint64_t *len) {
+    uint8_t chunk[4096 * 4];
+    uint32_t crc = crc32_update(0, head->data, head->len);
+    out_write(o, head->data, head->len);
+    *len = head->len;
+    for (size_t i = 0; i < st->n_params;) {
+        size_t k = st->n_params - i < 4096 ? st->n_params - i : 4096;
+        for (size_t j = 0; j < k; j++) put_u32le(chunk + 4 * j, f32_bits(st->velocity[i + j]));
+        crc = crc32_update(crc, chunk, 4 * k);
+        out_write(o, chunk, 4 * k);
+        i += k;
+    }
+    put_u32le(chunk, (uint32_t)st->n_order);
+    crc = crc32_update(crc, chunk, 4);
+    out_write(o, chunk, 4);
+    for (size_t i = 0; i < (size_t)st->n_order;) {
+        size_t k = (size_t)st->n_order - i < 4096 ? (size_t)st->n_order - i : 4096;
+        for (size_t j = 0; j < k; j++) put_u32le(chunk + 4 * j, (uint32_t)st->order[i + j]);
+        crc = crc32_update(crc, chunk, 4 * k);
+        out_write(o, chunk, 4 * k);
+        i += k;
+    }
+    *len += 4 * (uint64_t)st->n_params + 4 + 4 * (uint64_t)st->n_order;
+    return crc;
+}
+
 /* Replaces b's bytes by u32 raw length + zlib stream when that is smaller; returns the flag. */
 static uint32_t deflate_section(byte_buf *b) {
     if (b->oom || b->len < 64) return 0;
@@ -290,7 +387,9 @@ static void sync_parent_dir(const char *path) {
     free(dir);
 }
 
-nz_status nz_save(const nz_model *m, const nz_meta *meta, const char *path, nz_error *err) {
+/* nz_save, plus a STATE section when state is non-NULL (a checkpoint). */
+static nz_status save_impl(const nz_model *m, const nz_meta *meta, const nz_train_state *state,
+                           const char *path, nz_error *err) {
     if (!m || !path || !*path)
         return nz_fail(err, NZ_ERR_ARG, "%s: cannot save: no model or path",
                        path && *path ? path : "(no path)");
@@ -301,14 +400,15 @@ nz_status nz_save(const nz_model *m, const nz_meta *meta, const char *path, nz_e
         return nz_fail(err, NZ_ERR_ARG, "%s: cannot save: %d nodes (the format allows %u)", path,
                        m->n_nodes, NZF_MAX_NODES);
 
-    /* section table: META, GRAPH, then one TENSOR per (node, slot) in node order */
-    uint32_t n_sec = 2;
+    if (state && (st = state_check(m, state, path, err))) return st;
+    /* section table: META, GRAPH, then one TENSOR per (node, slot) in node order, then STATE */
+    uint32_t n_sec = state ? 3 : 2;
     for (int i = 0; i < m->n_nodes; i++) n_sec += (uint32_t)m->nodes[i].n_params;
     if (n_sec > NZF_MAX_SECTIONS)
         return nz_fail(err, NZ_ERR_ARG, "%s: cannot save: %u sections (at most %u)", path, n_sec,
                        NZF_MAX_SECTIONS);
 
-    byte_buf metab = {0}, graphb = {0};
+    byte_buf metab = {0}, graphb = {0}, stateb = {0};
     uint8_t *head = NULL;
     char *tmp = NULL;
     FILE *f = NULL;
@@ -316,11 +416,12 @@ nz_status nz_save(const nz_model *m, const nz_meta *meta, const char *path, nz_e
     st = meta_build(&metab, m, meta, path, err);
     if (st) goto done;
     graph_build(&graphb, m);
+    if (state) state_head_build(&stateb, state);
     size_t head_len = NZF_HEADER_SIZE + (size_t)n_sec * NZF_ENTRY_SIZE;
     head = calloc(1, head_len);
     size_t plen = strlen(path);
     tmp = malloc(plen + sizeof ".tmp.XXXXXX");
-    if (metab.oom || graphb.oom || !head || !tmp) {
+    if (metab.oom || graphb.oom || stateb.oom || !head || !tmp) {
         st = nz_fail(err, NZ_ERR_NOMEM, "%s: cannot save: out of memory", path);
         goto done;
     }
@@ -375,6 +476,13 @@ nz_status nz_save(const nz_model *m, const nz_meta *meta, const char *path, nz_e
             e += NZF_ENTRY_SIZE;
         }
     }
+    if (state) {
+        uint64_t len;
+        uint32_t crc = state_write(&o, state, &stateb, &len);
+        entry_put(e, NZF_SEC_STATE, 0, off, len, crc);
+        off += len;
+        e += NZF_ENTRY_SIZE;
+    }
     memcpy(head, nzf_magic, 8);
     put_u32le(head + 8, NZF_VERSION);
     put_u32le(head + 12, n_sec);
@@ -411,5 +519,18 @@ done:
     free(head);
     free(metab.data);
     free(graphb.data);
+    free(stateb.data);
     return st;
+}
+
+nz_status nz_save(const nz_model *m, const nz_meta *meta, const char *path, nz_error *err) {
+    return save_impl(m, meta, NULL, path, err);
+}
+
+nz_status nz_save_checkpoint(const nz_model *m, const nz_meta *meta, const nz_train_state *st,
+                             const char *path, nz_error *err) {
+    if (!st)
+        return nz_fail(err, NZ_ERR_ARG, "%s: cannot save a checkpoint: no training state",
+                       path && *path ? path : "(no path)");
+    return save_impl(m, meta, st, path, err);
 }
