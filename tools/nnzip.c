@@ -234,7 +234,16 @@ static void on_progress(const nz_progress *p, void *user) {
             fputc('\n', stderr);
         }
         fflush(stderr);
-    } else if (p->epoch_done) {
+    } else if (!p->epoch_done) { /* logs: a plain line a minute, so long epochs show life */
+        double t = wall();
+        if (ps->last_draw == 0) ps->last_draw = t;
+        if (t - ps->last_draw < 60.0) return;
+        ps->last_draw = t;
+        fprintf(stderr, "epoch %d/%d step %ld/%ld loss %.4f train_err %.2f%% %.0f img/s eta %s\n",
+                p->epoch, p->epochs, p->step, p->steps, p->loss, p->train_err, p->images_per_s,
+                etas);
+        fflush(stderr);
+    } else {
         fprintf(stderr, "epoch %d/%d loss %.4f train_err %.2f%%", p->epoch, p->epochs, p->loss,
                 p->train_err);
         if (p->test_err >= 0) fprintf(stderr, " test_err %.2f%%", p->test_err);

@@ -1,5 +1,6 @@
-/* nnzip datasets: idx (MNIST, Fashion-MNIST; plain or gzip) readers that validate magic, dims and
- * sizes before trusting them, and batch assembly with the model's stored preprocessing.
+/* nnzip datasets: idx (MNIST, Fashion-MNIST; plain or gzip) and CIFAR-10 binary readers that
+ * validate magic, dims and sizes before trusting them, batch assembly with the model's stored
+ * preprocessing, and training augmentation.
  * A dataset owns its image and label arrays; free with nz_dataset_free. */
 #ifndef NNZIP_DATA_H
 #define NNZIP_DATA_H
@@ -16,7 +17,7 @@ extern "C" {
 #endif
 
 typedef struct {
-    char name[64];     /* "mnist", "fashion-mnist" or the path given */
+    char name[64];     /* the spec that opened it ("mnist", "cifar10:DIR", a path), reopenable */
     int n;             /* examples */
     nz_shape shape;    /* per example, e.g. 1x28x28 */
     int n_classes;
@@ -30,7 +31,8 @@ typedef struct {
 nz_status nz_idx_load(const char *images_path, const char *labels_path, nz_dataset *ds,
                       nz_error *err);
 
-/* spec: "mnist", "fashion-mnist", or a directory holding the four idx files
+/* spec: "mnist", "fashion-mnist", "cifar10:DIR" or "cifar10" (= DATA_DIR/cifar10, see
+ * nz_cifar10_load), or a directory holding the four idx files
  * ({train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]). Named sets are looked up under data_dir
  * (NULL: $NNZIP_DATA_DIR, else ~/.cache/nnzip/data) in a subdirectory of that name; Debian's
  * /usr/share/datasets/fashion-mnist is a fallback for fashion-mnist. */

@@ -168,6 +168,11 @@ const float *nz_ws_act(const nz_ws *ws, int node); /* node's output of the last 
  * update its running statistics in m->params (the one write a forward does to the model). */
 const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int training,
                         nz_rng *rng);
+/* Inference: the same logits as nz_forward(..., training 0, ...) up to float rounding, faster:
+ * a conv followed by its batch norm (and relu) runs as one conv with the batch norm folded into
+ * its weights. Activations of the fused nodes are not kept, so nz_backward must not follow. */
+const float *nz_infer(const nz_model *m, nz_ws *ws, const float *x, int B);
+
 /* Back-propagates dlogits [B, n_classes] through the last forward; parameter gradients are
  * *added* into nz_ws_grads(ws). */
 void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B);

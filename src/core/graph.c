@@ -26,6 +26,8 @@ struct nz_ws {
     float *sp_scratch;/* sparse dense layers: input^T and output^T */
     float **weff;     /* norm-direction nodes: the effective W and its gradient, (2, |W|) */
     float **bnstat;   /* batch-norm nodes: mean and 1/std used by the last forward, (2, C) */
+    int *consumers;   /* per node: how many nodes read its output */
+    float *fold;      /* nz_infer: a conv's weights and bias with its batch norm folded in */
     int threads;
     int last_B;
 };
@@ -45,6 +47,8 @@ void nz_ws_free(nz_ws *ws) {
         if (ws->bnstat) free(ws->bnstat[i]);
     }
     free(ws->bnstat);
+    free(ws->consumers);
+    free(ws->fold);
     free(ws->act);
     free(ws->dact);
     free(ws->argmax);
@@ -73,16 +77,18 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     ws->owns = calloc((size_t)m->n_nodes, 1);
     ws->weff = calloc((size_t)m->n_nodes, sizeof(float *));
     ws->bnstat = calloc((size_t)m->n_nodes, sizeof(float *));
+    ws->consumers = calloc((size_t)m->n_nodes, sizeof(int));
     ws->drop_on = calloc((size_t)m->n_nodes, 1);
     ws->fresh = calloc((size_t)m->n_nodes, 1);
     ws->n_params = m->n_params;
     ws->grads = calloc(m->n_params ? m->n_params : 1, sizeof(float));
-    if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->fresh || !ws->weff || !ws->bnstat ||
+    if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->fresh || !ws->weff || !ws->bnstat || !ws->consumers ||
         !ws->grads)
         goto oom;
-    size_t scratch = 0, partial = 0, sp = 0;
+    size_t scratch = 0, partial = 0, sp = 0, fold = 0;
     for (int i = 1; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
+        for (int k = 0; k < n->n_inputs; k++) ws->consumers[n->inputs[k]]++;
         size_t sz = nz_shape_size(n->out) * (size_t)max_batch;
         if (aliases_input(n)) {
             ws->act[i] = ws->act[n->inputs[0]];
@@ -107,6 +113,7 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
             if (c > scratch) scratch = c;
             size_t p = nz_param_numel(&n->params[0]) + (size_t)n->units;
             if (p > partial) partial = p;
+            if (p > fold) fold = p;
         }
         if (n->op == NZ_OP_DENSE || n->op == NZ_OP_NDENSE) {
             size_t c = (nz_shape_size(m->nodes[n->inputs[0]].out) + (size_t)n->units) *
@@ -116,6 +123,7 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     }
     if (scratch && !(ws->scratch = malloc(sizeof(float) * scratch * (size_t)ws->threads))) goto oom;
     if (sp && !(ws->sp_scratch = malloc(sizeof(float) * sp))) goto oom;
+    if (fold && !(ws->fold = malloc(sizeof(float) * fold))) goto oom;
     if (partial && !(ws->dw_partial = malloc(sizeof(float) * partial * (size_t)ws->threads)))
         goto oom;
     return ws;
@@ -179,11 +187,10 @@ static void sparse_conv2d_forward(float *out, const float *in, const nz_sparse *
     }
 }
 
-const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int training,
-                        nz_rng *rng) {
-    ws->act[0] = (float *)x; /* the input is read, never written */
-    ws->last_B = B;
-    for (int i = 1; i < m->n_nodes; i++) {
+/* Runs nodes [from, to) of the forward pass. */
+static void nz_forward_range(const nz_model *m, nz_ws *ws, int B, int training, nz_rng *rng,
+                             int from, int to) {
+    for (int i = from; i < to; i++) {
         const nz_node *n = &m->nodes[i];
         const nz_shape s = m->nodes[n->inputs[0]].out;
         const float *in = ws->act[n->inputs[0]];
@@ -264,6 +271,57 @@ const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int
         default:
             break;
         }
+    }
+}
+
+const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int training,
+                        nz_rng *rng) {
+    ws->act[0] = (float *)x; /* the input is read, never written */
+    ws->last_B = B;
+    nz_forward_range(m, ws, B, training, rng, 1, m->n_nodes);
+    return ws->act[m->n_nodes - 1];
+}
+
+/* Node i+1 if it is a batch norm reading only node i, which nobody else reads; else -1. */
+static int fusable_bn(const nz_model *m, const nz_ws *ws, int i) {
+    const nz_node *n = &m->nodes[i];
+    if (n->op != NZ_OP_CONV2D || n->params[0].sparse || i + 1 >= m->n_nodes) return -1;
+    const nz_node *b = &m->nodes[i + 1];
+    if (b->op != NZ_OP_BATCHNORM || b->inputs[0] != i || ws->consumers[i] != 1) return -1;
+    return i + 1;
+}
+
+const float *nz_infer(const nz_model *m, nz_ws *ws, const float *x, int B) {
+    ws->act[0] = (float *)x;
+    ws->last_B = B;
+    int i = 1;
+    while (i < m->n_nodes) {
+        const int j = fusable_bn(m, ws, i);
+        if (j < 0) { /* one node the ordinary way */
+            nz_forward_range(m, ws, B, 0, NULL, i, i + 1);
+            i++;
+            continue;
+        }
+        /* y = gamma (W x + b - mean) / sqrt(var + eps) + beta = (a W) x + a (b - mean) + beta */
+        const nz_node *n = &m->nodes[i], *bn = &m->nodes[j];
+        const float *P = m->params;
+        const size_t per = nz_param_numel(&n->params[0]) / (size_t)n->units;
+        float *Wf = ws->fold, *bf = ws->fold + per * (size_t)n->units;
+        for (int o = 0; o < n->units; o++) {
+            const float a = P[bn->params[0].off + o] / sqrtf(P[bn->params[3].off + o] + NZ_BN_EPS);
+            const float *w = P + n->params[0].off + (size_t)o * per;
+            for (size_t q = 0; q < per; q++) Wf[(size_t)o * per + q] = w[q] * a;
+            bf[o] = (P[n->params[1].off + o] - P[bn->params[2].off + o]) * a +
+                    P[bn->params[1].off + o];
+        }
+        int last = j; /* and a relu that only reads the batch norm */
+        if (j + 1 < m->n_nodes && m->nodes[j + 1].op == NZ_OP_RELU &&
+            m->nodes[j + 1].inputs[0] == j && ws->consumers[j] == 1)
+            last = j + 1;
+        conv_dims d = node_conv_dims(m, n, ws);
+        d.out_relu = last != j;
+        conv2d_forward(ws->act[last], ws->act[n->inputs[0]], Wf, bf, B, &d, ws->scratch);
+        i = last + 1;
     }
     return ws->act[m->n_nodes - 1];
 }

@@ -70,6 +70,7 @@ conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad
     d.OW = (W + 2 * pad - K) / stride + 1;
     d.threads = layers_threads();
     d.din_set = 0;
+    d.out_relu = 0;
     return d;
 }
 
@@ -174,7 +175,10 @@ void conv2d_forward(float *out, const float *in, const float *W, const float *b,
                     const float *src = tmp + (size_t)oc * N + (size_t)j * OHW;
                     float *dst = y + (size_t)oc * OHW;
                     const float bo = b[oc];
-                    for (int i = 0; i < OHW; i++) dst[i] = src[i] + bo;
+                    if (d->out_relu)
+                        for (int i = 0; i < OHW; i++) dst[i] = fmaxf(src[i] + bo, 0.0f);
+                    else
+                        for (int i = 0; i < OHW; i++) dst[i] = src[i] + bo;
                 }
             }
         }

@@ -25,6 +25,7 @@ typedef struct {
     int OH, OW;       /* output size */
     int threads;      /* at most this many threads (scratch is sized for it); set by make */
     int din_set;      /* backward: 1 = overwrite din instead of adding to it (0 by make) */
+    int out_relu;     /* forward: 1 = apply relu to the output (inference fusion; 0 by make) */
 } conv_dims;
 
 conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad);

@@ -275,11 +275,24 @@ nz_status nz_data_open(const char *spec, const char *data_dir, int train, nz_dat
     char dir[4096], img[4200], lab[4200];
     int named = strcmp(spec, "mnist") == 0 || strcmp(spec, "fashion-mnist") == 0;
 
-    /* CIFAR-10 has its own reader and no named default location: the spec carries the dir. */
-    if (strncmp(spec, "cifar10:", 8) == 0) {
-        if (!spec[8])
+    /* CIFAR-10 has its own reader: "cifar10:DIR", or plain "cifar10" for DATA_DIR/cifar10 */
+    if (strncmp(spec, "cifar10:", 8) == 0 || strcmp(spec, "cifar10") == 0) {
+        if (spec[7] == ':' && !spec[8])
             return nz_fail(err, NZ_ERR_ARG, "cifar10: no directory given (expected cifar10:DIR)");
-        return nz_cifar10_load(spec + 8, train, ds, err);
+        char base[4000];
+        if (spec[7] == ':')
+            snprintf(dir, sizeof dir, "%s", spec + 8);
+        else {
+            if (data_dir && *data_dir)
+                snprintf(base, sizeof base, "%s", data_dir);
+            else
+                nz_data_default_dir(base, sizeof base);
+            snprintf(dir, sizeof dir, "%s/cifar10", base);
+        }
+        nz_status st = nz_cifar10_load(dir, train, ds, err);
+        /* the spec as given, so a model's stored data name reopens the same files */
+        if (!st && strlen(spec) < sizeof ds->name) snprintf(ds->name, sizeof ds->name, "%s", spec);
+        return st;
     }
 
     if (named) {
@@ -293,7 +306,7 @@ nz_status nz_data_open(const char *spec, const char *data_dir, int train, nz_dat
         snprintf(dir, sizeof dir, "%s", spec);
     } else {
         return nz_fail(err, NZ_ERR_ARG,
-                       "unknown dataset '%s' (expected mnist, fashion-mnist, cifar10:DIR or a "
+                       "unknown dataset '%s' (expected mnist, fashion-mnist, cifar10[:DIR] or a "
                        "directory of idx files)",
                        spec);
     }

@@ -130,7 +130,7 @@ nz_status nz_evaluate(const nz_model *m, const nz_dataset *ds, int batch, nz_eva
         int B = ds->n - start < batch ? ds->n - start : batch;
         for (int b = 0; b < B; b++) idx[b] = start + b;
         nz_batch_fill(ds, &m->pre, idx, B, x, y);
-        const float *logits = nz_forward(m, ws, x, B, 0, NULL);
+        const float *logits = nz_infer(m, ws, x, B);
         int c;
         loss += (double)nz_softmax_xent(logits, y, B, m->n_classes, NULL, &c) * B;
         correct += c;
