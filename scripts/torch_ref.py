@@ -44,6 +44,44 @@ Records (B = batch):
     In both, the rows/kernels of V have norms spread over [0.3, 3] (not unit: the formula must
     hold for any ||V||), one g is negative and one is exactly 0 (a removed group: W is 0 there,
     dg still <dW, V/||V||>, dV 0).
+    bn2d.{x,gamma,beta,rm0,rv0,out,dout,dx,dgamma,dbeta,rm,rv}
+                                          nn.BatchNorm2d(3) in training mode on x (B=4, 3, 5, 5)
+                                          whose channels have means up to +-4 and spreads
+                                          0.5..2; rm0/rv0 the running statistics before, rm/rv
+                                          after the forward (momentum 0.1, unbiased variance)
+    bn2d_eval.{same}                      the same layer in eval mode (rm = rm0, rv = rv0)
+    bn1d.{same}                           nn.BatchNorm1d(6), training, on x (B=8, 6)
+    avgpool{i}.cfg                        [k, stride], i = 0..1: (2, 2) and (3, 1)
+    avgpool{i}.{x,out,dout,dx}            nn.AvgPool2d on (2, 3, 7, 7) (floor mode)
+    gap.{x,out,dout,dx}                   nn.AdaptiveAvgPool2d(1) on (2, 3, 5, 6)
+    shortcut{i}.cfg                       [C, OC, stride], i = 0..2: (4, 8, 2) on 7x7,
+                                          (2, 5, 2) on 6x6, (16, 32, 2) on 8x8
+    shortcut{i}.{x,out,dout,dx}           He et al.'s option A on (B=2, C, H, W):
+                                          F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, lo, OC - C - lo)),
+                                          lo = (OC - C) // 2 (the extra channel of an odd
+                                          difference goes after)
+    rn.*                                  one training step of a tiny CIFAR-style ResNet (TinyResNet
+                                          below) on x (B=8, 3, 8, 8):
+      rn.x, rn.labels
+      rn.<node>.<slot>                    the parameters before the step, nodes in graph order,
+                                          slots W, b (conv, fc) and gamma, beta, running_mean,
+                                          running_var (BN; random, so the update shows)
+      rn.act.<node>                       stem_relu, b1_relu, b2_short, b2_relu, gap
+      rn.logits, rn.loss
+      rn.grad.<node>.<slot>               gradients of the loss (trainable slots)
+      rn.after.<node>.running_{mean,var}  running statistics after the training forward
+      rn.sgd                              [lr, momentum, weight_decay] = [0.1, 0.9, 5e-4]
+      rn.step.<node>.<slot>               every slot after one torch.optim.SGD step (buffers: as
+                                          after the forward; the optimizer does not touch them)
+    r20.*                                 nnzip's zoo resnet20 (CIFAR ResNet-20, option A, conv
+                                          biases) in eval mode on x (2, 3, 32, 32):
+      r20.x, r20.logits, r20.act.gap
+      r20.<node>.<slot>                   every parameter, node names as nz_zoo_build's (stem_conv,
+                                          stem_bn, s1b1_a_conv, s1b1_a_bn, s1b1_b_conv, ..., fc);
+                                          default conv/fc initialisation, BN gamma 0.5..1.5, beta
+                                          ~ 0.2 N(0, 1), running statistics calibrated as after
+                                          training (the batch statistics of 16 random images,
+                                          then moved by ~10%), so activations keep their scale
 The LeNet is Caffe's (Han et al.'s LeNet-5): Conv2d(1,20,5) -> MaxPool2d(2,2) -> Conv2d(20,50,5)
 -> MaxPool2d(2,2) -> Flatten -> Linear(800,500) -> ReLU -> Linear(500,10), as nnzip's zoo
 "lenet5", with PyTorch's default initialisation.
@@ -55,6 +93,7 @@ import sys
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 MAGIC = b"NZTREF01"
 
@@ -250,6 +289,228 @@ def nconv_cases(w):
             w.add(f"nconv{i}.{n}", v)
 
 
+BN_SLOTS = ["gamma", "beta", "running_mean", "running_var"]
+
+
+def bn_randomize(bn, gen_scale=1.0):
+    """Random affine parameters and running statistics (one gamma negative)."""
+    C = bn.num_features
+    with torch.no_grad():
+        bn.weight.copy_(0.5 + torch.rand(C))
+        bn.weight[1] = -0.7
+        bn.bias.copy_(0.5 * torch.randn(C))
+        bn.running_mean.copy_(0.5 * torch.randn(C))
+        bn.running_var.copy_(0.5 + 1.5 * torch.rand(C))
+
+
+def bn_case(w, prefix, bn, x, training):
+    x = leaf(x)
+    rm0, rv0 = bn.running_mean.clone(), bn.running_var.clone()
+    bn.train(training)
+    out = bn(x)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    for n, v in [("x", x), ("gamma", bn.weight), ("beta", bn.bias), ("rm0", rm0), ("rv0", rv0),
+                 ("out", out), ("dout", dout), ("dx", x.grad), ("dgamma", bn.weight.grad),
+                 ("dbeta", bn.bias.grad), ("rm", bn.running_mean), ("rv", bn.running_var)]:
+        w.add(f"{prefix}.{n}", v)
+
+
+def bn_cases(w):
+    C = 3
+    mean = 4 * torch.rand(1, C, 1, 1) - 2
+    spread = 0.5 + 1.5 * torch.rand(1, C, 1, 1)
+    x = torch.randn(4, C, 5, 5) * spread + 2 * mean
+    for prefix, training in [("bn2d", True), ("bn2d_eval", False)]:
+        bn = nn.BatchNorm2d(C)
+        bn_randomize(bn)
+        bn_case(w, prefix, bn, x, training)
+    bn = nn.BatchNorm1d(6)
+    bn_randomize(bn)
+    bn_case(w, "bn1d", bn, torch.randn(8, 6) * (0.5 + 1.5 * torch.rand(6)) + torch.randn(6), True)
+
+
+def avgpool_cases(w):
+    for i, (k, s) in enumerate([(2, 2), (3, 1)]):
+        x = leaf(torch.randn(2, 3, 7, 7))
+        out = nn.AvgPool2d(k, s)(x)
+        dout = torch.randn_like(out)
+        out.backward(dout)
+        w.add(f"avgpool{i}.cfg", [k, s])
+        for n, v in [("x", x), ("out", out), ("dout", dout), ("dx", x.grad)]:
+            w.add(f"avgpool{i}.{n}", v)
+    x = leaf(torch.randn(2, 3, 5, 6))
+    out = nn.AdaptiveAvgPool2d(1)(x)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    for n, v in [("x", x), ("out", out), ("dout", dout), ("dx", x.grad)]:
+        w.add(f"gap.{n}", v)
+
+
+def shortcut_a(x, oc, s):
+    """He et al.'s option-A shortcut: subsample, then zero channels on both sides."""
+    c = x.shape[1]
+    lo = (oc - c) // 2
+    return F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, lo, oc - c - lo))
+
+
+def shortcut_cases(w):
+    for i, (c, oc, s, hw) in enumerate([(4, 8, 2, 7), (2, 5, 2, 6), (16, 32, 2, 8)]):
+        x = leaf(torch.randn(2, c, hw, hw))
+        out = shortcut_a(x, oc, s)
+        dout = torch.randn_like(out)
+        out.backward(dout)
+        w.add(f"shortcut{i}.cfg", [c, oc, s])
+        for n, v in [("x", x), ("out", out), ("dout", dout), ("dx", x.grad)]:
+            w.add(f"shortcut{i}.{n}", v)
+
+
+def node_params(mod):
+    """(slot name, tensor) of a conv/linear/BN module in nnzip's slot order."""
+    if isinstance(mod, nn.BatchNorm2d):
+        return list(zip(BN_SLOTS, [mod.weight, mod.bias, mod.running_mean, mod.running_var]))
+    return [("W", mod.weight), ("b", mod.bias)]
+
+
+class TinyResNet(nn.Module):
+    """stem conv3x3(3->4)-BN-ReLU; block 4->4 (identity shortcut); block 4->8 stride 2 (option
+    A); global average pool; fc(8->10). Conv layers have biases, as nnzip's."""
+
+    NODES = ["stem_conv", "stem_bn", "b1a_conv", "b1a_bn", "b1b_conv", "b1b_bn", "b2a_conv",
+             "b2a_bn", "b2b_conv", "b2b_bn", "fc"]
+
+    def __init__(self):
+        super().__init__()
+        self.stem_conv, self.stem_bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.b1a_conv, self.b1a_bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.b1b_conv, self.b1b_bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.b2a_conv, self.b2a_bn = nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8)
+        self.b2b_conv, self.b2b_bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        acts = {}
+        x = acts["stem_relu"] = F.relu(self.stem_bn(self.stem_conv(x)))
+        y = F.relu(self.b1a_bn(self.b1a_conv(x)))
+        y = self.b1b_bn(self.b1b_conv(y))
+        x = acts["b1_relu"] = F.relu(y + x)
+        y = F.relu(self.b2a_bn(self.b2a_conv(x)))
+        y = self.b2b_bn(self.b2b_conv(y))
+        sc = acts["b2_short"] = shortcut_a(x, 8, 2)
+        x = acts["b2_relu"] = F.relu(y + sc)
+        x = acts["gap"] = x.mean(dim=(2, 3))
+        return self.fc(x), acts
+
+
+def tiny_resnet_case(w):
+    net = TinyResNet()
+    with torch.no_grad():
+        for name in TinyResNet.NODES:
+            mod = getattr(net, name)
+            if isinstance(mod, nn.BatchNorm2d):
+                C = mod.num_features
+                mod.weight.copy_(0.5 + torch.rand(C))
+                mod.bias.copy_(0.3 * torch.randn(C))
+                mod.running_mean.copy_(0.2 * torch.randn(C))
+                mod.running_var.copy_(0.5 + torch.rand(C))
+    x = torch.randn(8, 3, 8, 8)
+    labels = torch.randint(0, 10, (8,))
+    w.add("rn.x", x)
+    w.add("rn.labels", labels.float())
+    for name in TinyResNet.NODES:
+        for slot, t in node_params(getattr(net, name)):
+            w.add(f"rn.{name}.{slot}", t)
+    net.train()
+    logits, acts = net(x)
+    loss = nn.CrossEntropyLoss()(logits, labels)
+    opt = torch.optim.SGD(net.parameters(), **SGD)
+    opt.zero_grad()
+    loss.backward()
+    for a in ["stem_relu", "b1_relu", "b2_short", "b2_relu", "gap"]:
+        w.add(f"rn.act.{a}", acts[a])
+    w.add("rn.logits", logits)
+    w.add("rn.loss", loss)
+    for name in TinyResNet.NODES:
+        for slot, t in node_params(getattr(net, name))[:2]:
+            w.add(f"rn.grad.{name}.{slot}", t.grad)
+        mod = getattr(net, name)
+        if isinstance(mod, nn.BatchNorm2d):
+            w.add(f"rn.after.{name}.running_mean", mod.running_mean)
+            w.add(f"rn.after.{name}.running_var", mod.running_var)
+    opt.step()
+    w.add("rn.sgd", [SGD["lr"], SGD["momentum"], SGD["weight_decay"]])
+    for name in TinyResNet.NODES:
+        for slot, t in node_params(getattr(net, name)):
+            w.add(f"rn.step.{name}.{slot}", t)
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR ResNet-(6n+2) with option-A shortcuts, named as nnzip's zoo builds it."""
+
+    def __init__(self, n, classes=10):
+        super().__init__()
+        self.order = []  # (node name, module) in nnzip's node order
+
+        def conv_bn(prefix, cin, cout, stride):
+            conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+            bn = nn.BatchNorm2d(cout)
+            self.add_module(f"{prefix}_conv", conv)
+            self.add_module(f"{prefix}_bn", bn)
+            self.order += [(f"{prefix}_conv", conv), (f"{prefix}_bn", bn)]
+
+        conv_bn("stem", 3, 16, 1)
+        self.blocks = []
+        ch = 16
+        for stage in range(3):
+            out = 16 << stage
+            for b in range(n):
+                stride = 2 if stage > 0 and b == 0 else 1
+                pre = f"s{stage + 1}b{b + 1}"
+                conv_bn(f"{pre}_a", ch, out, stride)
+                conv_bn(f"{pre}_b", out, out, 1)
+                self.blocks.append((pre, out, stride, ch != out or stride != 1))
+                ch = out
+        self.fc = nn.Linear(64, classes)
+        self.order.append(("fc", self.fc))
+
+    def forward(self, x):
+        m = dict(self.order)
+        x = F.relu(m["stem_bn"](m["stem_conv"](x)))
+        for pre, out, stride, short in self.blocks:
+            y = F.relu(m[f"{pre}_a_bn"](m[f"{pre}_a_conv"](x)))
+            y = m[f"{pre}_b_bn"](m[f"{pre}_b_conv"](y))
+            x = F.relu(y + (shortcut_a(x, out, stride) if short else x))
+        gap = x.mean(dim=(2, 3))
+        return self.fc(gap), gap
+
+
+def resnet20_case(w):
+    net = CifarResNet(3)
+    bns = [mod for _, mod in net.order if isinstance(mod, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for bn in bns:
+            C = bn.num_features
+            bn.weight.copy_(0.5 + torch.rand(C))
+            bn.bias.copy_(0.2 * torch.randn(C))
+            bn.momentum = 1.0  # running statistics := this batch's
+        net.train()
+        net(torch.randn(16, 3, 32, 32))
+        for bn in bns:
+            C = bn.num_features
+            bn.running_mean += 0.1 * bn.running_var.sqrt() * torch.randn(C)
+            bn.running_var *= 0.8 + 0.45 * torch.rand(C)
+            bn.momentum = 0.1
+        net.eval()
+        x = torch.randn(2, 3, 32, 32)
+        logits, gap = net(x)
+    w.add("r20.x", x)
+    for name, mod in net.order:
+        for slot, t in node_params(mod):
+            w.add(f"r20.{name}.{slot}", t)
+    w.add("r20.logits", logits)
+    w.add("r20.act.gap", gap)
+
+
 def main():
     if len(sys.argv) != 2:
         sys.stderr.write("usage: torch_ref.py OUT.bin\n")
@@ -266,6 +527,11 @@ def main():
     # appended after the older records, so theirs stay as they were
     ndense_case(w)
     nconv_cases(w)
+    bn_cases(w)
+    avgpool_cases(w)
+    shortcut_cases(w)
+    tiny_resnet_case(w)
+    resnet20_case(w)
     w.write(sys.argv[1])
     print(f"torch_ref: wrote {len(w.names)} tensors to {sys.argv[1]} (torch {torch.__version__})")
     return 0

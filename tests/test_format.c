@@ -799,6 +799,206 @@ static void test_atomic_save(void) {
     free(before);
 }
 
+/* ---------------------------------------------------------------- residual networks */
+
+/* Deterministic values for every slot, running variances positive, nothing zero. */
+static void fill_params(nz_model *m) {
+    for (int i = 0; i < m->n_nodes; i++) {
+        const nz_node *n = &m->nodes[i];
+        for (int k = 0; k < n->n_params; k++) {
+            const nz_param *p = &n->params[k];
+            for (size_t j = 0; j < p->n; j++) {
+                float v = (float)((p->off + j) % 977) * 1e-3f - 0.4f;
+                if (n->op == NZ_OP_BATCHNORM && k == 3) v = 0.5f + (float)j * 0.01f;
+                if (n->op == NZ_OP_BATCHNORM && k == 2) v = 0.1f - (float)j * 0.003f;
+                m->params[p->off + j] = v == 0.0f ? 1e-3f : v;
+            }
+        }
+    }
+}
+
+/* The zoo's resnet20 with trained-looking running statistics: save and load give the same
+ * graph (add nodes with their two inputs, option-A shortcuts with channels and stride) and the
+ * same bits, and saving what was loaded gives the same file. */
+static void test_resnet_round_trip(void) {
+    nz_error err = {0};
+    nz_model a, b;
+    if (nz_zoo_build(&a, "resnet20", (nz_shape){3, 32, 32}, 10, &err) != NZ_OK) {
+        CHECK(0, "resnet20: %s", err.msg);
+        return;
+    }
+    fill_params(&a);
+    char p1[700], p2[700];
+    snprintf(p1, sizeof p1, "%s/resnet20.nnz", g_dir);
+    snprintf(p2, sizeof p2, "%s/resnet20-again.nnz", g_dir);
+    CHECK(nz_save(&a, NULL, p1, &err) == NZ_OK, "save resnet20: %s", err.msg);
+    if (nz_load(p1, &b, NULL, &err) != NZ_OK) {
+        CHECK(0, "load resnet20: %s", err.msg);
+        nz_model_free(&a);
+        unlink(p1);
+        return;
+    }
+    char why[128] = "";
+    CHECK(models_equal(&a, &b, why, sizeof why), "resnet20 round trip differs: %s", why);
+    CHECK(nz_model_validate(&b, &err) == NZ_OK, "resnet20 validate: %s", err.msg);
+    int adds = 0, shorts = 0, bns = 0, ok = 1;
+    for (int i = 0; i < b.n_nodes; i++) {
+        const nz_node *n = &b.nodes[i];
+        if (n->op == NZ_OP_ADD) {
+            adds++;
+            ok &= n->n_inputs == 2 && n->inputs[0] == a.nodes[i].inputs[0] &&
+                  n->inputs[1] == a.nodes[i].inputs[1] && n->inputs[1] < i;
+        }
+        if (n->op == NZ_OP_SHORTCUT) {
+            shorts++;
+            ok &= n->units == a.nodes[i].units && n->stride == 2 && n->n_params == 0;
+        }
+        if (n->op == NZ_OP_BATCHNORM) {
+            bns++;
+            ok &= n->n_params == 4 && memcmp(&n->p, &a.nodes[i].p, 4) == 0 &&
+                  b.params[n->params[2].off] != 0.0f && b.params[n->params[3].off] != 1.0f;
+        }
+    }
+    CHECK(ok && adds == 9 && shorts == 2 && bns == 19,
+          "resnet20 after loading: %d adds, %d shortcuts, %d batch norms (want 9, 2, 19)", adds,
+          shorts, bns);
+    CHECK(nz_save(&b, NULL, p2, &err) == NZ_OK, "resave resnet20: %s", err.msg);
+    size_t n1, n2;
+    uint8_t *f1 = read_all(p1, &n1), *f2 = read_all(p2, &n2);
+    CHECK(f1 && f2 && n1 == n2 && memcmp(f1, f2, n1) == 0, "resnet20: resave differs");
+    free(f1);
+    free(f2);
+    unlink(p1);
+    unlink(p2);
+    nz_model_free(&a);
+    nz_model_free(&b);
+}
+
+/* conv -> bn -> relu -> conv -> bn, add(bn2, relu1), relu -> avgpool -> shortcut -> gap ->
+ * flatten -> fc: every new op kind in a few hundred bytes. */
+static nz_status build_residual(nz_model *m, nz_error *err) {
+    nz_status st = nz_model_init(m, "residual", (nz_shape){2, 6, 6}, 3, err);
+    if (st) return st;
+    int x = nz_model_add_conv2d(m, "conv1", 0, 4, 3, 1, 1, err), r1;
+    if (x >= 0) x = nz_model_add_batchnorm(m, "bn1", x, err);
+    if (x >= 0) x = nz_model_add_relu(m, "relu1", x, err);
+    r1 = x;
+    if (x >= 0) x = nz_model_add_conv2d(m, "conv2", x, 4, 3, 1, 1, err);
+    if (x >= 0) x = nz_model_add_batchnorm(m, "bn2", x, err);
+    if (x >= 0) x = nz_model_add_add(m, "add", x, r1, err);
+    if (x >= 0) x = nz_model_add_relu(m, "relu2", x, err);
+    if (x >= 0) x = nz_model_add_avgpool(m, "pool", x, 2, 2, err);
+    if (x >= 0) x = nz_model_add_shortcut(m, "short", x, 8, 2, err);
+    if (x >= 0) x = nz_model_add_gap(m, "gap", x, err);
+    if (x >= 0) x = nz_model_add_flatten(m, "flatten", x, err);
+    if (x >= 0) x = nz_model_add_dense(m, "fc", x, 3, err);
+    if (x < 0) {
+        nz_model_free(m);
+        return err->code;
+    }
+    fill_params(m);
+    return NZ_OK;
+}
+
+/* GRAPH surgery on the residual model: the add's second input, input counts, and the new ops'
+ * attributes. Nodes: 0 input, 1 conv1, 2 bn1, 3 relu1, 4 conv2, 5 bn2, 6 add, 7 relu2, 8 pool,
+ * 9 short, 10 gap, 11 flatten, 12 fc. */
+static void test_residual_graph_cases(void) {
+    nz_error err = {0};
+    nz_model a, b;
+    CHECK(build_residual(&a, &err) == NZ_OK, "build residual: %s", err.msg);
+    if (err.code) return;
+    char p[700];
+    snprintf(p, sizeof p, "%s/residual.nnz", g_dir);
+    CHECK(nz_save(&a, NULL, p, &err) == NZ_OK, "save residual: %s", err.msg);
+    CHECK(nz_load(p, &b, NULL, &err) == NZ_OK, "load residual: %s", err.msg);
+    if (err.code == NZ_OK) {
+        char why[128] = "";
+        CHECK(models_equal(&a, &b, why, sizeof why), "residual round trip differs: %s", why);
+        nz_model_free(&b);
+    }
+    size_t n = 0;
+    uint8_t *f0 = read_all(p, &n);
+    unlink(p);
+    nz_model_free(&a);
+    if (!f0) {
+        CHECK(0, "cannot read %s back", p);
+        return;
+    }
+    tsec s[MAX_TSEC];
+    int ns = split(f0, s);
+    free(f0);
+    CHECK(ns >= 2 && s[1].kind == NZF_SEC_GRAPH, "residual layout: %d sections", ns);
+    uint8_t *g = s[1].data, *f;
+    const size_t glen = s[1].len;
+    uint8_t *g0 = malloc(glen);
+    memcpy(g0, g, glen);
+    size_t m;
+#define RESET_GRAPH() (memcpy(g, g0, glen), s[1].len = glen)
+#define GRAPH_CASE(want, needle)                                                               \
+    do {                                                                                       \
+        f = assemble(s, ns, &m);                                                               \
+        EXPECT_FAIL(f, m, want, needle);                                                       \
+        free(f);                                                                               \
+        RESET_GRAPH();                                                                         \
+    } while (0)
+    const size_t add = graph_node_pos(g, 6), relu2 = graph_node_pos(g, 7);
+    const size_t bn1 = graph_node_pos(g, 2), pool = graph_node_pos(g, 8),
+                 sc = graph_node_pos(g, 9);
+    CHECK(rd32(g + add) == NZ_OP_ADD && rd32(g + add + 36) == 2 && rd32(g + add + 40) == 5 &&
+              rd32(g + add + 44) == 3,
+          "residual GRAPH: node 6 is not add(5, 3)");
+    /* the unmodified sections load */
+    f = assemble(s, ns, &m);
+    CHECK(nz_load_buffer(f, m, g_path, &b, NULL, &err) == NZ_OK, "reassembled: %s", err.msg);
+    if (err.code == NZ_OK) nz_model_free(&b);
+    free(f);
+
+    /* the add's second input must be an earlier node */
+    wr32(g + add + 44, 6); /* itself */
+    GRAPH_CASE(NZ_ERR_FORMAT, "node 6 ('add'): bad input 1 (6)");
+    wr32(g + add + 44, 7); /* a later node */
+    GRAPH_CASE(NZ_ERR_FORMAT, "node 6 ('add'): bad input 1 (7)");
+    wr32(g + add + 44, 1000);
+    GRAPH_CASE(NZ_ERR_FORMAT, "node 6 ('add'): bad input 1");
+    wr32(g + add + 44, 0xffffffffu); /* -1 while n_inputs says 2 */
+    GRAPH_CASE(NZ_ERR_FORMAT, "node 6 ('add'): bad input 1 (-1)");
+    wr32(g + add + 40, 9); /* the first one too */
+    GRAPH_CASE(NZ_ERR_FORMAT, "node 6 ('add'): bad input 0 (9)");
+    /* an earlier node of another shape: the data (2x6x6) for 4x6x6 */
+    wr32(g + add + 44, 0);
+    GRAPH_CASE(NZ_ERR_SHAPE, "node 'add': adds 4x6x6 to 2x6x6");
+    /* an add with one input; a one-input op with two */
+    wr32(g + add + 36, 1);
+    wr32(g + add + 44, 0xffffffffu);
+    GRAPH_CASE(NZ_ERR_FORMAT, "node 'add': add takes 2 input(s), has 1");
+    wr32(g + relu2 + 36, 2);
+    wr32(g + relu2 + 44, 3);
+    GRAPH_CASE(NZ_ERR_FORMAT, "node 'relu2': relu takes 1 input(s), has 2");
+    /* attributes of the new ops */
+    wr32(g + bn1 + 68, 0); /* momentum 0 */
+    GRAPH_CASE(NZ_ERR_SHAPE, "node 'bn1': batch norm momentum 0 not in");
+    wr32(g + bn1 + 68, 0x7fc00000u); /* momentum NaN */
+    GRAPH_CASE(NZ_ERR_SHAPE, "node 'bn1': batch norm momentum nan");
+    wr32(g + bn1 + 68, 0x3fc00000u); /* momentum 1.5 */
+    GRAPH_CASE(NZ_ERR_SHAPE, "node 'bn1': batch norm momentum 1.5");
+    wr32(g + bn1 + 76 + 20 * 3 + 4, 5); /* running_var [4] -> [5] */
+    GRAPH_CASE(NZ_ERR_SHAPE, "(tensor bn1.p3): payload");
+    wr32(g + sc + 48, 2); /* shortcut to fewer channels than its input's 4 */
+    GRAPH_CASE(NZ_ERR_SHAPE, "node 'short': bad shortcut 4 -> 2 channels");
+    wr32(g + sc + 60, 0); /* stride 0 */
+    GRAPH_CASE(NZ_ERR_SHAPE, "node 'short': bad shortcut 4 -> 8 channels, stride 0");
+    wr32(g + pool + 52, 7); /* a 7x7 window on 6x6 */
+    wr32(g + pool + 56, 7);
+    GRAPH_CASE(NZ_ERR_SHAPE, "node 'pool': bad pool window 7x7 on 6x6");
+    wr32(g + pool + 60, 0); /* stride 0 */
+    GRAPH_CASE(NZ_ERR_SHAPE, "node 'pool': bad pool window");
+#undef GRAPH_CASE
+#undef RESET_GRAPH
+    free(g0);
+    free_split(s, ns);
+}
+
 static void test_missing_file(void) {
     char p[700];
     snprintf(p, sizeof p, "%s/does-not-exist.nnz", g_dir);
@@ -844,6 +1044,8 @@ int main(void) {
     }
     test_atomic_save();
     test_missing_file();
+    test_resnet_round_trip();
+    test_residual_graph_cases();
 
     CHECK(count_tmp_files(g_dir) == 0, "temporary files left behind");
     unlink(g_path);

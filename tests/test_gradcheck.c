@@ -40,7 +40,19 @@
  * path of a 300 x 784 layer against double formulas, and a smooth model (no relu/pool) through
  * nz_forward/nz_backward; see the section's comment for steps. Mutations include the plausible
  * mistakes: dV without the tangent projection, dg = <dW, V> (right only at ||V|| = 1), and a
- * backward that skips g = 0 groups. */
+ * backward that skips g = 0 groups.
+ *
+ * Residual networks' layers: batch norm (2-D and 1-D in training mode, where it is smooth but
+ * not affine in x: a 5-point difference per channel with a step from the channel's batch
+ * standard deviation, and a raised floor FLOOR_BN for the rounding of its float coefficients;
+ * eval mode is affine), average pool and GAP, the option-A shortcut (odd sizes, odd channel
+ * padding) and add; their OpenMP paths against double formulas at 1 and 2 threads. Then a tiny
+ * CIFAR-style ResNet through nz_forward/nz_backward in training and eval mode (the frozen-branch
+ * check with batch norm included; buffers must get no gradient; the BN backward with its batch
+ * statistics as constants must be caught), add nodes giving both inputs their gradient (also
+ * one node as both inputs, and the data as one), and a DAG whose nodes feed several consumers,
+ * so every order of gradient overwrite/accumulation in nz_backward is exercised. See each
+ * section's comment for its steps and floors. */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -62,6 +74,7 @@
 #define EPS_MODEL (1.0f / 8) /* strict check: frozen branches, 5-point stencil */
 #define EPS_MODEL_FWD 1e-2f    /* literal check through nz_forward */
 #define FLOOR_FLOAT_LOSS 1e-2  /* floor for differences of nz_softmax_xent's float loss */
+#define FLOOR_BN 1e-2          /* floor where training-mode batch norm is differenced (see there) */
 #define MODEL_SEED 6000
 
 /* ---------------------------------------------------------------- summary of worst errors */
@@ -252,10 +265,15 @@ static void expect_match(const char *section, const char *what, const float *ana
     report_match(section, what, ana, num, grad_compare(ana, num, n, skip));
 }
 
-/* The checker must flag a corrupted gradient. */
-static void expect_mismatch(const char *what, const float *ana, const double *num, size_t n) {
-    gc_report r = grad_compare(ana, num, n, NULL);
+/* The checker must flag a corrupted gradient, at the floor the real comparison uses. */
+static void expect_mismatch_floor(const char *what, const float *ana, const double *num, size_t n,
+                                  double floor_) {
+    gc_report r = grad_compare_floor(ana, num, n, NULL, floor_);
     CHECK(r.n_bad > 0, "mutation '%s' went unnoticed (worst rel err %.3g)", what, r.worst);
+}
+
+static void expect_mismatch(const char *what, const float *ana, const double *num, size_t n) {
+    expect_mismatch_floor(what, ana, num, n, GC_FLOOR);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -264,14 +282,18 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 /* Scales the analytic gradient of the element of median |numeric| among those >= 10 x the
- * floor (a typical one, not the largest) by 1.05 and expects the checker to report it. */
-static void mutate_scale_one(const char *what, const float *ana, const double *num, size_t n) {
+ * floor (a typical one, not the largest) by 1.05 and expects the checker to report it. With a
+ * raised floor (noisy differences) the elements >= that floor qualify: a 5% change of one is
+ * still a >= 4.8% relative error there. */
+static void mutate_scale_one_floor(const char *what, const float *ana, const double *num,
+                                   size_t n, double floor_) {
+    const double least = fmax(10 * GC_FLOOR, floor_);
     double *mag = malloc(sizeof(double) * (n ? n : 1));
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
-        if (fabs(num[i]) >= 10 * GC_FLOOR) mag[m++] = fabs(num[i]);
+        if (fabs(num[i]) >= least) mag[m++] = fabs(num[i]);
     if (m == 0) {
-        CHECK(0, "mutation '%s': no gradient element above %g", what, 10 * GC_FLOOR);
+        CHECK(0, "mutation '%s': no gradient element above %g", what, least);
         free(mag);
         return;
     }
@@ -285,8 +307,12 @@ static void mutate_scale_one(const char *what, const float *ana, const double *n
     bad[k] *= 1.05f;
     char label[160];
     snprintf(label, sizeof label, "%s[%zu] x 1.05 (|g| = %.3g)", what, k, med);
-    expect_mismatch(label, bad, num, n);
+    expect_mismatch_floor(label, bad, num, n, floor_);
     free(bad);
+}
+
+static void mutate_scale_one(const char *what, const float *ana, const double *num, size_t n) {
+    mutate_scale_one_floor(what, ana, num, n, GC_FLOOR);
 }
 
 /* Drops a whole gradient (as if backward forgot it) and expects the checker to report it. */
@@ -928,6 +954,7 @@ typedef struct {
     int32_t **pool_idx;     /* per maxpool node, frozen argmax within each plane */
     float *drop_mask;
     float *scratch;         /* conv im2col, per thread */
+    float *bn_buf;          /* batch norm: running-stat copies, mean, invstd (4 x max C) */
 } frozen_ctx;
 
 static void frozen_free(frozen_ctx *f) {
@@ -938,6 +965,7 @@ static void frozen_free(frozen_ctx *f) {
         free(f->pool_idx[i]);
     }
     free(f->act), free(f->relu_on), free(f->pool_idx), free(f->drop_mask), free(f->scratch);
+    free(f->bn_buf);
     f->act = NULL;
 }
 
@@ -946,12 +974,13 @@ static int frozen_init(frozen_ctx *f) {
     f->act = calloc((size_t)m->n_nodes, sizeof(float *));
     f->relu_on = calloc((size_t)m->n_nodes, sizeof(unsigned char *));
     f->pool_idx = calloc((size_t)m->n_nodes, sizeof(int32_t *));
-    size_t biggest = 1, scratch = 1;
+    size_t biggest = 1, scratch = 1, max_c = 1;
     int ok = f->act && f->relu_on && f->pool_idx;
     for (int i = 1; ok && i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
         const size_t sz = nz_shape_size(n->out) * (size_t)f->B;
         if (sz > biggest) biggest = sz;
+        if ((size_t)n->out.c > max_c) max_c = (size_t)n->out.c;
         if (n->op != NZ_OP_FLATTEN) ok &= (f->act[i] = malloc(sizeof(float) * sz)) != NULL;
         if (n->op == NZ_OP_RELU) ok &= (f->relu_on[i] = malloc(sz)) != NULL;
         if (n->op == NZ_OP_MAXPOOL) ok &= (f->pool_idx[i] = malloc(sizeof(int32_t) * sz)) != NULL;
@@ -964,7 +993,8 @@ static int frozen_init(frozen_ctx *f) {
         }
     }
     ok = ok && (f->drop_mask = malloc(sizeof(float) * biggest)) != NULL &&
-         (f->scratch = malloc(sizeof(float) * scratch)) != NULL;
+         (f->scratch = malloc(sizeof(float) * scratch)) != NULL &&
+         (f->bn_buf = malloc(sizeof(float) * 4 * max_c)) != NULL;
     if (!ok) frozen_free(f);
     return ok ? 0 : -1;
 }
@@ -1022,6 +1052,29 @@ static const float *frozen_forward(frozen_ctx *f, int record) {
                 dropout_forward(out, f->drop_mask, in, sz, n->p, &r);
             else
                 memcpy(out, in, sizeof(float) * sz);
+            break;
+        case NZ_OP_BATCHNORM: {
+            /* smooth (batch statistics) or affine (running statistics): nothing to freeze. The
+             * running statistics are copied so the function never writes the model. */
+            float *rm = f->bn_buf, *rv = rm + s.c, *mu = rv + s.c, *is = mu + s.c;
+            memcpy(rm, P + n->params[2].off, sizeof(float) * (size_t)s.c);
+            memcpy(rv, P + n->params[3].off, sizeof(float) * (size_t)s.c);
+            batchnorm_forward(out, in, P + n->params[0].off, P + n->params[1].off, rm, rv, mu, is,
+                              B, s.c, s.h * s.w, n->p, NZ_BN_EPS, f->training);
+            break;
+        }
+        case NZ_OP_ADD:
+            add_forward(out, in, f->act[n->inputs[1]], sz);
+            break;
+        case NZ_OP_AVGPOOL:
+            avgpool_forward(out, in, B, s.c, s.h, s.w, n->kh, n->kw, n->stride, n->out.h,
+                            n->out.w);
+            break;
+        case NZ_OP_GAP:
+            avgpool_forward(out, in, B, s.c, s.h, s.w, s.h, s.w, 1, 1, 1);
+            break;
+        case NZ_OP_SHORTCUT:
+            shortcut_forward(out, in, B, s.c, s.h, s.w, n->units, n->stride, n->out.h, n->out.w);
             break;
         default:
             break;
@@ -1632,6 +1685,1043 @@ static void check_normdir_model(int threads) {
     nz_model_free(&m);
 }
 
+/* ---------------------------------------------------------------- batch norm */
+
+/* batchnorm_forward/backward on x (B, C, HW), PyTorch semantics (NZ_BN_MOMENTUM, NZ_BN_EPS).
+ * Channels get different means (-2..2) and scales (0.5..2), gamma one negative value, and random
+ * running statistics, so no formula holds by accident of zero mean or unit variance.
+ *  - forward against the definition in double: out, the saved mean/invstd, and the running
+ *    statistics (r = 0.9 r + 0.1 stat with the *unbiased* variance in training; untouched in
+ *    eval, bit for bit). The check is shown able to tell the biased from the unbiased variance.
+ *  - gradients: the loss is affine in gamma and beta in both modes, and in x in eval mode
+ *    (e = EPS_AFFINE, 2-point). In training mode it is smooth but not affine in x: xhat moves
+ *    with the batch mean and variance, on the scale of the channel's batch standard deviation
+ *    s_c. A 5-point difference per channel with e_c the power of two <= s_c / 8 keeps the
+ *    truncation small (larger steps lose to it on the 1-D case, whose N = 8 values make each
+ *    one weigh on the statistics). What limits the check is rounding: the kernel folds each
+ *    channel into float coefficients y = x a + b, and their rounding, shared by the N outputs,
+ *    moves L by ~1e-6 whatever the step; divided by 12 e_c / 8 that is an absolute error
+ *    ~3e-5 on gradients of size |gamma|/s_c ~ 1. Compared with the 1e-3 floor a near-zero
+ *    element fails (worst 2.4e-2 over 200 seeds); with FLOOR_BN = 1e-2, the floor the literal
+ *    model check uses for its noisy float loss, the worst over 200 seeds is 5e-3 (2-D) and
+ *    1e-3 (1-D). The mutations of dx are judged at that floor too.
+ *  - mutations: the plausible mistakes of a BN backward: the batch statistics treated as
+ *    constants in training (both mean-gradient terms dropped: the eval formula), each of the two
+ *    terms dropped alone, and the training formula used in eval mode. */
+typedef struct {
+    int B, C, HW, training;
+    size_t n;
+    float *x, *gamma, *beta, *rm, *rv, *rm0, *rv0, *mean, *invstd, *R, *out;
+} bn_ctx;
+
+static double bn_loss(void *p) {
+    bn_ctx *c = p;
+    memcpy(c->rm, c->rm0, sizeof(float) * (size_t)c->C);
+    memcpy(c->rv, c->rv0, sizeof(float) * (size_t)c->C);
+    batchnorm_forward(c->out, c->x, c->gamma, c->beta, c->rm, c->rv, c->mean, c->invstd, c->B,
+                      c->C, c->HW, NZ_BN_MOMENTUM, NZ_BN_EPS, c->training);
+    return dot_d(c->out, c->R, c->n);
+}
+
+/* per channel mean and biased variance of x (B, C, HW) in double */
+static void bn_stats_d(const float *x, int B, int C, int HW, double *mean, double *var) {
+    for (int ch = 0; ch < C; ch++) {
+        double s = 0, ss = 0;
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < HW; i++) s += x[((size_t)b * C + ch) * HW + i];
+        const double m = s / ((double)B * HW);
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < HW; i++) {
+                const double d = x[((size_t)b * C + ch) * HW + i] - m;
+                ss += d * d;
+            }
+        mean[ch] = m;
+        var[ch] = ss / ((double)B * HW);
+    }
+}
+
+/* dx of a BN backward built in the test: terms selects which of the two mean-gradient terms
+ * are kept (bit 0: - mean(dy), bit 1: - xhat mean(dy xhat)) */
+static void bn_dx_terms(float *dx, const bn_ctx *c, int terms) {
+    const double N = (double)c->B * c->HW;
+    for (int ch = 0; ch < c->C; ch++) {
+        double sdy = 0, sdyx = 0;
+        for (int b = 0; b < c->B; b++)
+            for (int i = 0; i < c->HW; i++) {
+                const size_t j = ((size_t)b * c->C + ch) * c->HW + i;
+                sdy += c->R[j];
+                sdyx += c->R[j] * ((c->x[j] - c->mean[ch]) * c->invstd[ch]);
+            }
+        for (int b = 0; b < c->B; b++)
+            for (int i = 0; i < c->HW; i++) {
+                const size_t j = ((size_t)b * c->C + ch) * c->HW + i;
+                const double xh = (c->x[j] - c->mean[ch]) * c->invstd[ch];
+                double g = c->R[j];
+                if (terms & 1) g -= sdy / N;
+                if (terms & 2) g -= xh * sdyx / N;
+                dx[j] = (float)(c->gamma[ch] * c->invstd[ch] * g);
+            }
+    }
+}
+
+static void check_batchnorm(int B, int C, int H, int W, int training) {
+    char S[64];
+    snprintf(S, sizeof S, "batchnorm %s (%d, %d, %dx%d)", training ? "train" : "eval", B, C, H,
+             W);
+    bn_ctx c = {.B = B, .C = C, .HW = H * W, .training = training};
+    c.n = (size_t)B * C * c.HW;
+    const size_t nc = (size_t)C;
+    nz_rng r;
+    nz_rng_seed(&r, 8000u + (unsigned)(B * 1000 + C * 100 + H * 10 + training));
+    c.x = galloc(c.n), c.R = galloc(c.n), c.out = galloc(c.n);
+    c.gamma = galloc(nc), c.beta = galloc(nc), c.rm = galloc(nc), c.rv = galloc(nc);
+    c.rm0 = galloc(nc), c.rv0 = galloc(nc), c.mean = galloc(nc), c.invstd = galloc(nc);
+    for (int ch = 0; ch < C; ch++) {
+        const float mu = nz_rng_range(&r, -2.0f, 2.0f), sd = nz_rng_range(&r, 0.5f, 2.0f);
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < c.HW; i++)
+                c.x[((size_t)b * C + ch) * c.HW + i] = mu + sd * nz_rng_normal(&r);
+        c.gamma[ch] = nz_rng_range(&r, 0.5f, 1.5f);
+        c.beta[ch] = 0.5f * nz_rng_normal(&r);
+        c.rm0[ch] = 0.5f * nz_rng_normal(&r);
+        c.rv0[ch] = nz_rng_range(&r, 0.5f, 2.0f);
+    }
+    c.gamma[C > 1 ? 1 : 0] = -0.7f;
+    fill_normal(c.R, c.n, &r, 1.0f);
+
+    /* forward against the definition */
+    bn_loss(&c);
+    {
+        double *m = malloc(sizeof(double) * nc), *v = malloc(sizeof(double) * nc);
+        bn_stats_d(c.x, B, C, c.HW, m, v);
+        const double N = (double)B * c.HW;
+        double eo = 0, es = 0, er = 0, ebias = INFINITY;
+        int untouched = 1;
+        for (int ch = 0; ch < C; ch++) {
+            const double mu = training ? m[ch] : c.rm0[ch];
+            const double var = training ? v[ch] : c.rv0[ch];
+            const double is = 1.0 / sqrt(var + NZ_BN_EPS);
+            for (int b = 0; b < B; b++)
+                for (int i = 0; i < c.HW; i++) {
+                    const size_t j = ((size_t)b * C + ch) * c.HW + i;
+                    const double y = c.gamma[ch] * (c.x[j] - mu) * is + c.beta[ch];
+                    eo = fmax(eo, fabs(y - c.out[j]) / fmax(fabs(y), 1.0));
+                }
+            es = fmax(es, fmax(fabs(c.mean[ch] - mu) / fmax(fabs(mu), 1.0),
+                               fabs(c.invstd[ch] - is) / is));
+            if (training) {
+                const double rm = 0.9 * c.rm0[ch] + 0.1 * m[ch];
+                const double rv = 0.9 * c.rv0[ch] + 0.1 * v[ch] * N / (N - 1);
+                const double rv_biased = 0.9 * c.rv0[ch] + 0.1 * v[ch];
+                er = fmax(er, fmax(fabs(c.rm[ch] - rm) / fmax(fabs(rm), 1.0),
+                                   fabs(c.rv[ch] - rv) / rv));
+                ebias = fmin(ebias, fabs(rv_biased - rv) / rv);
+            } else {
+                untouched &= memcmp(&c.rm[ch], &c.rm0[ch], 4) == 0 &&
+                             memcmp(&c.rv[ch], &c.rv0[ch], 4) == 0;
+            }
+        }
+        CHECK(eo < 1e-5, "%s forward vs double definition: %.3g", S, eo);
+        CHECK(es < 1e-6, "%s: saved mean/invstd vs double: %.3g", S, es);
+        section_record("batchnorm forward vs double", fmax(eo, es));
+        if (training) {
+            CHECK(er < 1e-6, "%s: running mean/var (momentum %g, unbiased var) vs double: %.3g",
+                  S, (double)NZ_BN_MOMENTUM, er);
+            /* the check above would see the biased variance in the running estimate */
+            CHECK(ebias > 100 * 1e-6, "%s: biased vs unbiased running var differ by only %.3g", S,
+                  ebias);
+            section_record("batchnorm running stats vs double", er);
+        } else {
+            CHECK(untouched, "%s: eval forward changed the running statistics", S);
+        }
+        free(m), free(v);
+    }
+
+    float *dx = galloc(c.n), *dg = galloc(nc), *db = galloc(nc);
+    batchnorm_backward(dx, dg, db, c.R, c.x, c.gamma, c.mean, c.invstd, B, C, c.HW, training);
+    double *gx;
+    const double xfloor = training ? FLOOR_BN : GC_FLOOR;
+    if (training) {
+        /* per (sample, channel) plane, the channel's step */
+        float *step = malloc(sizeof(float) * nc);
+        for (int ch = 0; ch < C; ch++) step[ch] = pow2_floor(1.0 / c.invstd[ch] / 8);
+        gx = malloc(sizeof(double) * c.n);
+        for (int b = 0; b < B; b++)
+            for (int ch = 0; ch < C; ch++) {
+                const size_t o = ((size_t)b * C + ch) * c.HW;
+                double *g = numeric_grad5(c.x + o, (size_t)c.HW, step[ch], bn_loss, &c);
+                memcpy(gx + o, g, sizeof(double) * (size_t)c.HW);
+                free(g);
+            }
+        free(step);
+    } else {
+        gx = numeric_grad(c.x, c.n, EPS_AFFINE, bn_loss, NULL, &c, NULL);
+    }
+    double *gg = numeric_grad(c.gamma, nc, EPS_AFFINE, bn_loss, NULL, &c, NULL);
+    double *gb = numeric_grad(c.beta, nc, EPS_AFFINE, bn_loss, NULL, &c, NULL);
+    bn_loss(&c); /* mean/invstd as at the evaluation point */
+    report_match(S, "dx", dx, gx, grad_compare_floor(dx, gx, c.n, NULL, xfloor));
+    expect_match(S, "dgamma", dg, gg, nc, NULL);
+    expect_match(S, "dbeta", db, gb, nc, NULL);
+    char what[128];
+    snprintf(what, sizeof what, "%s dx", S);
+    mutate_scale_one_floor(what, dx, gx, c.n, xfloor);
+    snprintf(what, sizeof what, "%s dgamma", S);
+    mutate_scale_one(what, dg, gg, nc);
+    snprintf(what, sizeof what, "%s dbeta", S);
+    mutate_drop(what, gb, nc);
+    {
+        float *bad = galloc(c.n), *t1 = galloc(nc), *t2 = galloc(nc);
+        /* the test's own formula with both terms reproduces the kernel (sanity) */
+        bn_dx_terms(bad, &c, training ? 3 : 0);
+        CHECK(norm_err(bad, dx, c.n) < 1e-5, "%s: dx vs the test's formula: %.3g", S,
+              norm_err(bad, dx, c.n));
+        if (training) {
+            memset(bad, 0, sizeof(float) * c.n);
+            batchnorm_backward(bad, t1, t2, c.R, c.x, c.gamma, c.mean, c.invstd, B, C, c.HW, 0);
+            snprintf(what, sizeof what, "%s dx with batch statistics as constants", S);
+            expect_mismatch_floor(what, bad, gx, c.n, xfloor);
+            bn_dx_terms(bad, &c, 2);
+            snprintf(what, sizeof what, "%s dx without - mean(dy)", S);
+            expect_mismatch_floor(what, bad, gx, c.n, xfloor);
+            bn_dx_terms(bad, &c, 1);
+            snprintf(what, sizeof what, "%s dx without - xhat mean(dy xhat)", S);
+            expect_mismatch_floor(what, bad, gx, c.n, xfloor);
+        } else {
+            memset(bad, 0, sizeof(float) * c.n);
+            batchnorm_backward(bad, t1, t2, c.R, c.x, c.gamma, c.mean, c.invstd, B, C, c.HW, 1);
+            snprintf(what, sizeof what, "%s dx with the training formula", S);
+            expect_mismatch_floor(what, bad, gx, c.n, xfloor);
+        }
+        gfree(bad), gfree(t1), gfree(t2);
+    }
+
+    /* accumulation; din may be NULL */
+    float *dx1 = malloc(sizeof(float) * c.n), *dg1 = malloc(sizeof(float) * nc),
+          *db1 = malloc(sizeof(float) * nc);
+    memcpy(dx1, dx, sizeof(float) * c.n);
+    memcpy(dg1, dg, sizeof(float) * nc);
+    memcpy(db1, db, sizeof(float) * nc);
+    batchnorm_backward(dx, dg, db, c.R, c.x, c.gamma, c.mean, c.invstd, B, C, c.HW, training);
+    snprintf(what, sizeof what, "%s dx", S);
+    expect_doubled(what, dx, dx1, c.n);
+    snprintf(what, sizeof what, "%s dgamma", S);
+    expect_doubled(what, dg, dg1, nc);
+    snprintf(what, sizeof what, "%s dbeta", S);
+    expect_doubled(what, db, db1, nc);
+    memset(dg, 0, sizeof(float) * nc);
+    memset(db, 0, sizeof(float) * nc);
+    batchnorm_backward(NULL, dg, db, c.R, c.x, c.gamma, c.mean, c.invstd, B, C, c.HW, training);
+    CHECK(norm_err(dg, dg1, nc) == 0 && norm_err(db, db1, nc) == 0,
+          "%s: backward with din = NULL changes dgamma/dbeta", S);
+    CHECK(guards_ok(c.x, c.n) && guards_ok(c.out, c.n) && guards_ok(dx, c.n) &&
+              guards_ok(dg, nc) && guards_ok(db, nc) && guards_ok(c.rm, nc) &&
+              guards_ok(c.rv, nc) && guards_ok(c.mean, nc) && guards_ok(c.invstd, nc),
+          "%s wrote outside its buffers", S);
+
+    free(dx1), free(dg1), free(db1), free(gx), free(gg), free(gb);
+    gfree(dx), gfree(dg), gfree(db);
+    gfree(c.x), gfree(c.R), gfree(c.out), gfree(c.gamma), gfree(c.beta), gfree(c.rm), gfree(c.rv);
+    gfree(c.rm0), gfree(c.rv0), gfree(c.mean), gfree(c.invstd);
+}
+
+/* ---------------------------------------------------------------- average pool */
+
+/* avgpool_forward/backward: the loss is linear in x, so e = EPS_AFFINE. GAP is the same kernel
+ * with the window the whole (non-square) plane and stride 1, as nz_forward calls it. 7x7 with
+ * 2x2/2 checks the floor rule (the last row and column get no gradient). */
+typedef struct {
+    int B, C, H, W, kh, kw, s, OH, OW;
+    float *x, *R, *out;
+} avg_ctx;
+
+static double avg_loss(void *p) {
+    avg_ctx *c = p;
+    avgpool_forward(c->out, c->x, c->B, c->C, c->H, c->W, c->kh, c->kw, c->s, c->OH, c->OW);
+    return dot_d(c->out, c->R, (size_t)c->B * c->C * c->OH * c->OW);
+}
+
+static void check_avgpool(const char *S, int H, int W, int kh, int kw, int s) {
+    avg_ctx c = {.B = 2, .C = 3, .H = H, .W = W, .kh = kh, .kw = kw, .s = s};
+    c.OH = (H - kh) / s + 1;
+    c.OW = (W - kw) / s + 1;
+    const size_t nx = (size_t)c.B * c.C * H * W, no = (size_t)c.B * c.C * c.OH * c.OW;
+    nz_rng r;
+    nz_rng_seed(&r, 8500u + (unsigned)(kh * 100 + kw * 10 + s));
+    c.x = galloc(nx), c.R = galloc(no), c.out = galloc(no);
+    fill_normal(c.x, nx, &r, 1.0f);
+    fill_normal(c.R, no, &r, 1.0f);
+    avg_loss(&c);
+    double worst = 0;
+    for (int p = 0; p < c.B * c.C; p++)
+        for (int oh = 0; oh < c.OH; oh++)
+            for (int ow = 0; ow < c.OW; ow++) {
+                double sum = 0;
+                for (int i = 0; i < kh; i++)
+                    for (int j = 0; j < kw; j++)
+                        sum += c.x[(size_t)p * H * W + (size_t)(oh * s + i) * W + ow * s + j];
+                const double y = sum / (kh * kw);
+                worst = fmax(worst, fabs(y - c.out[((size_t)p * c.OH + oh) * c.OW + ow]) /
+                                        fmax(fabs(y), 1.0));
+            }
+    CHECK(worst < 1e-6, "%s forward vs the window mean in double: %.3g", S, worst);
+    section_record("avgpool forward vs double", worst);
+    float *dx = galloc(nx);
+    avgpool_backward(dx, c.R, c.B, c.C, H, W, kh, kw, s, c.OH, c.OW);
+    double *gx = numeric_grad(c.x, nx, EPS_AFFINE, avg_loss, NULL, &c, NULL);
+    expect_match(S, "dx", dx, gx, nx, NULL);
+    char what[96];
+    snprintf(what, sizeof what, "%s dx", S);
+    mutate_scale_one(what, dx, gx, nx);
+    {
+        float *bad = malloc(sizeof(float) * nx);
+        for (size_t i = 0; i < nx; i++) bad[i] = dx[i] * (float)(kh * kw);
+        snprintf(what, sizeof what, "%s dx not divided by the window size", S);
+        expect_mismatch(what, bad, gx, nx);
+        free(bad);
+    }
+    float *dx1 = malloc(sizeof(float) * nx);
+    memcpy(dx1, dx, sizeof(float) * nx);
+    avgpool_backward(dx, c.R, c.B, c.C, H, W, kh, kw, s, c.OH, c.OW);
+    expect_doubled(S, dx, dx1, nx);
+    CHECK(guards_ok(c.out, no) && guards_ok(dx, nx) && guards_ok(c.x, nx),
+          "%s wrote outside its buffers", S);
+    free(dx1), free(gx);
+    gfree(dx), gfree(c.x), gfree(c.R), gfree(c.out);
+}
+
+/* ---------------------------------------------------------------- option-A shortcut */
+
+/* shortcut_forward/backward: out = x[:, :, ::s, ::s] with (OC - C) / 2 zero channels before and
+ * the rest after. Linear in x: e = EPS_AFFINE. The forward is a copy, so it is checked exactly,
+ * padded channels included (the output buffer starts dirty). Odd sizes: 7x7 at stride 2 keeps
+ * the last row (ceil, not floor), 5 - 2 = 3 padded channels split 1 / 2. */
+typedef struct {
+    int B, C, H, W, OC, s, OH, OW;
+    float *x, *R, *out;
+} sc_ctx;
+
+static double sc_loss(void *p) {
+    sc_ctx *c = p;
+    shortcut_forward(c->out, c->x, c->B, c->C, c->H, c->W, c->OC, c->s, c->OH, c->OW);
+    return dot_d(c->out, c->R, (size_t)c->B * c->OC * c->OH * c->OW);
+}
+
+/* dx of the shortcut computed in the test, with the channel offset lo */
+static void sc_dx(float *dx, const sc_ctx *c, int lo) {
+    memset(dx, 0, sizeof(float) * (size_t)c->B * c->C * c->H * c->W);
+    for (int b = 0; b < c->B; b++)
+        for (int ch = 0; ch < c->C; ch++) {
+            const int oc = ch + lo;
+            if (oc < 0 || oc >= c->OC) continue;
+            for (int oh = 0; oh < c->OH; oh++)
+                for (int ow = 0; ow < c->OW; ow++)
+                    dx[(((size_t)b * c->C + ch) * c->H + oh * c->s) * c->W + ow * c->s] +=
+                        c->R[(((size_t)b * c->OC + oc) * c->OH + oh) * c->OW + ow];
+        }
+}
+
+static void check_shortcut(int C, int OC, int H, int W, int s) {
+    char S[64];
+    snprintf(S, sizeof S, "shortcut %d->%d s%d %dx%d", C, OC, s, H, W);
+    sc_ctx c = {.B = 2, .C = C, .H = H, .W = W, .OC = OC, .s = s};
+    c.OH = (H - 1) / s + 1;
+    c.OW = (W - 1) / s + 1;
+    const size_t nx = (size_t)c.B * C * H * W, no = (size_t)c.B * OC * c.OH * c.OW;
+    const int lo = (OC - C) / 2;
+    nz_rng r;
+    nz_rng_seed(&r, 8700u + (unsigned)(C * 100 + OC * 10 + s));
+    c.x = galloc(nx), c.R = galloc(no), c.out = galloc(no);
+    fill_normal(c.x, nx, &r, 1.0f);
+    fill_normal(c.R, no, &r, 1.0f);
+    for (size_t i = 0; i < no; i++) c.out[i] = 7.0f;
+    sc_loss(&c);
+    int exact = 1;
+    for (int b = 0; b < c.B; b++)
+        for (int oc = 0; oc < OC; oc++)
+            for (int oh = 0; oh < c.OH; oh++)
+                for (int ow = 0; ow < c.OW; ow++) {
+                    const int ch = oc - lo;
+                    const float want =
+                        ch < 0 || ch >= C
+                            ? 0.0f
+                            : c.x[(((size_t)b * C + ch) * H + oh * s) * W + ow * s];
+                    exact &= c.out[(((size_t)b * OC + oc) * c.OH + oh) * c.OW + ow] == want;
+                }
+    CHECK(exact, "%s forward is not x[:, :, ::%d, ::%d] padded with %d zero channels before", S,
+          s, s, lo);
+    float *dx = galloc(nx), *ref = galloc(nx);
+    shortcut_backward(dx, c.R, c.B, C, H, W, OC, s, c.OH, c.OW);
+    sc_dx(ref, &c, lo);
+    CHECK(memcmp(dx, ref, sizeof(float) * nx) == 0, "%s backward is not the exact scatter", S);
+    double *gx = numeric_grad(c.x, nx, EPS_AFFINE, sc_loss, NULL, &c, NULL);
+    expect_match(S, "dx", dx, gx, nx, NULL);
+    char what[160];
+    snprintf(what, sizeof what, "%s dx", S);
+    mutate_scale_one(what, dx, gx, nx);
+    if (OC > C) {
+        sc_dx(ref, &c, lo == 0 ? 1 : 0);
+        snprintf(what, sizeof what, "%s dx read from channel offset %d (not %d)", S,
+                 lo == 0 ? 1 : 0, lo);
+        expect_mismatch(what, ref, gx, nx);
+    }
+    {
+        /* a sampled pixel's gradient routed to its right-hand neighbour */
+        float *bad = malloc(sizeof(float) * nx);
+        memcpy(bad, dx, sizeof(float) * nx);
+        bad[1] = bad[0];
+        bad[0] = 0.0f;
+        snprintf(what, sizeof what, "%s dx routed to a neighbour", S);
+        expect_mismatch(what, bad, gx, nx);
+        free(bad);
+    }
+    float *dx1 = malloc(sizeof(float) * nx);
+    memcpy(dx1, dx, sizeof(float) * nx);
+    shortcut_backward(dx, c.R, c.B, C, H, W, OC, s, c.OH, c.OW);
+    expect_doubled(S, dx, dx1, nx);
+    CHECK(guards_ok(c.out, no) && guards_ok(dx, nx) && guards_ok(c.x, nx),
+          "%s wrote outside its buffers", S);
+    free(dx1), free(gx);
+    gfree(dx), gfree(ref), gfree(c.x), gfree(c.R), gfree(c.out);
+}
+
+/* ---------------------------------------------------------------- add */
+
+typedef struct {
+    size_t n;
+    float *a, *b, *R, *out;
+} add_ctx;
+
+static double add_loss(void *p) {
+    add_ctx *c = p;
+    add_forward(c->out, c->a, c->b, c->n);
+    return dot_d(c->out, c->R, c->n);
+}
+
+static void check_add(void) {
+    const char *S = "add";
+    add_ctx c = {.n = 150};
+    nz_rng r;
+    nz_rng_seed(&r, 8900);
+    c.a = galloc(c.n), c.b = galloc(c.n), c.R = galloc(c.n), c.out = galloc(c.n);
+    fill_normal(c.a, c.n, &r, 1.0f);
+    fill_normal(c.b, c.n, &r, 1.0f);
+    fill_normal(c.R, c.n, &r, 1.0f);
+    add_loss(&c);
+    int ok = 1;
+    for (size_t i = 0; i < c.n; i++) ok &= c.out[i] == c.a[i] + c.b[i];
+    CHECK(ok, "add forward is not a + b");
+    float *da = galloc(c.n), *db = galloc(c.n);
+    add_backward(da, c.R, c.n);
+    add_backward(db, c.R, c.n);
+    double *ga = numeric_grad(c.a, c.n, EPS_AFFINE, add_loss, NULL, &c, NULL);
+    double *gb = numeric_grad(c.b, c.n, EPS_AFFINE, add_loss, NULL, &c, NULL);
+    expect_match(S, "da", da, ga, c.n, NULL);
+    expect_match(S, "db", db, gb, c.n, NULL);
+    mutate_scale_one("add da", da, ga, c.n);
+    float *da1 = malloc(sizeof(float) * c.n);
+    memcpy(da1, da, sizeof(float) * c.n);
+    add_backward(da, c.R, c.n);
+    expect_doubled(S, da, da1, c.n);
+    CHECK(guards_ok(c.out, c.n) && guards_ok(da, c.n) && guards_ok(db, c.n),
+          "add wrote outside its buffers");
+    free(da1), free(ga), free(gb);
+    gfree(da), gfree(db), gfree(c.a), gfree(c.b), gfree(c.R), gfree(c.out);
+}
+
+/* The OpenMP paths of the new kernels (sizes past their parallel thresholds): bit-identical at
+ * 1 and 2 threads (every channel / plane / element is computed alone) and equal to the
+ * definitions in double. */
+static void check_new_kernels_threaded(void) {
+    const char *S = "bn/avgpool/shortcut/add threaded";
+    const int B = 5, C = 16, H = 32, W = 32, HW = H * W;
+    const size_t n = (size_t)B * C * HW;
+    nz_rng r;
+    nz_rng_seed(&r, 9100);
+    float *x = galloc(n), *g = galloc(n), *gamma = galloc(C), *beta = galloc(C);
+    fill_normal(x, n, &r, 1.5f);
+    fill_normal(g, n, &r, 1.0f);
+    for (int c = 0; c < C; c++) gamma[c] = nz_rng_range(&r, 0.5f, 1.5f), beta[c] = nz_rng_normal(&r);
+    for (size_t i = 0; i < n; i++) x[i] += (float)(i / HW % C) * 0.25f; /* channel means */
+    /* outputs at 1 and 2 threads: bn out, dx, dgamma, dbeta; avg out, dx; sc out, dx; add */
+    const int OH = H / 2, OW = W / 2, OC = 64; /* B OC OH OW > 65536 */
+    const size_t nav = (size_t)B * C * OH * OW, nsc = (size_t)B * OC * OH * OW;
+    float *o[2][9];
+    for (int t = 0; t < 2; t++) {
+        nz_set_threads(t + 1);
+        float *rm = galloc(C), *rv = galloc(C), *mu = galloc(C), *is = galloc(C);
+        for (int c = 0; c < C; c++) rv[c] = 1.0f;
+        o[t][0] = galloc(n), o[t][1] = galloc(n), o[t][2] = galloc(C), o[t][3] = galloc(C);
+        batchnorm_forward(o[t][0], x, gamma, beta, rm, rv, mu, is, B, C, HW, NZ_BN_MOMENTUM,
+                          NZ_BN_EPS, 1);
+        batchnorm_backward(o[t][1], o[t][2], o[t][3], g, x, gamma, mu, is, B, C, HW, 1);
+        o[t][4] = galloc(nav), o[t][5] = galloc(n);
+        avgpool_forward(o[t][4], x, B, C, H, W, 2, 2, 2, OH, OW);
+        avgpool_backward(o[t][5], g, B, C, H, W, 2, 2, 2, OH, OW);
+        o[t][6] = galloc(nsc), o[t][7] = galloc(n);
+        shortcut_forward(o[t][6], x, B, C, H, W, OC, 2, OH, OW);
+        shortcut_backward(o[t][7], g, B, C, H, W, OC, 2, OH, OW); /* g as (B, 64, 16, 16) */
+        o[t][8] = galloc(n);
+        add_forward(o[t][8], x, g, n);
+        add_backward(o[t][8], g, n);
+        gfree(rm), gfree(rv), gfree(mu), gfree(is);
+    }
+    nz_set_threads(2);
+    const size_t sizes[9] = {n, n, (size_t)C, (size_t)C, nav, n, nsc, n, n};
+    int same = 1, guards = 1;
+    for (int k = 0; k < 9; k++) {
+        same &= memcmp(o[0][k], o[1][k], sizeof(float) * sizes[k]) == 0;
+        guards &= guards_ok(o[0][k], sizes[k]) && guards_ok(o[1][k], sizes[k]);
+    }
+    CHECK(same, "%s: 1 and 2 threads differ", S);
+    CHECK(guards, "%s: wrote outside its buffers", S);
+    /* against double: bn out and dx, avgpool, shortcut, add */
+    double *m = malloc(sizeof(double) * C), *v = malloc(sizeof(double) * C);
+    bn_stats_d(x, B, C, HW, m, v);
+    const double N = (double)B * HW;
+    double ebn = 0, edx = 0, eav = 0;
+    for (int c = 0; c < C; c++) {
+        const double is = 1.0 / sqrt(v[c] + NZ_BN_EPS);
+        double sdy = 0, sdyx = 0, dxmax = 0, dxerr = 0;
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < HW; i++) {
+                const size_t j = ((size_t)b * C + c) * HW + i;
+                const double xh = (x[j] - m[c]) * is;
+                ebn = fmax(ebn, fabs(gamma[c] * xh + beta[c] - o[1][0][j]) /
+                                    fmax(fabs(gamma[c] * xh + beta[c]), 1.0));
+                sdy += g[j];
+                sdyx += g[j] * xh;
+            }
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < HW; i++) {
+                const size_t j = ((size_t)b * C + c) * HW + i;
+                const double xh = (x[j] - m[c]) * is;
+                const double d = gamma[c] * is * (g[j] - sdy / N - xh * sdyx / N);
+                dxmax = fmax(dxmax, fabs(d));
+                dxerr = fmax(dxerr, fabs(d - o[1][1][j]));
+            }
+        edx = fmax(edx, dxerr / dxmax);
+    }
+    for (size_t p = 0; p < (size_t)B * C; p++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                const float *q = x + p * HW + (size_t)(2 * oh) * W + 2 * ow;
+                const double y = ((double)q[0] + q[1] + q[W] + q[W + 1]) / 4;
+                eav = fmax(eav, fabs(y - o[1][4][(p * OH + oh) * OW + ow]) / fmax(fabs(y), 1.0));
+            }
+    int sc_ok = 1, add_ok = 1;
+    for (int b = 0; b < B; b++)
+        for (int oc = 0; oc < OC; oc++)
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++) {
+                    const int c = oc - (OC - C) / 2;
+                    const float want =
+                        c < 0 || c >= C ? 0.0f : x[(((size_t)b * C + c) * H + 2 * oh) * W + 2 * ow];
+                    sc_ok &= o[1][6][(((size_t)b * OC + oc) * OH + oh) * OW + ow] == want;
+                }
+    for (size_t i = 0; i < n; i++) add_ok &= o[1][8][i] == (x[i] + g[i]) + g[i];
+    CHECK(ebn < 1e-5 && edx < 1e-5, "%s: batchnorm out %.3g, dx %.3g vs double", S, ebn, edx);
+    CHECK(eav < 1e-6, "%s: avgpool vs double %.3g", S, eav);
+    CHECK(sc_ok, "%s: shortcut forward not exact", S);
+    CHECK(add_ok, "%s: add forward/backward not exact", S);
+    section_record("bn/avgpool threaded vs double", fmax(fmax(ebn, edx), eav));
+    free(m), free(v);
+    for (int t = 0; t < 2; t++)
+        for (int k = 0; k < 9; k++) gfree(o[t][k]);
+    gfree(x), gfree(g), gfree(gamma), gfree(beta);
+}
+
+/* ---------------------------------------------------------------- a residual model */
+
+/* A tiny CIFAR-style ResNet through nz_forward / nz_backward:
+ *   stem: conv 2->4 -> bn -> relu
+ *   b1:   conv -> bn -> relu -> conv -> bn, add(., stem), relu         (identity shortcut)
+ *   b2:   conv 4->8 s2 -> bn -> relu -> conv -> bn, add(., shortcut(b1, 8, s2)), relu
+ *   gap -> flatten -> fc (5 classes)
+ * on (2, 7, 7) inputs (odd: the strided conv and the shortcut must agree on 4x4).
+ * Strict check as for the plain model (relu branches frozen, 5-point differences of the double
+ * cross-entropy of the frozen function, which reproduces nz_forward bit for bit), with two
+ * differences in training mode, where the function is no longer affine in a parameter (batch
+ * norm divides by the batch's standard deviation):
+ *  - the step: one conv weight moves a whole channel whose pre-BN spread is ~0.3 here, so
+ *    e = 1/8 is a large fraction of the function's scale (errors ~0.1-0.5 over 12 seeds), 1/32
+ *    still loses to truncation (up to 4e-2), 1/128 to rounding; e = EPS_BN_MODEL = 1/64.
+ *  - the floor: the rounding of the BN kernels' float coefficients (see the batch norm
+ *    section) makes the frozen loss noisy at ~1e-7, ~6e-6 in a difference at e = 1/64, so the
+ *    floor is FLOOR_BN: over 12 seeds the worst error is then 6e-4 (4e-3 at the 1e-3 floor),
+ *    with 60-75% of the elements above the floor, compared relatively.
+ * Eval mode is affine in each parameter again (e = EPS_MODEL, the 1e-3 floor); its running
+ * statistics are calibrated as a trained model's would be (one training forward with momentum 1
+ * on a copy, then perturbed by ~10%), so activations keep their scale through the layers.
+ * Parameter tensors only: the running statistics (buffers) must get an exactly zero gradient.
+ * Conv biases in front of a training-mode BN have an exactly zero true gradient (the mean
+ * subtraction cancels them); both sides are rounding noise there and the floor covers it.
+ * Literal check through nz_forward and nz_softmax_xent as for the plain model; in training mode
+ * most steps cross a relu kink somewhere (a weight moves its channel's whole BN output), so at
+ * least a quarter of the parameters must be clear of kinks there.
+ * Mutations: generic ones, plus the batch-norm backward with its batch statistics treated as
+ * constants (the two mean-gradient terms dropped), obtained from the library itself: the same
+ * model in eval mode with its running statistics set to each BN's batch mean and biased variance
+ * computes the same logits, and its backward is exactly that wrong gradient; it must be caught
+ * on the convs in front of a BN (their biases included: zero true gradient, not zero there). */
+#define EPS_BN_MODEL (1.0f / 64)
+
+static int build_resnet_tiny(nz_model *m) {
+    nz_error err;
+    if (nz_model_init(m, "gradcheck-resnet", (nz_shape){2, 7, 7}, 5, &err)) return -1;
+    int x = nz_model_add_conv2d(m, "stem_conv", 0, 4, 3, 1, 1, &err), stem, b1, y, sc;
+    if (x >= 0) x = nz_model_add_batchnorm(m, "stem_bn", x, &err);
+    if (x >= 0) x = nz_model_add_relu(m, "stem_relu", x, &err);
+    stem = x;
+    if (x >= 0) x = nz_model_add_conv2d(m, "b1a_conv", x, 4, 3, 1, 1, &err);
+    if (x >= 0) x = nz_model_add_batchnorm(m, "b1a_bn", x, &err);
+    if (x >= 0) x = nz_model_add_relu(m, "b1a_relu", x, &err);
+    if (x >= 0) x = nz_model_add_conv2d(m, "b1b_conv", x, 4, 3, 1, 1, &err);
+    if (x >= 0) x = nz_model_add_batchnorm(m, "b1b_bn", x, &err);
+    if (x >= 0) x = nz_model_add_add(m, "b1_add", x, stem, &err);
+    if (x >= 0) x = nz_model_add_relu(m, "b1_relu", x, &err);
+    b1 = x;
+    if (x >= 0) x = nz_model_add_conv2d(m, "b2a_conv", x, 8, 3, 2, 1, &err);
+    if (x >= 0) x = nz_model_add_batchnorm(m, "b2a_bn", x, &err);
+    if (x >= 0) x = nz_model_add_relu(m, "b2a_relu", x, &err);
+    if (x >= 0) x = nz_model_add_conv2d(m, "b2b_conv", x, 8, 3, 1, 1, &err);
+    y = x >= 0 ? nz_model_add_batchnorm(m, "b2b_bn", x, &err) : -1;
+    sc = y >= 0 ? nz_model_add_shortcut(m, "b2_short", b1, 8, 2, &err) : -1;
+    x = sc >= 0 ? nz_model_add_add(m, "b2_add", y, sc, &err) : -1;
+    if (x >= 0) x = nz_model_add_relu(m, "b2_relu", x, &err);
+    if (x >= 0) x = nz_model_add_gap(m, "gap", x, &err);
+    if (x >= 0) x = nz_model_add_flatten(m, "flatten", x, &err);
+    if (x >= 0) x = nz_model_add_dense(m, "fc", x, 5, &err);
+    if (x < 0 || nz_model_validate(m, &err) != NZ_OK) {
+        fprintf(stderr, "build_resnet_tiny: %s\n", err.msg);
+        nz_model_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+/* Kaiming-uniform convs and fc, then random BN affine parameters and running statistics. */
+static void init_resnet_params(nz_model *m, nz_rng *r) {
+    nz_model_init_params(m, r);
+    for (int i = 1; i < m->n_nodes; i++) {
+        const nz_node *n = &m->nodes[i];
+        if (n->op != NZ_OP_BATCHNORM) continue;
+        float *P = m->params;
+        for (int c = 0; c < n->out.c; c++) {
+            P[n->params[0].off + c] = nz_rng_range(r, 0.5f, 1.5f);
+            P[n->params[1].off + c] = 0.3f * nz_rng_normal(r);
+            P[n->params[2].off + c] = 0.2f * nz_rng_normal(r);
+            P[n->params[3].off + c] = nz_rng_range(r, 0.5f, 1.5f);
+        }
+    }
+}
+
+/* Running statistics as after training: every BN's batch statistics on x (one training forward
+ * of a copy with momentum 1), the mean moved by ~0.1 standard deviation and the variance scaled
+ * by 0.8..1.25. */
+static void calibrate_bn(nz_model *m, const float *x, int B, nz_rng *r) {
+    nz_model c;
+    nz_error err;
+    if (nz_model_copy(&c, m, &err) != NZ_OK) return;
+    for (int i = 1; i < c.n_nodes; i++)
+        if (c.nodes[i].op == NZ_OP_BATCHNORM) c.nodes[i].p = 1.0f;
+    nz_ws *ws = nz_ws_new(&c, B, &err);
+    if (ws) {
+        nz_forward(&c, ws, x, B, 1, NULL);
+        for (int i = 1; i < m->n_nodes; i++) {
+            const nz_node *n = &m->nodes[i];
+            if (n->op != NZ_OP_BATCHNORM) continue;
+            for (int ch = 0; ch < n->out.c; ch++) {
+                const float v = c.params[n->params[3].off + ch];
+                m->params[n->params[2].off + ch] =
+                    c.params[n->params[2].off + ch] + 0.1f * sqrtf(v) * nz_rng_normal(r);
+                m->params[n->params[3].off + ch] = v * nz_rng_range(r, 0.8f, 1.25f);
+            }
+        }
+        nz_ws_free(ws);
+    }
+    nz_model_free(&c);
+}
+
+static const char *slot_name(const nz_node *n, int k) {
+    static const char *const wb[] = {"W", "b"}, *const bn[] = {"gamma", "beta", "running_mean",
+                                                               "running_var"};
+    return n->op == NZ_OP_BATCHNORM ? bn[k] : wb[k];
+}
+
+/* The same point in eval mode with every BN's running statistics set to its batch mean and
+ * biased variance (from ws's training forward): same logits, and its backward is the gradient
+ * with the batch statistics taken as constants. Returns that gradient (malloc'd) or NULL. */
+static float *bn_constant_stats_grad(const nz_model *m, const nz_ws *ws, const float *x,
+                                     const uint8_t *y, int B, const float *z_train) {
+    nz_model m2;
+    nz_error err;
+    if (nz_model_copy(&m2, m, &err) != NZ_OK) return NULL;
+    for (int i = 1; i < m2.n_nodes; i++) {
+        const nz_node *n = &m2.nodes[i];
+        if (n->op != NZ_OP_BATCHNORM) continue;
+        const nz_shape s = m2.nodes[n->inputs[0]].out;
+        double mean[64], var[64];
+        if (s.c > 64) continue;
+        bn_stats_d(nz_ws_act(ws, n->inputs[0]), B, s.c, s.h * s.w, mean, var);
+        for (int c = 0; c < s.c; c++) {
+            m2.params[n->params[2].off + c] = (float)mean[c];
+            m2.params[n->params[3].off + c] = (float)var[c];
+        }
+    }
+    nz_ws *w2 = nz_ws_new(&m2, B, &err);
+    float *g = NULL;
+    if (w2) {
+        const size_t nl = (size_t)B * m2.n_classes;
+        const float *z = nz_forward(&m2, w2, x, B, 0, NULL);
+        const double e = norm_err(z, z_train, nl);
+        CHECK(e < 1e-5, "eval mode with running stats = batch stats: logits differ by %.3g", e);
+        float *dl = malloc(sizeof(float) * nl);
+        nz_softmax_xent(z, y, B, m2.n_classes, dl, NULL);
+        nz_ws_zero_grads(w2);
+        nz_backward(&m2, w2, dl, B);
+        g = malloc(sizeof(float) * m2.n_params);
+        memcpy(g, nz_ws_grads(w2), sizeof(float) * m2.n_params);
+        free(dl);
+        nz_ws_free(w2);
+    }
+    nz_model_free(&m2);
+    return g;
+}
+
+static void check_resnet_model(const char *S, int training, int threads, uint64_t seed) {
+    nz_set_threads(threads);
+    nz_model m;
+    if (build_resnet_tiny(&m) != 0) {
+        CHECK(0, "%s: cannot build the model", S);
+        return;
+    }
+    nz_error err;
+    nz_rng r;
+    nz_rng_seed(&r, seed);
+    init_resnet_params(&m, &r);
+    const int B = 3;
+    const size_t nx = (size_t)B * nz_shape_size(m.in), nl = (size_t)B * m.n_classes;
+    float *x = galloc(nx), *dlogits = galloc(nl);
+    uint8_t y[3];
+    fill_normal(x, nx, &r, 1.0f);
+    for (int b = 0; b < B; b++) y[b] = (uint8_t)nz_rng_below(&r, (uint64_t)m.n_classes);
+    if (!training) calibrate_bn(&m, x, B, &r);
+    const double floor_ = training ? FLOOR_BN : GC_FLOOR;
+    nz_ws *ws = nz_ws_new(&m, B, &err);
+    frozen_ctx fz = {.m = &m, .x = x, .y = y, .B = B, .training = training, .seed = 99};
+    if (!ws || frozen_init(&fz) != 0) {
+        CHECK(0, "%s: out of memory", S);
+        nz_ws_free(ws);
+        nz_model_free(&m);
+        gfree(x), gfree(dlogits);
+        return;
+    }
+    model_ctx c = {.m = &m, .ws = ws, .x = x, .y = y, .B = B, .training = training, .seed = 99};
+    float *ana = malloc(sizeof(float) * m.n_params), *constant_stats = NULL;
+    {
+        const float *z = nz_forward(&m, ws, x, B, training, NULL);
+        nz_softmax_xent(z, y, B, m.n_classes, dlogits, NULL);
+        nz_ws_zero_grads(ws);
+        nz_backward(&m, ws, dlogits, B);
+        memcpy(ana, nz_ws_grads(ws), sizeof(float) * m.n_params);
+        const float *zf = frozen_forward(&fz, 1);
+        CHECK(memcmp(z, zf, sizeof(float) * nl) == 0,
+              "%s: layer-by-layer forward differs from nz_forward (norm err %.3g)", S,
+              norm_err(zf, z, nl));
+        if (training) constant_stats = bn_constant_stats_grad(&m, ws, x, y, B, z);
+    }
+    nz_set_threads(1);
+
+    /* 1. strict, per trainable tensor; buffers get exactly zero */
+    double *num = calloc(m.n_params, sizeof(double));
+    int buffers_zero = 1;
+    for (int i = 1; i < m.n_nodes; i++) {
+        const nz_node *n = &m.nodes[i];
+        for (int k = 0; k < n->n_params; k++) {
+            const nz_param *pp = &n->params[k];
+            if (nz_param_is_buffer(n, k)) {
+                for (size_t j = 0; j < pp->n; j++) buffers_zero &= ana[pp->off + j] == 0.0f;
+                continue;
+            }
+            double *g = numeric_grad5(m.params + pp->off, pp->n, training ? EPS_BN_MODEL
+                                                                          : EPS_MODEL,
+                                      frozen_loss, &fz);
+            memcpy(num + pp->off, g, sizeof(double) * pp->n);
+            free(g);
+            char what[64];
+            snprintf(what, sizeof what, "%s.%s", n->name, slot_name(n, k));
+            report_match(S, what, ana + pp->off, num + pp->off,
+                         grad_compare_floor(ana + pp->off, num + pp->off, pp->n, NULL, floor_));
+        }
+    }
+    CHECK(buffers_zero, "%s: running statistics received a gradient", S);
+    {
+        char label[128];
+        static const struct {
+            const char *node;
+            int k;
+        } scaled[] = {{"stem_conv", 0}, {"b1a_bn", 0}, {"b2b_bn", 1}, {"b2a_conv", 0}};
+        for (size_t j = 0; j < sizeof scaled / sizeof scaled[0]; j++) {
+            const nz_param *p = model_param(&m, scaled[j].node, scaled[j].k);
+            const nz_node *nd = &m.nodes[0];
+            for (int i = 1; i < m.n_nodes; i++)
+                if (strcmp(m.nodes[i].name, scaled[j].node) == 0) nd = &m.nodes[i];
+            snprintf(label, sizeof label, "%s %s.%s", S, scaled[j].node, slot_name(nd, scaled[j].k));
+            if (p) mutate_scale_one_floor(label, ana + p->off, num + p->off, p->n, floor_);
+        }
+        const nz_param *fb = model_param(&m, "fc", 1);
+        snprintf(label, sizeof label, "%s fc.b", S);
+        if (fb) {
+            float *zero = calloc(fb->n, sizeof(float));
+            snprintf(label, sizeof label, "%s fc.b dropped", S);
+            expect_mismatch_floor(label, zero, num + fb->off, fb->n, floor_);
+            free(zero);
+        }
+        if (training) {
+            CHECK(constant_stats != NULL, "%s: the constant-statistics gradient failed", S);
+            static const char *const nodes[] = {"stem_conv", "b1a_conv", "b2a_conv"};
+            for (size_t j = 0; constant_stats && j < 3; j++)
+                for (int k = 0; k < 2; k++) {
+                    const nz_param *p = model_param(&m, nodes[j], k);
+                    if (!p) continue;
+                    snprintf(label, sizeof label, "%s %s.%s with BN batch stats as constants", S,
+                             nodes[j], k ? "b" : "W");
+                    expect_mismatch_floor(label, constant_stats + p->off, num + p->off, p->n,
+                                          floor_);
+                }
+        }
+    }
+
+    /* 2. literal: nz_forward + nz_softmax_xent where no step crosses a relu kink */
+    {
+        model_loss(&c);
+        c.pattern0 = c.pattern;
+        unsigned char *skip = calloc(m.n_params, 1);
+        double *num2 = calloc(m.n_params, sizeof(double));
+        for (int i = 1; i < m.n_nodes; i++) {
+            const nz_node *n = &m.nodes[i];
+            for (int k = 0; k < n->n_params; k++) {
+                const nz_param *pp = &n->params[k];
+                if (nz_param_is_buffer(n, k)) {
+                    memset(skip + pp->off, 1, pp->n);
+                    continue;
+                }
+                double *g = numeric_grad(m.params + pp->off, pp->n, EPS_MODEL_FWD, model_loss,
+                                         model_kink, &c, skip + pp->off);
+                memcpy(num2 + pp->off, g, sizeof(double) * pp->n);
+                free(g);
+            }
+        }
+        gc_report rep = grad_compare_floor(ana, num2, m.n_params, skip, FLOOR_FLOAT_LOSS);
+        char sec[80];
+        snprintf(sec, sizeof sec, "%s via nz_forward", S);
+        report_match(sec, "all params", ana, num2, rep);
+        size_t n_buf = 0;
+        for (int i = 1; i < m.n_nodes; i++)
+            for (int k = 0; k < m.nodes[i].n_params; k++)
+                if (nz_param_is_buffer(&m.nodes[i], k)) n_buf += m.nodes[i].params[k].n;
+        const size_t trainable = m.n_params - n_buf;
+        printf("  %s: %zu trainable params (+%zu buffer values), all checked with frozen "
+               "branches; %zu also through nz_forward (the rest cross a relu kink at e = %g)\n",
+               S, trainable, n_buf, rep.n_compared, (double)EPS_MODEL_FWD);
+        CHECK(rep.n_compared * 4 >= trainable, "%s: only %zu of %zu parameters clear of kinks",
+              sec, rep.n_compared, trainable);
+        free(num2), free(skip);
+    }
+
+    /* accumulation: two backward passes double every parameter gradient */
+    nz_set_threads(threads);
+    nz_forward(&m, ws, x, B, training, NULL);
+    nz_backward(&m, ws, dlogits, B);
+    expect_doubled(S, nz_ws_grads(ws), ana, m.n_params);
+    CHECK(guards_ok(x, nx) && guards_ok(dlogits, nl), "%s wrote outside its buffers", S);
+
+    free(ana), free(num), free(constant_stats);
+    gfree(x), gfree(dlogits);
+    frozen_free(&fz);
+    nz_ws_free(ws);
+    nz_model_free(&m);
+}
+
+/* An add node passes the gradient to both its inputs. Two conv branches of the input with
+ * identical weights feed add(convA, convB) -> flatten -> fc: both convs must get the same,
+ * non-zero gradient, bit for bit. add(x, x) (one node as both inputs) must give x twice the
+ * gradient: the model fc(flatten(add(c, c))) against fc'(flatten(c)) with fc'.W = 2 fc.W has
+ * bit-identical conv gradients, and fc.W's gradient is twice fc'.W's (all scalings by 2 are
+ * exact in float). An add whose second input is the data node runs (the data gets none). */
+static void check_add_inputs(void) {
+    const char *S = "add in the graph";
+    nz_error err;
+    nz_model m, dup, ref, dat;
+    int ok = nz_model_init(&m, "two-branch", (nz_shape){2, 5, 5}, 3, &err) == NZ_OK;
+    int a = ok ? nz_model_add_conv2d(&m, "convA", 0, 2, 3, 1, 1, &err) : -1;
+    int b = a >= 0 ? nz_model_add_conv2d(&m, "convB", 0, 2, 3, 1, 1, &err) : -1;
+    int x = b >= 0 ? nz_model_add_add(&m, "add", a, b, &err) : -1;
+    if (x >= 0) x = nz_model_add_flatten(&m, "flatten", x, &err);
+    if (x >= 0) x = nz_model_add_dense(&m, "fc", x, 3, &err);
+    ok = x >= 0 && nz_model_init(&dup, "dup", (nz_shape){2, 5, 5}, 3, &err) == NZ_OK;
+    x = ok ? nz_model_add_conv2d(&dup, "conv", 0, 2, 3, 1, 1, &err) : -1;
+    if (x >= 0) x = nz_model_add_add(&dup, "add", x, x, &err);
+    if (x >= 0) x = nz_model_add_flatten(&dup, "flatten", x, &err);
+    if (x >= 0) x = nz_model_add_dense(&dup, "fc", x, 3, &err);
+    ok = x >= 0 && nz_model_init(&ref, "ref", (nz_shape){2, 5, 5}, 3, &err) == NZ_OK;
+    x = ok ? nz_model_add_conv2d(&ref, "conv", 0, 2, 3, 1, 1, &err) : -1;
+    if (x >= 0) x = nz_model_add_flatten(&ref, "flatten", x, &err);
+    if (x >= 0) x = nz_model_add_dense(&ref, "fc", x, 3, &err);
+    ok = x >= 0 && nz_model_init(&dat, "data", (nz_shape){2, 5, 5}, 3, &err) == NZ_OK;
+    x = ok ? nz_model_add_conv2d(&dat, "conv", 0, 2, 3, 1, 1, &err) : -1;
+    if (x >= 0) x = nz_model_add_add(&dat, "add", x, 0, &err);
+    if (x >= 0) x = nz_model_add_flatten(&dat, "flatten", x, &err);
+    if (x >= 0) x = nz_model_add_dense(&dat, "fc", x, 3, &err);
+    if (x < 0) {
+        CHECK(0, "%s: cannot build the models: %s", S, err.msg);
+        return;
+    }
+    nz_rng r;
+    nz_rng_seed(&r, 9300);
+    nz_model_init_params(&m, &r);
+    const nz_param *wa = model_param(&m, "convA", 0), *wb = model_param(&m, "convB", 0),
+                   *fc = model_param(&m, "fc", 0);
+    /* convB = convA; dup, ref and dat take convA and fc (ref: 2 fc.W) */
+    memcpy(m.params + wb->off, m.params + wa->off, sizeof(float) * (wa->n + m.nodes[1].params[1].n));
+    nz_model *others[3] = {&dup, &ref, &dat};
+    for (int k = 0; k < 3; k++) {
+        nz_model *o = others[k];
+        const nz_param *oc = model_param(o, "conv", 0), *of = model_param(o, "fc", 0);
+        memcpy(o->params + oc->off, m.params + wa->off, sizeof(float) * (wa->n + 2));
+        memcpy(o->params + of->off, m.params + fc->off, sizeof(float) * (fc->n + 3));
+        if (o == &ref)
+            for (size_t j = 0; j < of->n; j++) o->params[of->off + j] *= 2.0f;
+    }
+    const int B = 2;
+    const size_t nx = (size_t)B * 50;
+    float *xin = galloc(nx);
+    fill_normal(xin, nx, &r, 1.0f);
+    uint8_t y[2] = {1, 2};
+    float *g[4] = {NULL, NULL, NULL, NULL};
+    nz_model *all[4] = {&m, &dup, &ref, &dat};
+    for (int k = 0; k < 4; k++) {
+        nz_ws *ws = nz_ws_new(all[k], B, &err);
+        if (!ws) continue;
+        float dl[6];
+        const float *z = nz_forward(all[k], ws, xin, B, 1, NULL);
+        nz_softmax_xent(z, y, B, 3, dl, NULL);
+        nz_ws_zero_grads(ws);
+        nz_backward(all[k], ws, dl, B);
+        g[k] = malloc(sizeof(float) * all[k]->n_params);
+        memcpy(g[k], nz_ws_grads(ws), sizeof(float) * all[k]->n_params);
+        nz_ws_free(ws);
+    }
+    if (g[0] && g[1] && g[2] && g[3]) {
+        const size_t nconv = wa->n + 2; /* W and b */
+        double mag = 0;
+        for (size_t j = 0; j < nconv; j++) mag = fmax(mag, fabs(g[0][wa->off + j]));
+        CHECK(mag > 0 && memcmp(g[0] + wa->off, g[0] + wb->off, sizeof(float) * nconv) == 0,
+              "%s: add(convA, convB) gives its inputs different gradients (max |dA| %.3g)", S,
+              mag);
+        const nz_param *dc = model_param(&dup, "conv", 0), *rc = model_param(&ref, "conv", 0);
+        const nz_param *df = model_param(&dup, "fc", 0), *rf = model_param(&ref, "fc", 0);
+        CHECK(memcmp(g[1] + dc->off, g[2] + rc->off, sizeof(float) * nconv) == 0,
+              "%s: add(c, c): conv gradient is not that of 2 c", S);
+        int twice = 1;
+        for (size_t j = 0; j < df->n + 3; j++)
+            twice &= g[1][df->off + j] == (j < df->n ? 2.0f : 1.0f) * g[2][rf->off + j];
+        CHECK(twice, "%s: add(c, c): fc gradient is not twice that of fc(c)", S);
+        double mag3 = 0;
+        const nz_param *tc = model_param(&dat, "conv", 0);
+        for (size_t j = 0; j < nconv; j++) mag3 = fmax(mag3, fabs(g[3][tc->off + j]));
+        CHECK(mag3 > 0 && isfinite(mag3), "%s: add(conv, data): conv gradient %.3g", S, mag3);
+    } else {
+        CHECK(0, "%s: out of memory", S);
+    }
+    for (int k = 0; k < 4; k++) free(g[k]), nz_model_free(all[k]);
+    gfree(xin);
+}
+
+
+/* Gradient accumulation through a DAG: nz_backward may overwrite a node's gradient only when no
+ * consumer has written it yet, and must add otherwise. No relu or BN, so the loss is smooth and
+ * affine in each parameter: 5-point differences of nz_forward's double cross-entropy with
+ * e = EPS_MODEL, as the strict model check.
+ *   a = conv(x), b = conv(x), s = add(a, b), t = add(s, a)   a feeds two adds and a shortcut
+ *   u = add(t, t)                                            one node as both inputs
+ *   q = shortcut(a, 4, s2), p = avgpool(u, 2, 2),
+ *   r = shortcut(p, 4, s1)                                   channel padding only
+ *   v = add(r, q) -> flatten -> fc
+ * In reverse order a's gradient is written by the shortcut q first, then added to by t and s;
+ * a backward that overwrote it at either add would drop the other contributions. */
+static void check_dag_model(int threads) {
+    char S[48];
+    snprintf(S, sizeof S, "dag model %d thread%s", threads, threads > 1 ? "s" : "");
+    nz_set_threads(threads);
+    nz_model m;
+    nz_error err;
+    int x = -1;
+    if (nz_model_init(&m, "gradcheck-dag", (nz_shape){2, 6, 6}, 3, &err) == NZ_OK) {
+        int a = nz_model_add_conv2d(&m, "a", 0, 2, 3, 1, 1, &err);
+        int b = a >= 0 ? nz_model_add_conv2d(&m, "b", 0, 2, 3, 1, 1, &err) : -1;
+        int s = b >= 0 ? nz_model_add_add(&m, "s", a, b, &err) : -1;
+        int t = s >= 0 ? nz_model_add_add(&m, "t", s, a, &err) : -1;
+        int u = t >= 0 ? nz_model_add_add(&m, "u", t, t, &err) : -1;
+        int q = u >= 0 ? nz_model_add_shortcut(&m, "q", a, 4, 2, &err) : -1;
+        int p = q >= 0 ? nz_model_add_avgpool(&m, "p", u, 2, 2, &err) : -1;
+        int r = p >= 0 ? nz_model_add_shortcut(&m, "r", p, 4, 1, &err) : -1;
+        x = r >= 0 ? nz_model_add_add(&m, "v", r, q, &err) : -1;
+        if (x >= 0) x = nz_model_add_flatten(&m, "flatten", x, &err);
+        if (x >= 0) x = nz_model_add_dense(&m, "fc", x, 3, &err);
+    }
+    if (x < 0 || nz_model_validate(&m, &err) != NZ_OK) {
+        CHECK(0, "%s: cannot build the model: %s", S, err.msg);
+        nz_model_free(&m);
+        return;
+    }
+    nz_rng r;
+    nz_rng_seed(&r, 9500);
+    nz_model_init_params(&m, &r);
+    const int B = 2;
+    const size_t nx = (size_t)B * nz_shape_size(m.in), nl = (size_t)B * m.n_classes;
+    float *xin = galloc(nx), *dl = galloc(nl);
+    uint8_t y[2] = {2, 0};
+    fill_normal(xin, nx, &r, 1.0f);
+    nz_ws *ws = nz_ws_new(&m, B, &err);
+    if (!ws) {
+        CHECK(0, "%s: nz_ws_new: %s", S, err.msg);
+        gfree(xin), gfree(dl);
+        nz_model_free(&m);
+        return;
+    }
+    ndm_ctx c = {.m = &m, .ws = ws, .x = xin, .y = y, .B = B};
+    const float *z = nz_forward(&m, ws, xin, B, 1, NULL);
+    nz_softmax_xent(z, y, B, m.n_classes, dl, NULL);
+    nz_ws_zero_grads(ws);
+    nz_backward(&m, ws, dl, B);
+    float *ana = malloc(sizeof(float) * m.n_params);
+    memcpy(ana, nz_ws_grads(ws), sizeof(float) * m.n_params);
+    double *num = numeric_grad5(m.params, m.n_params, EPS_MODEL, ndm_loss, &c);
+    static const char *const nodes[] = {"a", "b", "fc"};
+    for (int j = 0; j < 3; j++)
+        for (int k = 0; k < 2; k++) {
+            const nz_param *pp = model_param(&m, nodes[j], k);
+            char what[32];
+            snprintf(what, sizeof what, "%s.%s", nodes[j], k ? "b" : "W");
+            if (pp) expect_match(S, what, ana + pp->off, num + pp->off, pp->n, NULL);
+        }
+    {
+        char label[96];
+        const nz_param *pa = model_param(&m, "a", 0);
+        snprintf(label, sizeof label, "%s a.W", S);
+        if (pa) mutate_model_tensor(label, pa, ana, num);
+    }
+    nz_forward(&m, ws, xin, B, 1, NULL);
+    nz_backward(&m, ws, dl, B);
+    expect_doubled(S, nz_ws_grads(ws), ana, m.n_params);
+    free(ana), free(num);
+    gfree(xin), gfree(dl);
+    nz_ws_free(ws);
+    nz_model_free(&m);
+}
+
 /* ---------------------------------------------------------------- main */
 
 static double now(void) {
@@ -1669,6 +2759,27 @@ int main(void) {
     check_normdir_large();
     check_normdir_model(2);
     check_normdir_model(1);
+    nz_set_threads(2);
+    /* batch norm (2-D and 1-D, training and eval), average pool and GAP, option-A shortcut,
+     * add; their threaded paths; a residual model through nz_forward/nz_backward */
+    check_batchnorm(3, 4, 5, 5, 1);
+    check_batchnorm(8, 5, 1, 1, 1);
+    check_batchnorm(3, 4, 5, 5, 0);
+    check_avgpool("avgpool 2x2/2", 7, 7, 2, 2, 2);
+    check_avgpool("avgpool 3x3/1", 7, 7, 3, 3, 1);
+    check_avgpool("gap 5x6", 5, 6, 5, 6, 1);
+    check_shortcut(4, 8, 7, 7, 2);
+    check_shortcut(2, 5, 6, 6, 2);
+    check_shortcut(3, 3, 5, 5, 1);
+    check_add();
+    check_new_kernels_threaded();
+    /* (1 vs 2 threads only changes the conv batch split, checked by the plain model above; the
+     * BN kernels go parallel above 32768 values, checked in check_new_kernels_threaded) */
+    check_resnet_model("resnet train", 1, 2, MODEL_SEED + 1);
+    check_resnet_model("resnet eval", 0, 2, MODEL_SEED + 1);
+    check_add_inputs();
+    check_dag_model(2);
+    check_dag_model(1);
     nz_set_threads(2);
 
     printf("worst relative error per section (limit %.0e):\n", GC_TOL);

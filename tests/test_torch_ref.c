@@ -4,6 +4,21 @@
  * compared both as kernels and through nz_forward / nz_backward, against torch's
  * W = g V / V.norm() with autograd's gradients of x, V, g and b.
  *
+ * Residual networks' layers: BatchNorm2d (training and eval) and BatchNorm1d (training, on a
+ * [B, C] input) as kernels and as one-node models (outputs, input and affine gradients, running
+ * statistics after the forward: momentum 0.1, unbiased variance); AvgPool2d, AdaptiveAvgPool2d(1)
+ * (nnzip's GAP) and the option-A shortcut (bit-exact: a copy). Then one training step of a tiny
+ * ResNet built node by node (stem, an identity block, a strided block with an option-A shortcut,
+ * GAP, fc): activations, logits, loss, all gradients, running statistics, and one SGD step over
+ * the trainable tensors only (buffers must come out of the optimizer untouched). Conv biases in
+ * front of a training-mode BN have a zero gradient in exact arithmetic, so both sides are
+ * rounding noise: they are judged against the scale of the same conv's weight gradient (and
+ * their update against the weight update). Last, the zoo's resnet20 in eval mode with torch's
+ * weights and calibrated running statistics: pooled features and logits of two 32x32 images
+ * (error ~2e-7 after 19 convs; the common 1e-4 bound holds). Parameters are matched by node name
+ * and slot ("<prefix>.<node>.<W|b|gamma|beta|running_mean|running_var>"), and the number of
+ * such records must equal the model's slot count, so nothing is silently left at its default.
+ *
  * scripts/torch_ref.py writes inputs, weights, outputs, upstream gradients and autograd's
  * gradients for each layer kind and for one LeNet-5 step (format in that script's docstring:
  * magic "NZTREF01", then records of u32 name length, name, u32 ndim, u32 dims, f32 data, all
@@ -206,7 +221,7 @@ static int expect_shape(const ref_tensor *t, int ndim, const int *dims) {
 
 /* ---------------------------------------------------------------- comparing */
 
-#define MAX_GROUPS 32
+#define MAX_GROUPS 64
 static struct {
     char name[32];
     double worst;
@@ -218,10 +233,12 @@ static void group_record(const char *name, double err) {
     snprintf(g, sizeof g, "%s", name);
     char *dot = strchr(g, '.');
     if (dot) *dot = 0;
-    if (strcmp(g, "lenet") == 0) {
-        if (strstr(name, ".grad.")) snprintf(g, sizeof g, "lenet grads");
-        if (strstr(name, ".step.")) snprintf(g, sizeof g, "lenet sgd step");
-        if (strstr(name, ".update.")) snprintf(g, sizeof g, "lenet sgd update");
+    if (strcmp(g, "lenet") == 0 || strcmp(g, "rn") == 0) {
+        const char *base = g[0] == 'l' ? "lenet" : "rn";
+        if (strstr(name, ".grad.")) snprintf(g, sizeof g, "%s grads", base);
+        if (strstr(name, ".after.")) snprintf(g, sizeof g, "%s running stats", base);
+        if (strstr(name, ".step.")) snprintf(g, sizeof g, "%s sgd step", base);
+        if (strstr(name, ".update.")) snprintf(g, sizeof g, "%s sgd update", base);
     }
     for (int i = 0; i < g_n_groups; i++)
         if (strcmp(g_groups[i].name, g) == 0) {
@@ -255,6 +272,28 @@ static void compare(const char *label, const float *got, const ref_tensor *ref, 
     double e = norm_err(got, ref->data, n);
     printf("  %-34s %8zu values  err %.2e\n", label, n, e);
     CHECK(e <= REF_TOL, "%s: normalized max error %.3g > %.0e vs PyTorch", label, e, REF_TOL);
+    group_record(label, e);
+}
+
+/* compare() with the normalization max(max|ref|, floor_): for tensors that are zero in exact
+ * arithmetic, judged against the scale of a related tensor. */
+static void compare_floor(const char *label, const float *got, const ref_tensor *ref, size_t n,
+                          double floor_, const char *why) {
+    if (!ref) return;
+    if (ref->n != n) {
+        CHECK(0, "%s: nnzip has %zu values, reference '%s' %zu", label, n, ref->name, ref->n);
+        return;
+    }
+    double d = 0, m = floor_;
+    for (size_t i = 0; i < n; i++) {
+        const double e = fabs((double)got[i] - (double)ref->data[i]);
+        if (e > d || e != e) d = e != e ? INFINITY : e;
+        m = fmax(m, fabs((double)ref->data[i]));
+    }
+    const double e = d / (m > 1e-30 ? m : 1e-30);
+    printf("  %-34s %8zu values  err %.2e (%s)\n", label, n, e, why);
+    CHECK(e <= REF_TOL, "%s: normalized max error %.3g > %.0e vs PyTorch (%s)", label, e,
+          REF_TOL, why);
     group_record(label, e);
 }
 
@@ -693,6 +732,419 @@ done:
     nz_model_free(&m);
 }
 
+/* ---------------------------------------------------------------- batch norm, pools, shortcut */
+
+/* BatchNorm2d / BatchNorm1d (a [B, C] input is C channels of 1 x 1) in training and eval mode:
+ * the kernels (out, dx, dgamma, dbeta, running statistics after the forward), and the same
+ * layer as a one-node model through nz_forward / nz_backward (out, the running statistics the
+ * forward writes into the model, dgamma, dbeta), which also checks the node's momentum. */
+static void check_bn(const char *p, int training) {
+    const char *names[12] = {"x", "gamma", "beta", "rm0", "rv0", "out",
+                             "dout", "dx", "dgamma", "dbeta", "rm", "rv"};
+    const ref_tensor *t[12];
+    for (int k = 0; k < 12; k++)
+        if (!(t[k] = ref_getf("%s.%s", p, names[k]))) return;
+    const ref_tensor *x = t[0];
+    if (x->ndim != 2 && x->ndim != 4) {
+        CHECK(0, "%s.x: %d dims", p, x->ndim);
+        return;
+    }
+    const int B = x->dims[0], C = x->dims[1];
+    const int H = x->ndim == 4 ? x->dims[2] : 1, W = x->ndim == 4 ? x->dims[3] : 1;
+    for (int k = 1; k < 12; k++) {
+        if (k == 5 || k == 6 || k == 7) {
+            if (!expect_shape(t[k], x->ndim, x->dims)) return;
+        } else if (!expect_shape(t[k], 1, (int[]){C})) {
+            return;
+        }
+    }
+    const size_t n = x->n, nc = (size_t)C;
+    float *y = zalloc(n), *gx = zalloc(n), *gg = zalloc(nc), *gb = zalloc(nc), *rm = zalloc(nc),
+          *rv = zalloc(nc), *mu = zalloc(nc), *is = zalloc(nc);
+    memcpy(rm, t[3]->data, sizeof(float) * nc);
+    memcpy(rv, t[4]->data, sizeof(float) * nc);
+    batchnorm_forward(y, x->data, t[1]->data, t[2]->data, rm, rv, mu, is, B, C, H * W,
+                      NZ_BN_MOMENTUM, NZ_BN_EPS, training);
+    batchnorm_backward(gx, gg, gb, t[6]->data, x->data, t[1]->data, mu, is, B, C, H * W,
+                       training);
+    char label[80];
+    const float *got[7] = {y, gx, gg, gb, rm, rv};
+    const int ref_of[6] = {5, 7, 8, 9, 10, 11};
+    for (int k = 0; k < 6; k++) {
+        snprintf(label, sizeof label, "%s.%s", p, names[ref_of[k]]);
+        compare(label, got[k], t[ref_of[k]], t[ref_of[k]]->n);
+    }
+    if (!training)
+        CHECK(memcmp(rm, t[3]->data, sizeof(float) * nc) == 0 &&
+                  memcmp(rv, t[4]->data, sizeof(float) * nc) == 0,
+              "%s: eval forward changed the running statistics", p);
+
+    /* the graph: a [B, C] input is fed as (1, 1, C) and flattened to (C, 1, 1) */
+    nz_model m;
+    nz_error err;
+    int id = -1;
+    const nz_shape in = x->ndim == 4 ? (nz_shape){C, H, W} : (nz_shape){1, 1, C};
+    if (nz_model_init(&m, "ref-bn", in, 2, &err) == NZ_OK) {
+        id = x->ndim == 4 ? 0 : nz_model_add_flatten(&m, "flatten", 0, &err);
+        if (id >= 0) id = nz_model_add_batchnorm(&m, "bn", id, &err);
+    }
+    nz_ws *ws = id >= 0 ? nz_ws_new(&m, B, &err) : NULL;
+    if (!ws) {
+        CHECK(0, "%s model: %s", p, err.msg);
+    } else {
+        const nz_node *nd = &m.nodes[id];
+        for (int k = 0; k < 4; k++)
+            memcpy(m.params + nd->params[k].off, t[k + 1]->data, sizeof(float) * nc);
+        const float *z = nz_forward(&m, ws, x->data, B, training, NULL);
+        snprintf(label, sizeof label, "%s-model.out", p);
+        compare(label, z, t[5], n);
+        snprintf(label, sizeof label, "%s-model.rm", p);
+        compare(label, m.params + nd->params[2].off, t[10], nc);
+        snprintf(label, sizeof label, "%s-model.rv", p);
+        compare(label, m.params + nd->params[3].off, t[11], nc);
+        nz_ws_zero_grads(ws);
+        nz_backward(&m, ws, t[6]->data, B);
+        snprintf(label, sizeof label, "%s-model.dgamma", p);
+        compare(label, nz_ws_grads(ws) + nd->params[0].off, t[8], nc);
+        snprintf(label, sizeof label, "%s-model.dbeta", p);
+        compare(label, nz_ws_grads(ws) + nd->params[1].off, t[9], nc);
+    }
+    nz_ws_free(ws);
+    nz_model_free(&m);
+    free(y), free(gx), free(gg), free(gb), free(rm), free(rv), free(mu), free(is);
+}
+
+/* nn.AvgPool2d(k, s) (prefix avgpool{i}, cfg [k, s]) or nn.AdaptiveAvgPool2d(1) (prefix gap:
+ * the window is the whole plane, as nz_forward runs NZ_OP_GAP) */
+static void check_avgpool_ref(const char *p) {
+    const int gap = strcmp(p, "gap") == 0;
+    const ref_tensor *cfg = gap ? NULL : ref_getf("%s.%s", p, "cfg"),
+                     *x = ref_getf("%s.%s", p, "x"), *out = ref_getf("%s.%s", p, "out"),
+                     *dout = ref_getf("%s.%s", p, "dout"), *dx = ref_getf("%s.%s", p, "dx");
+    if ((!gap && !expect_shape(cfg, 1, (int[]){2})) || !x || !out || !dout || !dx ||
+        x->ndim != 4 || !expect_shape(dx, 4, x->dims))
+        return;
+    const int B = x->dims[0], C = x->dims[1], H = x->dims[2], W = x->dims[3];
+    const int kh = gap ? H : (int)cfg->data[0], kw = gap ? W : (int)cfg->data[0],
+              s = gap ? 1 : (int)cfg->data[1];
+    if (kh < 1 || kw < 1 || s < 1 || kh > H || kw > W) {
+        CHECK(0, "%s.cfg: bad configuration", p);
+        return;
+    }
+    const int OH = (H - kh) / s + 1, OW = (W - kw) / s + 1;
+    if (!expect_shape(out, 4, (int[]){B, C, OH, OW}) ||
+        !expect_shape(dout, 4, (int[]){B, C, OH, OW}))
+        return;
+    float *y = zalloc(out->n), *gx = zalloc(x->n);
+    avgpool_forward(y, x->data, B, C, H, W, kh, kw, s, OH, OW);
+    avgpool_backward(gx, dout->data, B, C, H, W, kh, kw, s, OH, OW);
+    char label[64];
+    snprintf(label, sizeof label, "%s.out %dx%d/%d", p, kh, kw, s);
+    compare(label, y, out, out->n);
+    snprintf(label, sizeof label, "%s.dx %dx%d/%d", p, kh, kw, s);
+    compare(label, gx, dx, dx->n);
+    free(y), free(gx);
+}
+
+/* option-A shortcut against F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, lo, OC - C - lo)) */
+static void check_shortcut_ref(int i) {
+    char p[24];
+    snprintf(p, sizeof p, "shortcut%d", i);
+    const ref_tensor *cfg = ref_getf("%s.%s", p, "cfg"), *x = ref_getf("%s.%s", p, "x"),
+                     *out = ref_getf("%s.%s", p, "out"), *dout = ref_getf("%s.%s", p, "dout"),
+                     *dx = ref_getf("%s.%s", p, "dx");
+    if (!expect_shape(cfg, 1, (int[]){3}) || !x || !out || !dout || !dx || x->ndim != 4 ||
+        !expect_shape(dx, 4, x->dims))
+        return;
+    const int B = x->dims[0], C = x->dims[1], H = x->dims[2], W = x->dims[3];
+    const int OC = (int)cfg->data[1], s = (int)cfg->data[2];
+    if ((int)cfg->data[0] != C || OC < C || s < 1) {
+        CHECK(0, "%s.cfg: bad configuration", p);
+        return;
+    }
+    const int OH = (H - 1) / s + 1, OW = (W - 1) / s + 1;
+    if (!expect_shape(out, 4, (int[]){B, OC, OH, OW}) ||
+        !expect_shape(dout, 4, (int[]){B, OC, OH, OW}))
+        return;
+    float *y = zalloc(out->n), *gx = zalloc(x->n);
+    shortcut_forward(y, x->data, B, C, H, W, OC, s, OH, OW);
+    shortcut_backward(gx, dout->data, B, C, H, W, OC, s, OH, OW);
+    char label[64];
+    snprintf(label, sizeof label, "%s.out %d->%d s%d %dx%d", p, C, OC, s, H, W);
+    compare(label, y, out, out->n);
+    snprintf(label, sizeof label, "%s.dx %d->%d s%d %dx%d", p, C, OC, s, H, W);
+    compare(label, gx, dx, dx->n);
+    /* a copy and a scatter: exact */
+    CHECK(memcmp(y, out->data, sizeof(float) * out->n) == 0 &&
+              memcmp(gx, dx->data, sizeof(float) * dx->n) == 0,
+          "%s: option-A shortcut is not bit-exact", p);
+    free(y), free(gx);
+}
+
+/* ---------------------------------------------------------------- residual networks */
+
+static const char *slot_name(const nz_node *n, int k) {
+    static const char *const wb[] = {"W", "b"},
+                             *const bn[] = {"gamma", "beta", "running_mean", "running_var"};
+    return n->op == NZ_OP_BATCHNORM ? bn[k] : wb[k];
+}
+
+/* Copies "<prefix>.<node>.<slot>" into every parameter slot of m. */
+static int load_params(nz_model *m, const char *prefix) {
+    for (int i = 1; i < m->n_nodes; i++) {
+        const nz_node *n = &m->nodes[i];
+        for (int k = 0; k < n->n_params; k++) {
+            char name[128];
+            snprintf(name, sizeof name, "%s.%s.%s", prefix, n->name, slot_name(n, k));
+            const ref_tensor *t = ref_get(name);
+            const nz_param *pp = &n->params[k];
+            if (!expect_shape(t, pp->ndim, pp->dims)) return 0;
+            memcpy(m->params + pp->off, t->data, sizeof(float) * pp->n);
+        }
+    }
+    return 1;
+}
+
+/* number of records named "<prefix>.<x>.<y>" (exactly two dots after the prefix's) */
+static size_t count_param_records(const char *prefix) {
+    size_t c = 0, pl = strlen(prefix);
+    for (size_t i = 0; i < g_ref->count; i++) {
+        const char *nm = g_ref->t[i].name;
+        if (strncmp(nm, prefix, pl) || nm[pl] != '.') continue;
+        const char *d1 = strchr(nm + pl + 1, '.');
+        if (d1 && !strchr(d1 + 1, '.') && strncmp(nm + pl + 1, "act.", 4) != 0) c++;
+    }
+    return c;
+}
+
+static size_t count_param_slots(const nz_model *m) {
+    size_t c = 0;
+    for (int i = 0; i < m->n_nodes; i++) c += (size_t)m->nodes[i].n_params;
+    return c;
+}
+
+/* A conv in front of a training-mode batch norm: its bias has an exactly zero gradient. */
+static int bias_before_bn(const nz_model *m, int node, int k) {
+    if (m->nodes[node].op != NZ_OP_CONV2D || k != 1) return 0;
+    for (int j = node + 1; j < m->n_nodes; j++)
+        if (m->nodes[j].n_inputs == 1 && m->nodes[j].inputs[0] == node)
+            return m->nodes[j].op == NZ_OP_BATCHNORM;
+    return 0;
+}
+
+/* The tiny ResNet of scripts/torch_ref.py (TinyResNet), built with the same node names. */
+static int build_tiny_resnet(nz_model *m, nz_error *err) {
+    if (nz_model_init(m, "tiny-resnet", (nz_shape){3, 8, 8}, 10, err)) return -1;
+    int x = nz_model_add_conv2d(m, "stem_conv", 0, 4, 3, 1, 1, err), stem, b1, y, sc;
+    if (x >= 0) x = nz_model_add_batchnorm(m, "stem_bn", x, err);
+    if (x >= 0) x = nz_model_add_relu(m, "stem_relu", x, err);
+    stem = x;
+    if (x >= 0) x = nz_model_add_conv2d(m, "b1a_conv", x, 4, 3, 1, 1, err);
+    if (x >= 0) x = nz_model_add_batchnorm(m, "b1a_bn", x, err);
+    if (x >= 0) x = nz_model_add_relu(m, "b1a_relu", x, err);
+    if (x >= 0) x = nz_model_add_conv2d(m, "b1b_conv", x, 4, 3, 1, 1, err);
+    if (x >= 0) x = nz_model_add_batchnorm(m, "b1b_bn", x, err);
+    if (x >= 0) x = nz_model_add_add(m, "b1_add", x, stem, err);
+    if (x >= 0) x = nz_model_add_relu(m, "b1_relu", x, err);
+    b1 = x;
+    if (x >= 0) x = nz_model_add_conv2d(m, "b2a_conv", x, 8, 3, 2, 1, err);
+    if (x >= 0) x = nz_model_add_batchnorm(m, "b2a_bn", x, err);
+    if (x >= 0) x = nz_model_add_relu(m, "b2a_relu", x, err);
+    if (x >= 0) x = nz_model_add_conv2d(m, "b2b_conv", x, 8, 3, 1, 1, err);
+    y = x >= 0 ? nz_model_add_batchnorm(m, "b2b_bn", x, err) : -1;
+    sc = y >= 0 ? nz_model_add_shortcut(m, "b2_short", b1, 8, 2, err) : -1;
+    x = sc >= 0 ? nz_model_add_add(m, "b2_add", y, sc, err) : -1;
+    if (x >= 0) x = nz_model_add_relu(m, "b2_relu", x, err);
+    if (x >= 0) x = nz_model_add_gap(m, "gap", x, err);
+    if (x >= 0) x = nz_model_add_flatten(m, "flatten", x, err);
+    if (x >= 0) x = nz_model_add_dense(m, "fc", x, 10, err);
+    if (x < 0) {
+        nz_model_free(m);
+        return -1;
+    }
+    return nz_model_validate(m, err) == NZ_OK ? 0 : (nz_model_free(m), -1);
+}
+
+/* One training step of the tiny ResNet: activations, logits, loss, every gradient, the running
+ * statistics the forward leaves, and one SGD step restricted to the trainable tensors
+ * (nz_sgd_use_model: buffers are neither decayed nor moved) against torch.optim.SGD.
+ * The conv biases in front of a BN have a zero gradient in exact arithmetic; both libraries
+ * give rounding noise (~1e-9), so those are compared against the scale of the same conv's
+ * weight gradient instead of their own, and their SGD update (weight decay only) likewise
+ * against the weight update. */
+static void check_tiny_resnet(int threads) {
+    nz_set_threads(threads);
+    nz_model m;
+    nz_error err;
+    if (build_tiny_resnet(&m, &err) != 0) {
+        CHECK(0, "tiny resnet: %s", err.msg);
+        return;
+    }
+    const ref_tensor *x = ref_get("rn.x"), *lab = ref_get("rn.labels"),
+                     *logits = ref_get("rn.logits"), *loss = ref_get("rn.loss");
+    uint8_t y[64];
+    nz_ws *ws = NULL;
+    float *dl = NULL;
+    if (!x || !lab || !logits || !loss || x->ndim != 4 || x->dims[0] > 64 ||
+        !expect_shape(x, 4, (int[]){x->dims[0], 3, 8, 8}) ||
+        !labels_from(lab, x->dims[0], 10, y) || !load_params(&m, "rn"))
+        goto done;
+    CHECK(count_param_records("rn") == count_param_slots(&m),
+          "rn: %zu parameter records, the model has %zu slots", count_param_records("rn"),
+          count_param_slots(&m));
+    const int B = x->dims[0];
+    if (!(ws = nz_ws_new(&m, B, &err))) {
+        CHECK(0, "nz_ws_new: %s", err.msg);
+        goto done;
+    }
+    const float *z = nz_forward(&m, ws, x->data, B, 1, NULL);
+    char label[96];
+    static const char *const acts[] = {"stem_relu", "b1_relu", "b2_short", "b2_relu", "gap"};
+    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
+        const int id = node_id(&m, acts[i]);
+        snprintf(label, sizeof label, "rn.act.%s %dt", acts[i], threads);
+        compare(label, nz_ws_act(ws, id), ref_getf("rn.act.%s%s", acts[i], ""),
+                nz_shape_size(m.nodes[id].out) * (size_t)B);
+    }
+    snprintf(label, sizeof label, "rn.logits %dt", threads);
+    compare(label, z, logits, (size_t)B * 10);
+    dl = zalloc((size_t)B * 10);
+    float L = nz_softmax_xent(z, y, B, 10, dl, NULL);
+    snprintf(label, sizeof label, "rn.loss %dt", threads);
+    compare(label, &L, loss, 1);
+    nz_ws_zero_grads(ws);
+    nz_backward(&m, ws, dl, B);
+    const float *G = nz_ws_grads(ws);
+    for (int i = 1; i < m.n_nodes; i++) {
+        const nz_node *n = &m.nodes[i];
+        for (int k = 0; k < n->n_params; k++) {
+            const nz_param *pp = &n->params[k];
+            if (nz_param_is_buffer(n, k)) {
+                const ref_tensor *t = ref_getf("rn.after.%s.%s", n->name, slot_name(n, k));
+                snprintf(label, sizeof label, "rn.after.%s.%s %dt", n->name, slot_name(n, k),
+                         threads);
+                compare(label, m.params + pp->off, t, pp->n);
+                int zero = 1;
+                for (size_t j = 0; j < pp->n; j++) zero &= G[pp->off + j] == 0.0f;
+                CHECK(zero, "rn: %s.%s (a buffer) got a gradient", n->name, slot_name(n, k));
+                continue;
+            }
+            const ref_tensor *t = ref_getf("rn.grad.%s.%s", n->name, slot_name(n, k));
+            snprintf(label, sizeof label, "rn.grad.%s.%s %dt", n->name, slot_name(n, k),
+                     threads);
+            if (!t || t->n != pp->n) {
+                CHECK(t != NULL, "rn: no gradient record for %s", label);
+                continue;
+            }
+            if (bias_before_bn(&m, i, k)) {
+                const nz_param *pw = &n->params[0];
+                double scale = 0, mine = 0;
+                for (size_t j = 0; j < pw->n; j++) scale = fmax(scale, fabs(G[pw->off + j]));
+                for (size_t j = 0; j < pp->n; j++) mine = fmax(mine, fabs(G[pp->off + j]));
+                compare_floor(label, G + pp->off, t, pp->n, scale, "of max|dW|: zero gradient");
+                CHECK(mine <= 1e-5 * scale, "%s: bias before a BN: gradient %.3g, max|dW| %.3g",
+                      label, mine, scale);
+                continue;
+            }
+            compare(label, G + pp->off, t, pp->n);
+        }
+    }
+
+    /* one SGD step over the trainable tensors; buffers untouched */
+    const ref_tensor *hp = ref_get("rn.sgd");
+    nz_sgd opt;
+    if (!expect_shape(hp, 1, (int[]){3})) goto done;
+    if (nz_sgd_init(&opt, m.n_params, hp->data[1], hp->data[2], 0, &err) != NZ_OK ||
+        nz_sgd_use_model(&opt, &m, &err) != NZ_OK) {
+        CHECK(0, "nz_sgd: %s", err.msg);
+        goto done;
+    }
+    float *before = malloc(sizeof(float) * m.n_params);
+    memcpy(before, m.params, sizeof(float) * m.n_params);
+    nz_sgd_step(&opt, m.params, G, hp->data[0]);
+    nz_sgd_free(&opt);
+    for (int i = 1; i < m.n_nodes; i++) {
+        const nz_node *n = &m.nodes[i];
+        for (int k = 0; k < n->n_params; k++) {
+            const nz_param *pp = &n->params[k];
+            const char *sn = slot_name(n, k);
+            const ref_tensor *t = ref_getf("rn.step.%s.%s", n->name, sn);
+            snprintf(label, sizeof label, "rn.step.%s.%s %dt", n->name, sn, threads);
+            compare(label, m.params + pp->off, t, pp->n);
+            if (nz_param_is_buffer(n, k)) {
+                CHECK(memcmp(m.params + pp->off, before + pp->off, sizeof(float) * pp->n) == 0,
+                      "rn: the optimizer changed %s.%s (a buffer)", n->name, sn);
+                continue;
+            }
+            /* the update itself, normalized by its own size (as for LeNet) */
+            const ref_tensor *t0 = ref_getf("rn.%s.%s", n->name, sn);
+            if (!t || !t0 || t->n != pp->n || t0->n != pp->n) continue;
+            float *mine = zalloc(pp->n), *theirs = zalloc(pp->n);
+            for (size_t j = 0; j < pp->n; j++) {
+                mine[j] = m.params[pp->off + j] - before[pp->off + j];
+                theirs[j] = t->data[j] - t0->data[j];
+            }
+            ref_tensor d = *t;
+            snprintf(d.name, sizeof d.name, "rn.update.%s.%s", n->name, sn);
+            d.data = theirs;
+            snprintf(label, sizeof label, "rn.update.%s.%s %dt", n->name, sn, threads);
+            if (bias_before_bn(&m, i, k)) {
+                /* weight decay plus a rounding-noise gradient: against the W update's scale */
+                const nz_param *pw = &n->params[0];
+                double scale = 0;
+                for (size_t j = 0; j < pw->n; j++)
+                    scale = fmax(scale, fabs(m.params[pw->off + j] - before[pw->off + j]));
+                compare_floor(label, mine, &d, pp->n, scale, "of max|W update|");
+            } else {
+                compare(label, mine, &d, pp->n);
+            }
+            free(mine), free(theirs);
+        }
+    }
+    free(before);
+done:
+    free(dl);
+    nz_ws_free(ws);
+    nz_model_free(&m);
+}
+
+/* The zoo's resnet20 in eval mode with PyTorch's weights and calibrated running statistics:
+ * logits and the pooled features of two 32x32 images. Every parameter slot is matched by node
+ * name and slot, and every "r20.<node>.<slot>" record must be used. */
+static void check_resnet20(int threads) {
+    nz_set_threads(threads);
+    nz_model m;
+    nz_error err;
+    if (nz_zoo_build(&m, "resnet20", (nz_shape){3, 32, 32}, 10, &err) != NZ_OK) {
+        CHECK(0, "nz_zoo_build resnet20: %s", err.msg);
+        return;
+    }
+    const ref_tensor *x = ref_get("r20.x"), *logits = ref_get("r20.logits"),
+                     *gap = ref_get("r20.act.gap");
+    nz_ws *ws = NULL;
+    if (!x || !logits || !gap || x->ndim != 4 || !expect_shape(x, 4, (int[]){x->dims[0], 3, 32, 32}) ||
+        !load_params(&m, "r20"))
+        goto done;
+    CHECK(count_param_records("r20") == count_param_slots(&m),
+          "r20: %zu parameter records, the zoo model has %zu slots", count_param_records("r20"),
+          count_param_slots(&m));
+    const int B = x->dims[0];
+    if (!(ws = nz_ws_new(&m, B, &err))) {
+        CHECK(0, "nz_ws_new: %s", err.msg);
+        goto done;
+    }
+    const float *z = nz_forward(&m, ws, x->data, B, 0, NULL);
+    char label[64];
+    const int g = node_id(&m, "gap");
+    snprintf(label, sizeof label, "r20.act.gap %dt", threads);
+    if (g >= 0) compare(label, nz_ws_act(ws, g), gap, gap->n);
+    snprintf(label, sizeof label, "r20.logits %dt", threads);
+    compare(label, z, logits, (size_t)B * 10);
+done:
+    nz_ws_free(ws);
+    nz_model_free(&m);
+}
+
 /* ---------------------------------------------------------------- main */
 
 static double now(void) {
@@ -730,6 +1182,18 @@ int main(int argc, char **argv) {
     check_ndense();
     for (int t = 1; t <= 2; t++)
         for (int i = 0; i < 2; i++) check_nconv(i, t);
+    nz_set_threads(2);
+    check_bn("bn2d", 1);
+    check_bn("bn2d_eval", 0);
+    check_bn("bn1d", 1);
+    check_avgpool_ref("avgpool0");
+    check_avgpool_ref("avgpool1");
+    check_avgpool_ref("gap");
+    for (int i = 0; i < 3; i++) check_shortcut_ref(i);
+    check_tiny_resnet(2);
+    check_tiny_resnet(1);
+    check_resnet20(2);
+    check_resnet20(1);
     nz_set_threads(2);
 
     printf("worst normalized error per layer:\n");

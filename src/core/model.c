@@ -231,7 +231,7 @@ static nz_node node_new(nz_op op, const char *name, int input) {
     nz_node n;
     memset(&n, 0, sizeof n);
     n.op = op;
-    snprintf(n.name, sizeof n.name, "%s", name);
+    snprintf(n.name, sizeof n.name, "%.*s", NZ_NAME_MAX - 1, name); /* names are truncated */
     n.n_inputs = 1;
     n.inputs[0] = input;
     n.inputs[1] = -1;
@@ -508,7 +508,7 @@ static int conv_bn(nz_model *m, const char *prefix, int x, int ch, int k, int st
  * changes): parameter-free, so the parameter counts (0.27M / 0.46M / 0.85M) are the ones the
  * compression papers quote ratios against. */
 static nz_status build_resnet(nz_model *m, int n, nz_error *err) {
-    char pre[24], name[NZ_NAME_MAX];
+    char pre[40], name[NZ_NAME_MAX];
     int x = conv_bn(m, "stem", 0, 16, 3, 1, 1, err);
     int ch = 16;
     for (int stage = 0; stage < 3 && x >= 0; stage++) {
@@ -545,7 +545,7 @@ static nz_status build_resnet(nz_model *m, int n, nz_error *err) {
 static nz_status build_vgg16(nz_model *m, nz_error *err) {
     static const int cfg[] = {64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0,
                               512, 512, 512, 0};
-    char pre[24];
+    char pre[40];
     int x = 0, conv = 0, pool = 0;
     for (size_t i = 0; i < sizeof cfg / sizeof *cfg && x >= 0; i++) {
         if (cfg[i]) {
