@@ -22,7 +22,7 @@ err_names() {
 
 # ---- help and usage
 expect 0 "nnzip --help" -- "$NNZ" --help
-for c in train eval info prune quantize encode compress slim; do expect 0 "nnzip $c --help" -- "$NNZ" $c --help; grep -q "usage: nnzip $c" "$T/out" && ok || bad "$c --help prints usage"; done
+for c in train eval info prune quantize encode compress slim sensitivity; do expect 0 "nnzip $c --help" -- "$NNZ" $c --help; grep -q "usage: nnzip $c" "$T/out" && ok || bad "$c --help prints usage"; done
 expect 2 "unknown command" -- "$NNZ" frobnicate; err_names frobnicate "unknown command"
 expect 2 "unknown flag" -- "$NNZ" train --model lenet300 --bogus -o "$T/x.nnz"; err_names -- "--bogus" "unknown flag"
 expect 2 "bad integer" -- "$NNZ" train --model lenet300 --epochs many -o "$T/x.nnz"; err_names many "bad integer"
@@ -31,6 +31,20 @@ expect 2 "no args" -- "$NNZ"
 expect 2 "bad --augment" -- "$NNZ" train --model lenet300 --augment crop4,spin -o "$T/x.nnz"; err_names spin "bad --augment"
 expect 2 "multistep without milestones" -- "$NNZ" train --model lenet300 --schedule multistep -o "$T/x.nnz"; err_names milestones "multistep without milestones"
 expect 1 "missing --resume file" -- "$NNZ" train --resume "$T/nope.ckpt.nnz" -o "$T/x.nnz"; err_names "$T/nope.ckpt.nnz" "missing --resume file"
+# sensitivity and --target-ratio: bad flags and values are usage errors before any file is read
+expect 2 "sensitivity unknown flag" -- "$NNZ" sensitivity "$T/nope.nnz" --bogus; err_names -- "--bogus" "sensitivity unknown flag"
+expect 2 "sensitivity no model" -- "$NNZ" sensitivity; err_names "one model file" "sensitivity no model"
+expect 2 "sensitivity decreasing sparsities" -- "$NNZ" sensitivity "$T/nope.nnz" --sparsities 10,5; err_names "increase" "decreasing sparsities"
+expect 2 "sensitivity sparsity 100" -- "$NNZ" sensitivity "$T/nope.nnz" --sparsities 0,100; err_names "'100'" "sparsity 100"
+expect 2 "sensitivity bits 9" -- "$NNZ" sensitivity "$T/nope.nnz" --bits 4,9; err_names "'9'" "bits 9"
+expect 2 "sensitivity dangling ..." -- "$NNZ" sensitivity "$T/nope.nnz" --sparsities 0,10,...; err_names "..." "dangling ..."
+expect 2 "sensitivity bad --limit-test" -- "$NNZ" sensitivity "$T/nope.nnz" --limit-test 0; err_names "limit-test" "bad --limit-test"
+expect 1 "sensitivity missing model" -- "$NNZ" sensitivity "$T/nope.nnz"; err_names "$T/nope.nnz" "sensitivity missing model"
+expect 2 "--target-ratio with --sparsity" -- "$NNZ" compress "$T/nope.nnz" --target-ratio 20 --sparsity 0.9 -o "$T/x.nnz"; err_names -- "--sparsity" "--target-ratio with --sparsity"
+expect 2 "--target-ratio 0.5" -- "$NNZ" compress "$T/nope.nnz" --target-ratio 0.5 -o "$T/x.nnz"; err_names "target-ratio" "--target-ratio 0.5"
+expect 2 "--target-ratio with slim" -- "$NNZ" compress "$T/nope.nnz" --method slim --target-ratio 10 -o "$T/x.nnz"; err_names "deep" "--target-ratio with slim"
+expect 2 "--target-ratio with --no-huffman" -- "$NNZ" compress "$T/nope.nnz" --target-ratio 20 --no-huffman -o "$T/x.nnz"; err_names -- "--no-huffman" "--target-ratio with --no-huffman"
+expect 2 "--sens-images alone" -- "$NNZ" prune "$T/nope.nnz" --sens-images 100 -o "$T/x.nnz"; err_names "target-ratio" "--sens-images alone"
 
 # ---- bad files
 expect 1 "missing model file" -- "$NNZ" eval "$T/nope.nnz"; err_names "$T/nope.nnz" "missing file"
@@ -107,6 +121,35 @@ if "$NNZ" train --model lenet300 --data mnist --epochs 1 --seed 1 --json -o "$M"
   expect 1 "corrupt encoded file" -- "$NNZ" eval "$T/encflip.nnz"; err_names "$T/encflip.nnz" "corrupt encoded file"
   expect 0 "slim" -- "$NNZ" slim "$M" --limit 2000 --epochs 1 --finetune-epochs 1 --lambda 1e-2 -q --json -o "$T/s.nnz"
   expect 0 "eval slim" -- "$NNZ" eval "$T/s.nnz"
+
+  # sensitivity analysis on a tiny LeNet-300-100 (1000 images, 1 epoch): JSON, table and plot
+  S=$T/tiny.nnz
+  expect 0 "train tiny" -- "$NNZ" train --model lenet300 --data mnist --limit 1000 --epochs 1 -q -o "$S"
+  expect 0 "sensitivity --json" -- "$NNZ" sensitivity "$S" --limit-test 500 --layers fc1,fc3 --sparsities 0,25,...,75,90 --bits 3,5 --plot "$T/sens.svg" --json -q
+  python3 - "$T/out" "$T/sens.svg" <<'PY' && ok || bad "sensitivity --json / plot: $(head -c 300 "$T/out")"
+import json, sys, xml.etree.ElementTree as ET
+d = json.load(open(sys.argv[1]))
+assert d["n_images"] == 500 and d["sparsities_pct"] == [0, 25, 50, 75, 90] and d["bits"] == [5, 3], d
+assert [l["name"] for l in d["layers"]] == ["fc1", "fc3"], d["layers"]
+for l in d["layers"]:
+    assert l["prune_error_pct"][0] == d["baseline_error_pct"], l
+    assert len(l["prune_error_pct"]) == 5 and len(l["quant_error_pct"]) == 2, l
+    assert l["prune_error_pct"][-1] >= l["prune_error_pct"][0], l
+root = ET.parse(sys.argv[2]).getroot()
+assert root.tag.endswith("svg"), root.tag
+assert len([e for e in root.iter() if e.tag.endswith("polyline")]) == 2
+PY
+  expect 0 "sensitivity table" -- "$NNZ" sensitivity "$S" --limit-test 200 --sparsities 0,50,90 -q
+  grep -q "baseline test error" "$T/out" && grep -q "^  fc2 " "$T/out" && ok || bad "sensitivity table: $(head -c 300 "$T/out")"
+  expect 2 "sensitivity unknown layer" -- "$NNZ" sensitivity "$S" --layers fc1,fc9; err_names fc9 "sensitivity unknown layer"
+  expect 1 "sensitivity unwritable plot" -- "$NNZ" sensitivity "$S" --plot "$T/no/such/dir/s.svg"; err_names "$T/no/such/dir/s.svg" "unwritable plot"
+  ls "$T" | grep -q '\.tmp\.' && bad "sensitivity left temporary files" || ok
+
+  # --target-ratio: the per-layer plan reaches the estimate, the file lands near the target
+  expect 0 "compress --target-ratio" -- "$NNZ" compress "$S" --method deep --target-ratio 30 --sens-images 500 --limit 1000 --rounds 1 --prune-epochs 1 --quant-epochs 1 -q --json -o "$T/tr.nnz"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["target_ratio"] == 30 and d["estimated_ratio"] >= 30 and 27 <= d["ratio"] <= 45 and len(d["allocation"]) == 3, d' "$T/out" && ok || bad "compress --target-ratio: $(head -c 400 "$T/out")"
+  expect 0 "prune --target-ratio" -- "$NNZ" prune "$S" --target-ratio 8 --sens-images 500 --limit 1000 --rounds 1 --prune-epochs 1 -q --json -o "$T/tp.nnz"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["estimated_ratio"] >= 8 and 7.2 <= d["ratio"] <= 12, d' "$T/out" && ok || bad "prune --target-ratio: $(head -c 400 "$T/out")"
 
   # determinism: 1 thread, same seed -> identical files
   "$NNZ" train --model lenet300 --data mnist --limit 2000 --epochs 1 --seed 5 --threads 1 -q -o "$T/d1.nnz" >/dev/null 2>&1

@@ -1177,8 +1177,13 @@ static int encode_cfg_from_opts(const char *cmd, const opts *o, const nz_model *
 #define ENCODE_OPTS                                                                             \
     {"index-bits", 0, 1, "SPEC", "relative-index width per layer (default: smallest file)"},   \
     {"no-huffman", 0, 0, "", "pack streams in fixed widths instead of Huffman codes"}
+#define TARGET_OPTS                                                                             \
+    {"target-ratio", 0, 1, "R", "pick per-layer sparsities (deep: and widths) for a file about R " \
+                                "x smaller, from sensitivity curves"},                          \
+    {"sens-images", 0, 1, "N", "--target-ratio: training images the curves are measured on "   \
+                               "(default 2000)"}
 
-static const opt_def prune_opts[] = {RETRAIN_OPTS, PRUNE_OPTS};
+static const opt_def prune_opts[] = {RETRAIN_OPTS, PRUNE_OPTS, TARGET_OPTS};
 static const opt_def quantize_opts[] = {RETRAIN_OPTS, QUANT_OPTS};
 static const opt_def encode_opts[] = {
     {"output", 'o', 1, "FILE", "write the result here (.nnz)"},
@@ -1189,7 +1194,7 @@ static const opt_def compress_opts[] = {
     RETRAIN_OPTS,
     {"method", 'M', 1, "LIST", "methods in order: deep (prune, quantize, encode), slim, slim,deep"},
     {"lambda", 'l', 1, "SPEC", "slim: L1 strength on the norms (default 3e-2)"},
-    PRUNE_OPTS, QUANT_OPTS, ENCODE_OPTS};
+    PRUNE_OPTS, QUANT_OPTS, ENCODE_OPTS, TARGET_OPTS};
 
 static void print_prune(const nz_prune_result *r, const nz_model *m) {
     printf("pruned: test error %.2f%% -> %.2f%% (%.1f s)\n", (double)r->test_err_before,
@@ -1199,6 +1204,132 @@ static void print_prune(const nz_prune_result *r, const nz_model *m) {
                100.0 * (double)r->kept[i] / (double)r->total[i]);
 }
 
+/* ---------------------------------------------------------------- --target-ratio */
+
+/* Progress of a sensitivity sweep on stderr: a live counter on a terminal, one line per layer in
+ * a log. */
+typedef struct {
+    const char *cmd;
+    int tty, quiet, per_layer;
+} sens_progress;
+
+static void on_sens_progress(int done, int total, const char *layer, void *user) {
+    sens_progress *sp = user;
+    if (sp->quiet) return;
+    if (sp->tty) {
+        fprintf(stderr, "\r\033[K%s: sensitivity %d/%d evaluations (%s)", sp->cmd, done, total, layer);
+        if (done == total) fputc('\n', stderr);
+    } else if (sp->per_layer > 0 && done % sp->per_layer == 0) {
+        fprintf(stderr, "%s: sensitivity of %s done (%d/%d evaluations)\n", sp->cmd, layer, done,
+                total);
+    }
+    fflush(stderr);
+}
+
+/* --target-ratio R: sensitivity curves on the first --sens-images training images (not the test
+ * set: the test error reported at the end stays an unbiased measure), then the greedy allocation
+ * of nz_sensitivity_allocate (compress.h documents the size and accuracy models). Fills the
+ * per-layer sparsities of pc and, when qc is given (deep compression), the per-layer widths of
+ * qc; a width given with --bits stays fixed. reference_bytes: the float32 bytes the ratio is of. */
+static int plan_target(const char *cmd, const opts *o, job *j, size_t reference_bytes,
+                       nz_prune_cfg *pc, nz_quant_cfg *qc, nz_alloc_result *ar, float *ratio) {
+    int rc;
+    long n_img = 2000;
+    if ((rc = opt_float(o, "target-ratio", 1.001, 1e6, ratio)) ||
+        (rc = opt_int(o, "sens-images", 1, 1L << 30, &n_img)))
+        return rc;
+    nz_dataset view = j->tr; /* the first n_img training images (a view: not freed) */
+    if (view.n > n_img) view.n = (int)n_img;
+    nz_sensitivity_cfg sc;
+    nz_sensitivity_cfg_default(&sc);
+    static const float grid[] = {0.0f, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f,
+                                 0.8f, 0.85f, 0.9f, 0.93f, 0.95f, 0.97f, 0.98f, 0.99f};
+    sc.n_sparsity = (int)(sizeof grid / sizeof *grid);
+    memcpy(sc.sparsity, grid, sizeof grid);
+    int search_bits = 0; /* a width sweep only when some layer's width is to be picked */
+    for (int i = 1; qc && i < j->m.n_nodes && i < NZ_MAX_PASS_NODES; i++)
+        search_bits |= nz_node_is_weighted(&j->m.nodes[i]) && qc->bits[i] <= 0;
+    if (search_bits)
+        for (int b = 8; b >= 3; b--) sc.bits[sc.n_bits++] = b;
+    sc.stop = &g_stop;
+    sens_progress sp = {cmd, isatty(STDERR_FILENO), opt_flag(o, "quiet"), sc.n_sparsity + sc.n_bits};
+    sc.progress = on_sens_progress;
+    sc.progress_user = &sp;
+    if (!sp.quiet)
+        fprintf(stderr, "%s: sensitivity curves for --target-ratio %g on %d training images\n", cmd,
+                (double)*ratio, view.n);
+    nz_sensitivity_result sr;
+    nz_error e = {0};
+    if (nz_sensitivity(&j->m, &view, &sc, &sr, &e)) {
+        nz_sensitivity_result_free(&sr);
+        return fail_err(cmd, &e);
+    }
+    nz_alloc_cfg ac;
+    nz_alloc_cfg_default(&ac);
+    ac.target_ratio = *ratio;
+    ac.reference_bytes = reference_bytes;
+    ac.quantized = qc != NULL;
+    for (int i = 0; qc && i < NZ_MAX_PASS_NODES; i++) ac.fixed_bits[i] = qc->bits[i];
+    nz_status st = nz_sensitivity_allocate(&j->m, &sr, &ac, ar, &e);
+    float base = sr.baseline_err;
+    nz_sensitivity_result_free(&sr);
+    if (st) return fail_err(cmd, &e);
+    for (int l = 0; l < ar->n_layers; l++) {
+        pc->sparsity[ar->node[l]] = ar->sparsity[l];
+        if (qc) qc->bits[ar->node[l]] = ar->bits[l];
+    }
+    if (!sp.quiet) {
+        fprintf(stderr, "%s: plan (training error %.2f%% unpruned):", cmd, (double)base);
+        for (int l = 0; l < ar->n_layers; l++) {
+            fprintf(stderr, " %s %.1f%%", j->m.nodes[ar->node[l]].name, 100.0 * ar->sparsity[l]);
+            if (qc) fprintf(stderr, "/%db", ar->bits[l]);
+        }
+        fprintf(stderr, "; about %zu bytes = %.1fx\n", ar->est_file_bytes, ar->est_ratio);
+        if (!ar->reached)
+            fprintf(stderr, "%s: --target-ratio %g is out of reach: %.1fx estimated with every "
+                            "layer at its limit\n", cmd, (double)*ratio, ar->est_ratio);
+    }
+    return 0;
+}
+
+/* The options --target-ratio replaces. */
+static int target_conflicts(const char *cmd, const opts *o) {
+    if (!opt_get(o, "target-ratio")) {
+        if (opt_get(o, "sens-images")) {
+            fprintf(stderr, "nnzip %s: --sens-images needs --target-ratio\n", cmd);
+            return EXIT_USAGE;
+        }
+        return 0;
+    }
+    const char *clash = opt_get(o, "sparsity") ? "--sparsity" : opt_get(o, "quality") ? "--quality" : NULL;
+    if (clash) {
+        fprintf(stderr, "nnzip %s: --target-ratio picks the sparsities; drop %s\n", cmd, clash);
+        return EXIT_USAGE;
+    }
+    clash = opt_get(o, "no-huffman") ? "--no-huffman" : opt_get(o, "index-bits") ? "--index-bits" : NULL;
+    if (clash) {
+        fprintf(stderr, "nnzip %s: --target-ratio sizes layers Huffman-coded at their best index "
+                        "width; drop %s\n", cmd, clash);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+static void json_alloc(FILE *f, const nz_model *m, const nz_alloc_result *ar, float ratio) {
+    fprintf(f, ", \"target_ratio\": %.4g, \"estimated_bytes\": %zu, \"estimated_ratio\": %.2f, "
+               "\"target_reached_estimate\": %s, \"allocation\": [",
+            (double)ratio, ar->est_file_bytes, ar->est_ratio, ar->reached ? "true" : "false");
+    for (int l = 0; l < ar->n_layers; l++) {
+        fprintf(f, "%s{\"name\": ", l ? ", " : "");
+        json_str(f, m->nodes[ar->node[l]].name);
+        fprintf(f, ", \"sparsity_pct\": %.2f, \"bits\": %d, \"estimated_bytes\": %zu, "
+                   "\"estimated_error_increase_pct\": %.3f}",
+                100.0 * ar->sparsity[l], ar->bits[l], ar->est_bytes[l],
+                (double)ar->est_err_increase[l]);
+    }
+    fprintf(f, "]");
+}
+
 static int cmd_prune(int argc, char **argv) {
     const int nd = (int)(sizeof prune_opts / sizeof *prune_opts);
     if (want_help(argc, argv)) {
@@ -1206,13 +1337,21 @@ static int cmd_prune(int argc, char **argv) {
                    "Magnitude pruning with retraining (Deep Compression stage 1): each weighted\n"
                    "layer keeps its largest weights (per-layer target sparsity, or quality x std);\n"
                    "iterative schedules prune in rounds and retrain with the mask held. The output\n"
-                   "stores pruned layers sparse (relative indices, f32 values).",
+                   "stores pruned layers sparse (relative indices, f32 values). --target-ratio R\n"
+                   "picks the per-layer sparsities from sensitivity curves (nnzip sensitivity)\n"
+                   "for a file about R times smaller than the float32 parameters.",
                    prune_opts, nd);
         return 0;
     }
     opts o = {.cmd = "prune", .defs = prune_opts, .n_defs = nd};
     int rc = parse_opts(&o, argc, argv, 1);
     if (rc) return rc;
+    float ratio = 0;
+    long n_img = 0;
+    if ((rc = target_conflicts("prune", &o)) ||
+        (rc = opt_float(&o, "target-ratio", 1.001, 1e6, &ratio)) ||
+        (rc = opt_int(&o, "sens-images", 1, 1L << 30, &n_img)))
+        return rc;
     job j;
     if ((rc = job_open(&j, "prune", &o, 1))) {
         job_free(&j);
@@ -1221,7 +1360,12 @@ static int cmd_prune(int argc, char **argv) {
     nz_prune_cfg pc;
     nz_error e = {0};
     nz_prune_result pr;
+    nz_alloc_result ar;
+    const int target = opt_get(&o, "target-ratio") != NULL;
+    size_t dense = 0; /* float32 bytes of the model given */
+    for (int i = 0; i < j.m.n_nodes; i++) dense += nz_node_param_count(&j.m.nodes[i]) * 4;
     if ((rc = prune_cfg_from_opts("prune", &o, &j.m, j.seed, j.batch, &pc))) goto done;
+    if (target && (rc = plan_target("prune", &o, &j, dense, &pc, NULL, &ar, &ratio))) goto done;
     if (nz_prune(&j.m, &j.tr, &j.te, &pc, &j.hooks, &pr, &e)) {
         rc = fail_err("prune", &e);
         goto done;
@@ -1230,14 +1374,24 @@ static int cmd_prune(int argc, char **argv) {
         if (nz_model_sparsify_param(&j.m, pr.node[i], NULL, 0, 8, &e)) rc = fail_err("prune", &e);
     if (rc || (rc = job_save(&j, "prune", opt_get(&o, "output"), "pruned", pr.test_err_after)))
         goto done;
+    uint64_t fb = file_size(opt_get(&o, "output"));
     if (opt_flag(&o, "json")) {
         printf("{\"test_error_pct\": %.4f, \"test_error_before_pct\": %.4f, \"file_bytes\": %llu, \"layers\": ",
-               (double)pr.test_err_after, (double)pr.test_err_before,
-               (unsigned long long)file_size(opt_get(&o, "output")));
+               (double)pr.test_err_after, (double)pr.test_err_before, (unsigned long long)fb);
         json_size_table(stdout, &j.m);
+        if (target) {
+            printf(", \"float32_bytes\": %zu, \"ratio\": %.2f", dense,
+                   (double)dense / (double)(fb ? fb : 1));
+            json_alloc(stdout, &j.m, &ar, ratio);
+        }
         printf("}\n");
     } else {
         print_prune(&pr, &j.m);
+        if (target)
+            printf("target ratio %.1fx: estimated %.1fx, achieved %.1fx (%llu bytes on disk, %zu "
+                   "bytes of float32 parameters)\n",
+                   (double)ratio, ar.est_ratio, (double)dense / (double)(fb ? fb : 1),
+                   (unsigned long long)fb, dense);
     }
 done:
     job_free(&j);
@@ -1327,7 +1481,11 @@ static int cmd_compress(int argc, char **argv) {
         print_help("compress", "FILE --data SET --method deep -o OUT [options]",
                    "Run compression methods in one call and write the compressed .nnz. Method\n"
                    "'deep' = prune (iterative, retraining) + quantize (k-means, fine-tuning) +\n"
-                   "encode (relative indices, Huffman). Prints the per-layer table of the paper.",
+                   "encode (relative indices, Huffman). Prints the per-layer table of the paper.\n"
+                   "--target-ratio R picks per-layer sparsities and widths for a file about R\n"
+                   "times smaller than the float32 parameters: sensitivity curves of each layer\n"
+                   "(pruned or quantized alone, on --sens-images training images), then a greedy\n"
+                   "that always takes the step costing the least estimated accuracy per byte saved.",
                    compress_opts, nd);
         return 0;
     }
@@ -1339,6 +1497,17 @@ static int cmd_compress(int argc, char **argv) {
     const int do_deep = strcmp(method, "deep") == 0 || strcmp(method, "slim,deep") == 0;
     if (!do_slim && !do_deep) {
         fprintf(stderr, "nnzip compress: unknown --method '%s' (deep, slim, slim,deep)\n", method);
+        return EXIT_USAGE;
+    }
+    const int target = opt_get(&o, "target-ratio") != NULL;
+    float ratio = 0;
+    long n_img = 0;
+    if ((rc = target_conflicts("compress", &o)) ||
+        (rc = opt_float(&o, "target-ratio", 1.001, 1e6, &ratio)) ||
+        (rc = opt_int(&o, "sens-images", 1, 1L << 30, &n_img)))
+        return rc;
+    if (target && !do_deep) {
+        fprintf(stderr, "nnzip compress: --target-ratio needs --method deep or slim,deep\n");
         return EXIT_USAGE;
     }
     job j;
@@ -1353,6 +1522,7 @@ static int cmd_compress(int argc, char **argv) {
     nz_prune_result pr;
     nz_quant_result qr;
     nz_eval_result ev;
+    nz_alloc_result ar;
     const int quiet = opt_flag(&o, "quiet");
     if ((rc = prune_cfg_from_opts("compress", &o, &j.m, j.seed, j.batch, &pc)) ||
         (rc = quant_cfg_from_opts("compress", &o, &j.m, j.seed, j.batch, &qc)) ||
@@ -1398,6 +1568,7 @@ static int cmd_compress(int argc, char **argv) {
         pr.test_err_after = qr.test_err_after = ev.error;
         goto save;
     }
+    if (target && (rc = plan_target("compress", &o, &j, dense, &pc, &qc, &ar, &ratio))) goto done;
     if (!quiet) fprintf(stderr, "compress: stage 1/3, pruning\n");
     if (nz_prune(&j.m, &j.tr, &j.te, &pc, &j.hooks, &pr, &e)) {
         rc = fail_err("compress", &e);
@@ -1426,6 +1597,7 @@ save:
                (double)qr.test_err_after, (unsigned long long)fb, dense,
                (double)dense / (double)(fb ? fb : 1));
         json_size_table(stdout, &j.m);
+        if (target) json_alloc(stdout, &j.m, &ar, ratio);
         printf("}\n");
     } else {
         printf("test error: %.2f%% original, %.2f%% pruned, %.2f%% quantized, %.2f%% encoded\n",
@@ -1435,6 +1607,9 @@ save:
         printf("  %s: %llu bytes = %.1fx smaller than the original model's %zu bytes of float32 "
                "parameters\n", opt_get(&o, "output"), (unsigned long long)fb,
                (double)dense / (double)(fb ? fb : 1), dense);
+        if (target)
+            printf("  target ratio %.1fx: estimated %.1fx, achieved %.1fx\n", (double)ratio,
+                   ar.est_ratio, (double)dense / (double)(fb ? fb : 1));
     }
 done:
     job_free(&j);
@@ -1551,6 +1726,240 @@ done:
     return rc;
 }
 
+/* ---------------------------------------------------------------- sensitivity */
+
+static const opt_def sensitivity_opts[] = {
+    {"data", 'd', 1, "SET", "dataset whose test split is evaluated (default: the model's)"},
+    {"data-dir", 0, 1, "DIR", "where named datasets live"},
+    {"layers", 0, 1, "LIST", "weighted layers to analyse, e.g. fc1,conv2 (default: all)"},
+    {"sparsities", 0, 1, "LIST", "percent of a layer's weights removed (default 0,10,...,90,95; "
+                                 "'...' repeats the last step)"},
+    {"bits", 0, 1, "LIST", "also k-means quantize each layer alone to these widths, e.g. 2,3,4,5,6,8"},
+    {"limit-test", 0, 1, "N", "evaluate on the first N test images only"},
+    {"plot", 0, 1, "FILE", "write the accuracy-vs-sparsity curves here (SVG)"},
+    {"batch", 'b', 1, "N", "evaluation batch size (default 256)"},
+    {"threads", 't', 1, "N", "threads (default: all cores)"},
+    {"json", 0, 0, "", "print the result as JSON"},
+    {"quiet", 'q', 0, "", "no progress output"},
+};
+
+/* "0,10,...,90,95": numbers in [lo, hi] (scaled by `scale`), strictly increasing; "..." continues
+ * the step of the two numbers before it up to (not including) the number after it. */
+static int parse_num_list(const char *cmd, const char *opt, const char *spec, double lo, double hi,
+                          int integers, double scale, float *out, int *n_out) {
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", spec);
+    double v[NZ_SENS_MAX_POINTS];
+    int n = 0, pending = 0; /* a "..." waiting for its end */
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (strcmp(t, "...") == 0) {
+            if (n < 2 || pending) {
+                fprintf(stderr, "nnzip %s: --%s: '...' needs two numbers before it and one after\n",
+                        cmd, opt);
+                return EXIT_USAGE;
+            }
+            pending = 1;
+            continue;
+        }
+        char *end;
+        errno = 0;
+        double x = strtod(t, &end);
+        if (errno || end == t || *end || !(x >= lo && x <= hi) || (integers && x != floor(x))) {
+            fprintf(stderr, "nnzip %s: --%s: '%s' is not %s in [%g, %g]\n", cmd, opt, t,
+                    integers ? "an integer" : "a number", lo, hi);
+            return EXIT_USAGE;
+        }
+        if (pending) {
+            double step = v[n - 1] - v[n - 2];
+            if (!(step > 0)) break; /* reported as not increasing below */
+            for (double y = v[n - 1] + step; y < x - 1e-9 && n < NZ_SENS_MAX_POINTS; y += step)
+                v[n++] = y;
+            pending = 0;
+        }
+        if (n == NZ_SENS_MAX_POINTS) {
+            fprintf(stderr, "nnzip %s: --%s: more than %d values\n", cmd, opt, NZ_SENS_MAX_POINTS);
+            return EXIT_USAGE;
+        }
+        v[n++] = x;
+    }
+    if (pending || n == 0) {
+        fprintf(stderr, "nnzip %s: --%s: '%s' is %s\n", cmd, opt, spec,
+                n == 0 ? "empty" : "missing the value after '...'");
+        return EXIT_USAGE;
+    }
+    for (int i = 1; i < n; i++)
+        if (!(v[i] > v[i - 1])) {
+            fprintf(stderr, "nnzip %s: --%s: values must increase ('%s')\n", cmd, opt, spec);
+            return EXIT_USAGE;
+        }
+    for (int i = 0; i < n; i++) out[i] = (float)(v[i] * scale);
+    *n_out = n;
+    return 0;
+}
+
+static int cmd_sensitivity(int argc, char **argv) {
+    const int nd = (int)(sizeof sensitivity_opts / sizeof *sensitivity_opts);
+    if (want_help(argc, argv)) {
+        print_help("sensitivity", "FILE [--data SET] [--layers LIST] [--sparsities LIST]\n"
+                                  "                         [--bits LIST] [--plot FILE] [options]",
+                   "Per-layer sensitivity: each weighted layer alone is magnitude-pruned to each\n"
+                   "sparsity (and, with --bits, k-means quantized to each width) and the model is\n"
+                   "evaluated on the test split, without retraining; every other layer keeps its\n"
+                   "weights. Prints test error tables (rows layers, columns sparsities) and the\n"
+                   "baseline; --plot draws test accuracy against sparsity, one curve per layer.\n"
+                   "Flat curves can be pruned hard: use it to pick --sparsity for nnzip prune.",
+                   sensitivity_opts, nd);
+        return 0;
+    }
+    opts o = {.cmd = "sensitivity", .defs = sensitivity_opts, .n_defs = nd};
+    int rc = parse_opts(&o, argc, argv, 1);
+    if (rc) return rc;
+    if (o.n_pos != 1) {
+        fprintf(stderr, "nnzip sensitivity: expected one model file (see nnzip sensitivity --help)\n");
+        return EXIT_USAGE;
+    }
+    nz_sensitivity_cfg sc;
+    nz_sensitivity_cfg_default(&sc);
+    long batch = 256, limit = 0;
+    if ((rc = apply_threads(&o)) || (rc = opt_int(&o, "batch", 1, 65536, &batch)) ||
+        (rc = opt_int(&o, "limit-test", 1, 1L << 30, &limit)))
+        return rc;
+    sc.batch = (int)batch;
+    const char *spars = opt_get(&o, "sparsities"), *bits = opt_get(&o, "bits");
+    if (spars && (rc = parse_num_list("sensitivity", "sparsities", spars, 0, 99.9, 0, 0.01,
+                                      sc.sparsity, &sc.n_sparsity)))
+        return rc;
+    if (bits) {
+        float b[NZ_SENS_MAX_POINTS];
+        int nb = 0;
+        if ((rc = parse_num_list("sensitivity", "bits", bits, 1, 8, 1, 1.0, b, &nb))) return rc;
+        /* widest first, as the table reads */
+        sc.n_bits = nb;
+        for (int i = 0; i < nb; i++) sc.bits[i] = (int)b[nb - 1 - i];
+    }
+    const char *plot = opt_get(&o, "plot");
+    if (plot && (rc = check_output("sensitivity", plot))) return rc;
+    nz_model m;
+    nz_meta meta;
+    nz_error e = {0};
+    if (nz_load(o.pos[0], &m, &meta, &e)) return fail_err("sensitivity", &e);
+    nz_dataset te;
+    memset(&te, 0, sizeof te);
+    nz_sensitivity_result sr;
+    memset(&sr, 0, sizeof sr);
+    const char *layers = opt_get(&o, "layers");
+    if (layers) {
+        char buf[1024];
+        snprintf(buf, sizeof buf, "%s", layers);
+        int any = 0;
+        for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            int found = 0;
+            for (int i = 1; i < m.n_nodes && i < NZ_MAX_PASS_NODES; i++)
+                if (strcmp(m.nodes[i].name, t) == 0 && nz_node_is_weighted(&m.nodes[i])) {
+                    sc.only[i] = 1;
+                    found = 1;
+                }
+            if (!found) {
+                fprintf(stderr, "nnzip sensitivity: --layers: no weighted layer named '%s'\n", t);
+                rc = EXIT_USAGE;
+                goto done;
+            }
+            any = 1;
+        }
+        if (!any) {
+            fprintf(stderr, "nnzip sensitivity: --layers is empty\n");
+            rc = EXIT_USAGE;
+            goto done;
+        }
+    }
+    const char *data = opt_get(&o, "data");
+    if (!data) data = nz_meta_get(&meta, "data");
+    if (!data) data = "mnist";
+    if ((rc = open_data("sensitivity", data, opt_get(&o, "data-dir"), 0, (int)limit, &te))) goto done;
+    sens_progress sp = {"sensitivity", isatty(STDERR_FILENO), opt_flag(&o, "quiet"),
+                        sc.n_sparsity + sc.n_bits};
+    sc.progress = on_sens_progress;
+    sc.progress_user = &sp;
+    signal(SIGINT, on_sigint);
+    sc.stop = &g_stop;
+    if (nz_sensitivity(&m, &te, &sc, &sr, &e)) {
+        rc = fail_err("sensitivity", &e);
+        goto done;
+    }
+    const char *base = strrchr(o.pos[0], '/');
+    base = base ? base + 1 : o.pos[0];
+    if (plot) {
+        char title[256];
+        snprintf(title, sizeof title, "Sensitivity of %s (%s) on %s", base, m.arch, te.name);
+        if (nz_sensitivity_svg(&sr, plot, title, &e)) {
+            rc = fail_err("sensitivity", &e);
+            goto done;
+        }
+    }
+    if (opt_flag(&o, "json")) {
+        printf("{\"file\": ");
+        json_str(stdout, o.pos[0]);
+        printf(", \"arch\": ");
+        json_str(stdout, m.arch);
+        printf(", \"data\": ");
+        json_str(stdout, te.name);
+        printf(", \"n_images\": %d, \"baseline_error_pct\": %.4f, \"sparsities_pct\": [", sr.n_images,
+               (double)sr.baseline_err);
+        for (int k = 0; k < sr.n_sparsity; k++) printf("%s%.4g", k ? ", " : "", 100.0 * sr.sparsity[k]);
+        printf("], \"bits\": [");
+        for (int k = 0; k < sr.n_bits; k++) printf("%s%d", k ? ", " : "", sr.bits[k]);
+        printf("], \"layers\": [");
+        for (int l = 0; l < sr.n_layers; l++) {
+            printf("%s{\"name\": ", l ? ", " : "");
+            json_str(stdout, sr.name[l]);
+            printf(", \"op\": \"%s\", \"weights\": %zu, \"prune_error_pct\": [",
+                   sr.conv[l] ? "conv2d" : "dense", sr.weights[l]);
+            for (int k = 0; k < sr.n_sparsity; k++)
+                printf("%s%.4f", k ? ", " : "", (double)nz_sens_prune_err(&sr, l, k));
+            printf("], \"quant_error_pct\": [");
+            for (int k = 0; k < sr.n_bits; k++)
+                printf("%s%.4f", k ? ", " : "", (double)nz_sens_quant_err(&sr, l, k));
+            printf("]}");
+        }
+        printf("], \"plot\": ");
+        if (plot) json_str(stdout, plot);
+        else printf("null");
+        printf(", \"evaluations\": %d, \"seconds\": %.2f}\n", sr.evaluations, sr.seconds);
+    } else {
+        printf("sensitivity of %s (%s) on %s: %d test images, each layer alone, no retraining\n",
+               o.pos[0], m.arch, te.name, sr.n_images);
+        printf("baseline test error %.2f%%\n\n", (double)sr.baseline_err);
+        printf("test error (%%) by sparsity (%% of the layer's weights removed):\n  %-12s %9s",
+               "layer", "weights");
+        for (int k = 0; k < sr.n_sparsity; k++) printf(" %6.4g", 100.0 * sr.sparsity[k]);
+        printf("\n");
+        for (int l = 0; l < sr.n_layers; l++) {
+            printf("  %-12s %9zu", sr.name[l], sr.weights[l]);
+            for (int k = 0; k < sr.n_sparsity; k++) printf(" %6.2f", (double)nz_sens_prune_err(&sr, l, k));
+            printf("\n");
+        }
+        if (sr.n_bits) {
+            printf("\ntest error (%%) by bits per weight (k-means, linear init, no fine-tuning):\n"
+                   "  %-12s %9s", "layer", "weights");
+            for (int k = 0; k < sr.n_bits; k++) printf(" %6d", sr.bits[k]);
+            printf("\n");
+            for (int l = 0; l < sr.n_layers; l++) {
+                printf("  %-12s %9zu", sr.name[l], sr.weights[l]);
+                for (int k = 0; k < sr.n_bits; k++) printf(" %6.2f", (double)nz_sens_quant_err(&sr, l, k));
+                printf("\n");
+            }
+        }
+        printf("\n%d evaluations, %.1f s", sr.evaluations, sr.seconds);
+        if (plot) printf("; plot: %s", plot);
+        printf("\n");
+    }
+done:
+    nz_sensitivity_result_free(&sr);
+    nz_dataset_free(&te);
+    nz_model_free(&m);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- main */
 
 typedef struct {
@@ -1568,6 +1977,7 @@ static const command commands[] = {
     {"encode", cmd_encode, "relative-index CSR + Huffman coding (Deep Compression 3)"},
     {"compress", cmd_compress, "chain methods (deep) into one compressed .nnz"},
     {"slim", cmd_slim, "remove whole neurons/kernels: norm x direction + L1 on the norms"},
+    {"sensitivity", cmd_sensitivity, "per-layer test error vs sparsity (and bits), table and SVG"},
 };
 
 static void usage(FILE *f) {
@@ -1575,7 +1985,7 @@ static void usage(FILE *f) {
                "usage: nnzip COMMAND [options]   (nnzip COMMAND --help for each)\n\ncommands:\n",
             NNZIP_VERSION);
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].about);
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].about);
     fprintf(f, "\nexit codes: 0 ok, 1 runtime failure (bad file or data), 2 usage error, "
                "130 interrupted\n");
 }

@@ -128,6 +128,8 @@ nz_status nz_prune(nz_model *m, const nz_dataset *train, const nz_dataset *test,
 /* Zeroes every weight with |w| below the threshold that removes `sparsity` of the layer's
  * weights (already-zero weights count as removed). Returns the number kept. */
 size_t nz_prune_layer_to_sparsity(float *W, size_t n, float sparsity);
+/* The same, given mag = the magnitudes |W| sorted ascending (one sort, many sparsities). */
+size_t nz_prune_sorted(float *W, size_t n, const float *mag, float sparsity);
 
 /* ---------------------------------------------------------------- quantization */
 
@@ -247,6 +249,135 @@ typedef struct {
 
 /* Fills up to max rows for the weighted layers; returns the number of rows. */
 int nz_size_table(const nz_model *m, nz_layer_size *rows, int max);
+
+/* ---------------------------------------------------------------- sensitivity analysis */
+
+/* Per-layer sensitivity (Han et al. 2015, Fig. 5): for each weighted layer alone, the test error
+ * after magnitude-pruning that layer to each sparsity, and (optionally) after k-means quantizing
+ * that layer to each width, without retraining; every other layer keeps its weights. Used to
+ * pick per-layer thresholds by hand, or by nz_sensitivity_allocate for a target size. */
+
+#define NZ_SENS_MAX_POINTS 64
+
+typedef struct {
+    int n_sparsity;
+    float sparsity[NZ_SENS_MAX_POINTS]; /* fractions removed, strictly increasing, in [0, 1) */
+    int n_bits;                         /* 0: no quantization sweep */
+    int bits[NZ_SENS_MAX_POINTS];       /* widths in 1..8 (2^bits - 1 shared values + the 0) */
+    unsigned char only[NZ_MAX_PASS_NODES]; /* per node: nonzero = analyse it; all zero: every
+                                              weighted layer */
+    nz_kmeans_init init;                /* quantization sweep: centroid init (default linear) */
+    uint64_t seed;                      /* for the random k-means inits */
+    int batch;                          /* evaluation batch (default 256) */
+    /* called after every evaluation with (done, total) */
+    void (*progress)(int done, int total, const char *layer, void *user);
+    void *progress_user;
+    volatile int *stop;                 /* non-zero: stop with NZ_ERR_INTERRUPTED */
+} nz_sensitivity_cfg;
+
+/* Sparsities 0, 10, ..., 90, 95 %; no quantization sweep; all weighted layers. */
+void nz_sensitivity_cfg_default(nz_sensitivity_cfg *cfg);
+
+typedef struct {
+    int n_layers;
+    int node[NZ_MAX_PASS_NODES];
+    char name[NZ_MAX_PASS_NODES][NZ_NAME_MAX];
+    int conv[NZ_MAX_PASS_NODES];         /* 1: conv2d, 0: dense */
+    size_t weights[NZ_MAX_PASS_NODES];
+    int n_sparsity, n_bits;
+    float sparsity[NZ_SENS_MAX_POINTS];
+    int bits[NZ_SENS_MAX_POINTS];
+    float baseline_err;                  /* % test error of the model as given */
+    float *prune_err;                    /* [n_layers x n_sparsity] % (owned) */
+    float *quant_err;                    /* [n_layers x n_bits] % (owned; NULL if n_bits 0) */
+    int n_images;                        /* examples evaluated */
+    int evaluations;                     /* forward passes over the set actually run (a prune
+                                            that changes no weight reuses the baseline) */
+    double seconds;
+} nz_sensitivity_result;
+
+/* m is not changed (a densified copy is pruned). data: the images to evaluate (the test split,
+ * or a subset of it). res must be freed with nz_sensitivity_result_free, also on failure. */
+nz_status nz_sensitivity(const nz_model *m, const nz_dataset *data, const nz_sensitivity_cfg *cfg,
+                         nz_sensitivity_result *res, nz_error *err);
+void nz_sensitivity_result_free(nz_sensitivity_result *res);
+static inline float nz_sens_prune_err(const nz_sensitivity_result *r, int layer, int k) {
+    return r->prune_err[(size_t)layer * (size_t)r->n_sparsity + (size_t)k];
+}
+static inline float nz_sens_quant_err(const nz_sensitivity_result *r, int layer, int k) {
+    return r->quant_err[(size_t)layer * (size_t)r->n_bits + (size_t)k];
+}
+
+/* Writes the pruning curves as a self-contained SVG: x = sparsity %, y = test accuracy %, one
+ * polyline with markers per layer, a legend, the baseline dashed; title (may be NULL) on top.
+ * Atomic: written to PATH.tmp.XXXXXX and renamed, so a failure never leaves a partial file. */
+nz_status nz_sensitivity_svg(const nz_sensitivity_result *r, const char *path, const char *title,
+                             nz_error *err);
+
+/* ---------------------------------------------------------------- size targets */
+
+/* Per-layer sparsities and widths for a target compression ratio, from sensitivity curves.
+ *
+ * Size model: each layer's stored bytes are measured, not guessed: for every measured sparsity
+ * (and every candidate width), the layer is magnitude-pruned, k-means quantized (linear init,
+ * 2^bits - 1 shared values, f16 codebook) and run through the real encoder (relative indices
+ * with fillers, both streams Huffman-coded, the index width giving the smallest payload, as
+ * nz_encode picks it); between measured sparsities the bytes are interpolated linearly. Biases
+ * count as f16 and every other tensor as f32, plus the file's header, section table, graph and
+ * metadata (estimated). Retraining keeps the masks and the code assignments, so the file is
+ * usually within a few % of the estimate (fewer bytes when dead neurons are removed).
+ *
+ * Accuracy model: a layer's cost is its own curve's increase over the baseline (the running
+ * maximum of the measured errors, so noise never makes more pruning look free of cost, linearly
+ * interpolated), pruning and quantization costs add, and layers add (the usual independence
+ * assumption of sensitivity-based allocation).
+ *
+ * Greedy: every layer starts at sparsity 0 and the widest candidate width; while the estimated
+ * file is above dense_bytes / target_ratio, take the move with the least estimated error
+ * increase per byte saved (ties: the most bytes): raise one layer's sparsity by `step`, or
+ * lower one layer's width by 1 bit. */
+typedef struct {
+    float target_ratio;          /* reference bytes / estimated file bytes, > 1 */
+    size_t reference_bytes;      /* the bytes the ratio is of (0: m's float32 parameters) */
+    int quantized;               /* 1: stored as `compress --method deep` stores (codebook,
+                                    Huffman, f16 biases); 0: as `prune` stores (f32 values,
+                                    8-bit packed relative indices, f32 biases), widths unused */
+    int fixed_bits[NZ_MAX_PASS_NODES]; /* per node: > 0 fixes the width; else searched */
+    int fc_bits_min, fc_bits_max;      /* width search ranges (defaults 3..8, 4..8), within */
+    int conv_bits_min, conv_bits_max;  /* the widths the quantization sweep measured */
+    int default_fc_bits, default_conv_bits; /* without a quantization sweep (5 and 8) */
+    float max_sparsity;          /* cap (default 0.99; also at most the largest measured) */
+    float step;                  /* sparsity step of the greedy (default 0.005) */
+    nz_kmeans_init init;
+} nz_alloc_cfg;
+
+void nz_alloc_cfg_default(nz_alloc_cfg *cfg);
+
+typedef struct {
+    int n_layers;
+    int node[NZ_MAX_PASS_NODES];
+    float sparsity[NZ_MAX_PASS_NODES]; /* fraction removed */
+    int bits[NZ_MAX_PASS_NODES];       /* 0 when not quantized */
+    size_t est_bytes[NZ_MAX_PASS_NODES]; /* the layer's weight tensor as stored */
+    float est_err_increase[NZ_MAX_PASS_NODES]; /* percentage points, from the curves */
+    size_t reference_bytes, fixed_bytes, est_file_bytes;
+    double est_ratio;
+    float est_err;               /* baseline + the increases (an untrained, pessimistic guess) */
+    int reached;                 /* 1: est_ratio >= target_ratio */
+    int moves;
+} nz_alloc_result;
+
+/* m: the model sens was computed on (its weights size the layers); sens must cover every
+ * weighted layer. Fails with NZ_ERR_ARG on a bad configuration; an unreachable target is not an
+ * error (reached = 0, every layer at its limit). */
+nz_status nz_sensitivity_allocate(const nz_model *m, const nz_sensitivity_result *sens,
+                                  const nz_alloc_cfg *cfg, nz_alloc_result *res, nz_error *err);
+
+/* The measured stored bytes of one weight matrix W [rows, cols] pruned to sparsity and stored
+ * with `bits`-wide codes (0: f32 values, 8-bit packed indices), the TENSOR section header
+ * included: the size model above, for one point. */
+nz_status nz_estimate_layer_bytes(const float *W, int rows, int cols, float sparsity, int bits,
+                                  nz_kmeans_init init, size_t *bytes, nz_error *err);
 
 #ifdef __cplusplus
 }

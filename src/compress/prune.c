@@ -55,17 +55,12 @@ static int cmp_float(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-size_t nz_prune_layer_to_sparsity(float *W, size_t n, float sparsity) {
-    if (n == 0) return 0;
+size_t nz_prune_sorted(float *W, size_t n, const float *mag, float sparsity) {
+    size_t kept = 0;
     if (sparsity <= 0.0f) {
-        size_t kept = 0;
         for (size_t i = 0; i < n; i++) kept += W[i] != 0.0f;
         return kept;
     }
-    float *mag = malloc(sizeof(float) * n);
-    if (!mag) return 0;
-    for (size_t i = 0; i < n; i++) mag[i] = fabsf(W[i]);
-    qsort(mag, n, sizeof(float), cmp_float);
     size_t cut = (size_t)((double)sparsity * (double)n + 0.5);
     if (cut >= n) cut = n;
     /* keep exactly n - cut weights: those strictly above the cut magnitude, then ties in order */
@@ -73,7 +68,6 @@ size_t nz_prune_layer_to_sparsity(float *W, size_t n, float sparsity) {
     size_t above = 0;
     for (size_t i = 0; i < n; i++) above += fabsf(W[i]) > thr;
     size_t ties_keep = (n - cut) > above ? (n - cut) - above : 0;
-    size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
         float a = fabsf(W[i]);
         if (a > thr && a != 0.0f) {
@@ -85,6 +79,17 @@ size_t nz_prune_layer_to_sparsity(float *W, size_t n, float sparsity) {
             W[i] = 0.0f;
         }
     }
+    return kept;
+}
+
+size_t nz_prune_layer_to_sparsity(float *W, size_t n, float sparsity) {
+    if (n == 0) return 0;
+    if (sparsity <= 0.0f) return nz_prune_sorted(W, n, NULL, sparsity);
+    float *mag = malloc(sizeof(float) * n);
+    if (!mag) return 0;
+    for (size_t i = 0; i < n; i++) mag[i] = fabsf(W[i]);
+    qsort(mag, n, sizeof(float), cmp_float);
+    size_t kept = nz_prune_sorted(W, n, mag, sparsity);
     free(mag);
     return kept;
 }
