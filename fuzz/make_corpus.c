@@ -1,12 +1,13 @@
 /* Writes the seed files for fuzz/fuzz_nnz.c: small valid .nnz models covering every op.
  *
- *   gcc -std=c11 -D_DEFAULT_SOURCE -Iinclude -Isrc fuzz/make_corpus.c src/format/{meta,nnz_read,nnz_write}.c \
- *       src/core/model.c src/core/error.c src/core/rng.c -lz -lm -o /tmp/make_corpus
+ *   gcc -std=c11 -D_DEFAULT_SOURCE -Iinclude -Isrc fuzz/make_corpus.c build/libnnzip.a \
+ *       -fopenmp -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lz -lm -o /tmp/make_corpus
  *   /tmp/make_corpus fuzz/corpus/nnz */
 #include <stdio.h>
 #include <string.h>
 
 #include "nnzip/format.h"
+#include "nnzip/train.h"
 
 static int save(nz_model *m, const nz_meta *meta, const char *dir, const char *file) {
     char path[1024];
@@ -57,5 +58,50 @@ int main(int argc, char **argv) {
     nz_meta_set(&meta, "test_error", "0.0123");
     nz_meta_set(&meta, "epochs", "2");
     bad += x < 0 || save(&m, &meta, dir, "all.nnz");
+
+    /* residual: conv -> bn -> relu, option-A shortcut, add, avgpool, gap, dense */
+    if (nz_model_init(&m, "res", (nz_shape){1, 4, 4}, 2, &err)) return 1;
+    x = nz_model_add_conv2d(&m, "conv1", 0, 2, 3, 2, 1, &err);
+    if (x >= 0) x = nz_model_add_batchnorm(&m, "bn1", x, &err);
+    if (x >= 0) x = nz_model_add_relu(&m, "relu1", x, &err);
+    int sc = nz_model_add_shortcut(&m, "short", 0, 2, 2, &err);
+    if (x >= 0 && sc >= 0) x = nz_model_add_add(&m, "add", x, sc, &err);
+    if (x >= 0) x = nz_model_add_avgpool(&m, "pool", x, 1, 1, &err);
+    if (x >= 0) x = nz_model_add_gap(&m, "gap", x, &err);
+    if (x >= 0) x = nz_model_add_flatten(&m, "flatten", x, &err);
+    if (x >= 0) x = nz_model_add_dense(&m, "fc", x, 2, &err);
+    bad += x < 0 || save(&m, NULL, dir, "res.nnz");
+
+    /* a checkpoint (STATE section) of the mlp */
+    if (nz_model_init(&m, "mlp", (nz_shape){1, 2, 2}, 2, &err)) return 1;
+    x = nz_model_add_flatten(&m, "flatten", 0, &err);
+    if (x >= 0) x = nz_model_add_dense(&m, "fc1", x, 2, &err);
+    if (x < 0) return 1;
+    nz_train_state st;
+    memset(&st, 0, sizeof st);
+    nz_train_cfg_default(&st.cfg);
+    st.cfg.epochs = 3;
+    st.epoch = 1;
+    st.steps = 1; /* ceil(n_order / batch) */
+    st.last_test_err = st.best_test_err = -1.0f;
+    nz_rng_seed(&st.shuffle_rng, 1);
+    nz_rng_seed(&st.drop_rng, 2);
+    nz_rng_seed(&st.aug_rng, 3);
+    float vel[10] = {0.1f, -0.2f, 0.3f, 0, 0, 0.5f, 0, 0, 0, -0.1f};
+    int32_t order[4] = {2, 0, 3, 1};
+    st.n_params = m.n_params;
+    st.velocity = vel;
+    st.n_order = 4;
+    st.order = order;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/ckpt.nnz", dir);
+    nz_rng rng;
+    nz_rng_seed(&rng, 1);
+    nz_model_init_params(&m, &rng);
+    if (m.n_params != 10 || nz_save_checkpoint(&m, NULL, &st, path, &err)) {
+        fprintf(stderr, "checkpoint seed: %s\n", err.msg);
+        bad++;
+    }
+    nz_model_free(&m);
     return bad ? 1 : 0;
 }

@@ -852,16 +852,16 @@ static int cmd_info(int argc, char **argv) {
         for (int c = 0; c < m.pre.n_ch; c++)
             if (m.pre.mean[c] != 0.0f || m.pre.std[c] != 1.0f)
                 printf(" ch%d:(x-%g)/%g", c, (double)m.pre.mean[c], (double)m.pre.std[c]);
-        printf("\n\n  %-12s %-8s %-12s %10s %10s\n", "layer", "op", "output", "params", "bytes");
+        printf("\n\n  %-12s %-9s %-12s %10s %10s\n", "layer", "op", "output", "params", "bytes");
         for (int i = 1; i < m.n_nodes; i++) {
             const nz_node *n = &m.nodes[i];
             shape_str(sh, sizeof sh, n->out);
             size_t pc = nz_node_param_count(n);
-            printf("  %-12s %-8s %-12s %10zu %10zu\n", n->name, nz_op_name(n->op), sh, pc, pc * 4);
+            printf("  %-12s %-9s %-12s %10zu %10zu\n", n->name, nz_op_name(n->op), sh, pc, pc * 4);
         }
         size_t total = 0;
         for (int i = 0; i < m.n_nodes; i++) total += nz_node_param_count(&m.nodes[i]);
-        printf("  %-12s %-8s %-12s %10zu %10zu\n", "total", "", "", total, total * 4);
+        printf("  %-12s %-9s %-12s %10zu %10zu\n", "total", "", "", total, total * 4);
         printf("\n%.3f M multiply-adds per sample\n", (double)flops / 1e6);
         if (model_has_sparse(&m)) {
             printf("\ncompressed storage (bits per entry before->after Huffman):\n");
