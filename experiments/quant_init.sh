@@ -40,7 +40,7 @@ for line in open(sys.argv[1]):
     if line.startswith("#"): rows = {}; continue
     d = json.loads(line); rows[(d["bits"], d["init"], d["quant_epochs"])] = d["test_error_pct"]
 inits = ["linear", "density", "forgy", "kmeans++"]
-print("test error %% (after k-means / after fine-tuning)")
+print("test error % (after k-means / after fine-tuning)")
 print("%-5s" % "bits" + "".join("%18s" % i for i in inits))
 for b in sorted({k[0] for k in rows}):
     print("%-5d" % b + "".join("%18s" % ("%.2f / %.2f" % (float(rows.get((b, i, 0), "nan")), float(rows.get((b, i, 3), "nan")))) for i in inits))
