@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compress/mask.h"
 #include "core/clock.h"
 #include "core/layers.h"
 #include "nnzip/compress.h"
@@ -481,20 +482,6 @@ static size_t total_params(const nz_model *m) {
     return t;
 }
 
-typedef struct {
-    const unsigned char *mask;
-    const nz_train_hooks *outer;
-} hold_state;
-
-/* fine-tuning keeps removed conv kernels (inside surviving channels) at zero */
-static int hold_zeros(nz_model *m, void *user) {
-    hold_state *h = user;
-    for (size_t i = 0; i < m->n_params; i++)
-        if (!h->mask[i]) m->params[i] = 0.0f;
-    if (h->outer && h->outer->after_step) return h->outer->after_step(m, h->outer->hook_user);
-    return 0;
-}
-
 nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
                   const nz_slim_cfg *cfg, const nz_train_hooks *hooks, nz_slim_result *res,
                   nz_error *err) {
@@ -582,12 +569,9 @@ nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
             const float *W = m->params + n->params[0].off;
             for (size_t j = 0; j < n->params[0].n; j++) mask[n->params[0].off + j] = W[j] != 0.0f;
         }
-        hold_state h = {mask, hooks};
-        nz_train_hooks fh;
-        memset(&fh, 0, sizeof fh);
-        if (hooks) fh = *hooks;
-        fh.after_step = hold_zeros;
-        fh.hook_user = &h;
+        /* fine-tuning keeps removed conv kernels (inside surviving channels) at zero */
+        nz_mask_hold h = {mask, hooks};
+        nz_train_hooks fh = nz_mask_hold_hooks(&h);
         nz_train_cfg fc = cfg->finetune;
         fc.epochs = cfg->finetune_epochs;
         fc.eval_every = 0;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compress/mask.h"
 #include "core/clock.h"
 #include "nnzip/compress.h"
 
@@ -50,11 +51,6 @@ void nz_prune_cfg_default(nz_prune_cfg *cfg, const nz_model *m) {
     cfg->remove_dead_neurons = 1;
 }
 
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
 size_t nz_prune_sorted(float *W, size_t n, const float *mag, float sparsity) {
     size_t kept = 0;
     if (sparsity <= 0.0f) {
@@ -88,7 +84,7 @@ size_t nz_prune_layer_to_sparsity(float *W, size_t n, float sparsity) {
     float *mag = malloc(sizeof(float) * n);
     if (!mag) return 0;
     for (size_t i = 0; i < n; i++) mag[i] = fabsf(W[i]);
-    qsort(mag, n, sizeof(float), cmp_float);
+    nz_sort_floats(mag, n);
     size_t kept = nz_prune_sorted(W, n, mag, sparsity);
     free(mag);
     return kept;
@@ -178,22 +174,6 @@ static int remove_dead_neurons(nz_model *m, unsigned char *mask) {
     return removed;
 }
 
-typedef struct {
-    const unsigned char *mask; /* [n_params]: 0 = pruned */
-    const nz_train_hooks *outer;
-} prune_hook_state;
-
-static int apply_mask(nz_model *m, void *user) {
-    prune_hook_state *s = user;
-    const unsigned char *mask = s->mask;
-    float *p = m->params;
-#pragma omp parallel for simd schedule(static) if (m->n_params > 262144)
-    for (size_t i = 0; i < m->n_params; i++)
-        if (!mask[i]) p[i] = 0.0f;
-    if (s->outer && s->outer->after_step) return s->outer->after_step(m, s->outer->hook_user);
-    return 0;
-}
-
 nz_status nz_prune(nz_model *m, const nz_dataset *train, const nz_dataset *test,
                    const nz_prune_cfg *cfg, const nz_train_hooks *hooks, nz_prune_result *res,
                    nz_error *err) {
@@ -229,12 +209,8 @@ nz_status nz_prune(nz_model *m, const nz_dataset *train, const nz_dataset *test,
         if (target[i] > 0.999f) target[i] = 0.999f;
     }
     const int rounds = cfg->schedule == NZ_PRUNE_ITERATIVE && cfg->rounds > 1 ? cfg->rounds : 1;
-    prune_hook_state hs = {mask, hooks};
-    nz_train_hooks th;
-    memset(&th, 0, sizeof th);
-    if (hooks) th = *hooks;
-    th.after_step = apply_mask;
-    th.hook_user = &hs;
+    nz_mask_hold hold = {mask, hooks}; /* mask: 0 = pruned */
+    nz_train_hooks th = nz_mask_hold_hooks(&hold);
     for (int r = 1; r <= rounds; r++) {
         const double frac = (double)r / rounds;
         for (int i = 0; i < m->n_nodes; i++) {

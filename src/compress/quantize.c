@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compress/mask.h"
 #include "core/clock.h"
 #include "nnzip/compress.h"
 
@@ -19,11 +20,6 @@ void nz_quant_cfg_default(nz_quant_cfg *cfg) {
     /* summed cluster gradients are large: the step must be small */
     cfg->train.lr = 1e-4f;
     cfg->train.weight_decay = 0.0f;
-}
-
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
 }
 
 /* first index in sorted v[0..n) with v[i] >= x */
@@ -107,7 +103,7 @@ nz_status nz_kmeans_1d(const float *x, size_t n, int k, nz_kmeans_init init, int
         return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
     }
     memcpy(s, x, sizeof(float) * n);
-    qsort(s, n, sizeof(float), cmp_float);
+    nz_sort_floats(s, n);
     pre[0] = 0;
     for (size_t i = 0; i < n; i++) pre[i + 1] = pre[i] + s[i];
     /* no more distinct values than clusters: they are the exact answer */

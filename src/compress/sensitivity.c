@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "compress/mask.h"
 #include "core/clock.h"
 #include "nnzip/compress.h"
 #include "nnzip/format.h"
@@ -589,11 +590,6 @@ static nz_status sparse_bytes(nz_sparse *s, int lo, int hi, size_t *bytes, int *
     return NZ_OK;
 }
 
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
 /* out = W pruned to `sparsity` (one sort of the magnitudes serves every sparsity) */
 static void prune_sorted(float *out, const float *W, size_t n, const float *mag, float sparsity) {
     memcpy(out, W, sizeof(float) * n);
@@ -615,7 +611,7 @@ static nz_status layer_size_table(const float *W, int rows, int cols, const floa
         return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
     }
     for (size_t i = 0; i < n; i++) mag[i] = fabsf(W[i]);
-    qsort(mag, n, sizeof(float), cmp_float);
+    nz_sort_floats(mag, n);
     nz_status st = NZ_OK;
     for (int g = 0; g < n_grid && !st; g++) {
         prune_sorted(pw, W, n, mag, grid[g]);
