@@ -121,6 +121,10 @@ if "$NNZ" train --model lenet300 --data mnist --epochs 1 --seed 1 --json -o "$M"
   expect 1 "corrupt encoded file" -- "$NNZ" eval "$T/encflip.nnz"; err_names "$T/encflip.nnz" "corrupt encoded file"
   expect 0 "slim" -- "$NNZ" slim "$M" --limit 2000 --epochs 1 --finetune-epochs 1 --lambda 1e-2 -q --json -o "$T/s.nnz"
   expect 0 "eval slim" -- "$NNZ" eval "$T/s.nnz"
+  expect 0 "slim --val" -- "$NNZ" slim "$M" --limit 2000 --val 500 --epochs 1 --finetune-epochs 2 --lambda 1e-2 -q --json -o "$T/sv.nnz"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["val_images"] == 500 and 0 <= d["val_error_pct"] <= 100 and 0 <= d["finetune_kept_epoch"] <= 2, d' "$T/out" && ok || bad "slim --val: $(head -c 300 "$T/out")"
+  expect 2 "slim --val too large" -- "$NNZ" slim "$M" --limit 2000 --val 2000 -o "$T/sv2.nnz"; err_names "validation" "slim --val too large"
+  [ ! -e "$T/sv2.nnz" ] && ok || bad "slim --val too large left an output"
 
   # sensitivity analysis on a tiny LeNet-300-100 (1000 images, 1 epoch): JSON, table and plot
   S=$T/tiny.nnz

@@ -705,6 +705,95 @@ static void test_slim_e2e(nz_slim_method method, const nz_dataset *train, const 
     nz_model_free(&m);
 }
 
+/* Fine-tuning with a validation set keeps its best epoch: an outer checkpoint hook records the
+ * validation error of every epoch's end, and the model returned must be the minimum of those and
+ * of the model right after removal (epoch 0). A fine-tuning rate high enough to hurt makes the
+ * epochs differ. */
+typedef struct {
+    const nz_dataset *val;
+    float err[16];
+    int n;
+} epoch_log;
+
+static nz_status log_epoch(const nz_model *m, const nz_train_state *st, void *user,
+                           nz_error *err) {
+    epoch_log *l = user;
+    nz_eval_result ev;
+    nz_status s = nz_evaluate(m, l->val, 256, &ev, err);
+    if (!s && st->step == 0 && l->n < 16) l->err[l->n++] = ev.error;
+    return s;
+}
+
+static void test_slim_val(const nz_dataset *train_all) {
+    nz_dataset train = *train_all, val;
+    nz_error err;
+    /* a copy: nz_dataset_split shrinks the set it is given */
+    train.images = malloc(nz_shape_size(train.shape) * (size_t)train.n);
+    train.labels = malloc((size_t)train.n);
+    memcpy(train.images, train_all->images, nz_shape_size(train.shape) * (size_t)train.n);
+    memcpy(train.labels, train_all->labels, (size_t)train.n);
+    CHECK(nz_dataset_split(&train, train.n, &val, &err) != NZ_OK, "split of everything accepted");
+    CHECK(nz_dataset_split(&train, 0, &val, &err) != NZ_OK, "split of nothing accepted");
+    if (nz_dataset_split(&train, 300, &val, &err) != NZ_OK) {
+        CHECK(0, "split: %s", err.msg);
+        nz_dataset_free(&train);
+        return;
+    }
+    const size_t px = nz_shape_size(train.shape);
+    CHECK(train.n == train_all->n - 300 && val.n == 300, "split sizes %d + %d", train.n, val.n);
+    CHECK(memcmp(val.images, train_all->images + (size_t)train.n * px, px * 300) == 0 &&
+              memcmp(val.labels, train_all->labels + train.n, 300) == 0 &&
+              memcmp(train.images, train_all->images, px * (size_t)train.n) == 0,
+          "split: the held-out examples are not the last ones");
+
+    nz_model m;
+    if (build(&m, "lenet300", 607) != 0) {
+        nz_dataset_free(&train);
+        nz_dataset_free(&val);
+        return;
+    }
+    nz_slim_cfg cfg;
+    nz_slim_cfg_default(&cfg);
+    cfg.global_lambda = 0.15f;
+    cfg.epochs = 4;
+    cfg.ramp_epochs = 1;
+    cfg.finetune_epochs = 4;
+    cfg.train.lr = nz_zoo_default_lr("lenet300");
+    cfg.finetune.lr = 2.0f; /* hurts: the epochs' validation errors differ */
+    cfg.finetune.sched = NZ_SCHED_CONST;
+    cfg.val = &val;
+    epoch_log lg = {&val, {0}, 0};
+    nz_train_hooks hooks;
+    memset(&hooks, 0, sizeof hooks);
+    hooks.checkpoint = log_epoch;
+    hooks.checkpoint_user = &lg;
+    nz_slim_result res;
+    nz_status st = nz_slim(&m, &train, NULL, &cfg, &hooks, &res, &err);
+    CHECK(st == NZ_OK, "nz_slim with validation: %s", err.msg);
+    if (st == NZ_OK) {
+        CHECK(lg.n == 4 + 4, "%d epoch ends seen by the caller's hook (want 8: 4 penalized + 4 fine-tuning)",
+              lg.n);
+        nz_eval_result ev;
+        CHECK(nz_evaluate(&m, &val, 256, &ev, &err) == NZ_OK, "evaluate: %s", err.msg);
+        CHECK(fabsf(ev.error - res.val_err) < 1e-4f, "returned model: val %.2f%%, reported %.2f%%",
+              (double)ev.error, (double)res.val_err);
+        float best = 1e9f;
+        for (int k = 4; k < lg.n; k++) best = fminf(best, lg.err[k]);
+        CHECK(res.val_err <= best + 1e-4f && res.finetune_kept >= 0 && res.finetune_kept <= 4 &&
+                  (res.finetune_kept == 0 || fabsf(lg.err[3 + res.finetune_kept] - res.val_err) < 1e-4f),
+              "kept epoch %d at %.2f%%; fine-tuning epochs %.2f %.2f %.2f %.2f", res.finetune_kept,
+              (double)res.val_err, (double)lg.err[4], (double)lg.err[5], (double)lg.err[6],
+              (double)lg.err[7]);
+        printf("  slim --val: fine-tuning epochs' val error %.1f %.1f %.1f %.1f%%, kept epoch %d "
+               "(%.1f%%)\n",
+               (double)lg.err[4], (double)lg.err[5], (double)lg.err[6], (double)lg.err[7],
+               res.finetune_kept, (double)res.val_err);
+    }
+    nz_model_free(&m);
+    nz_dataset_free(&train);
+    nz_dataset_free(&val);
+}
+
 /* ---------------------------------------------------------------- main */
 
 int main(int argc, char **argv) {
@@ -724,6 +813,7 @@ int main(int argc, char **argv) {
     make_synthetic(&test, 500, 22);
     test_slim_e2e(NZ_SLIM_PROXIMAL, &train, &test);
     test_slim_e2e(NZ_SLIM_SUBGRADIENT, &train, &test);
+    test_slim_val(&train);
     nz_dataset_free(&train);
     nz_dataset_free(&test);
 

@@ -1194,7 +1194,21 @@ static const opt_def compress_opts[] = {
     RETRAIN_OPTS,
     {"method", 'M', 1, "LIST", "methods in order: deep (prune, quantize, encode), slim, slim,deep"},
     {"lambda", 'l', 1, "SPEC", "slim: L1 strength on the norms (default 3e-2)"},
+    {"val", 0, 1, "N", "slim: hold out the last N training images; fine-tuning keeps its best epoch on them"},
     PRUNE_OPTS, QUANT_OPTS, ENCODE_OPTS, TARGET_OPTS};
+
+/* --val N: the last N training images become the validation set that picks the fine-tuning
+ * epoch (val->n == 0: not asked for). */
+static int slim_val_split(const char *cmd, opts *o, job *j, nz_dataset *val) {
+    memset(val, 0, sizeof *val);
+    if (!opt_get(o, "val")) return 0;
+    long n;
+    int rc = opt_int(o, "val", 1, 1L << 30, &n);
+    if (rc) return rc;
+    nz_error e = {0};
+    if (nz_dataset_split(&j->tr, (int)n, val, &e)) return fail_err(cmd, &e);
+    return 0;
+}
 
 static void print_prune(const nz_prune_result *r, const nz_model *m) {
     printf("pruned: test error %.2f%% -> %.2f%% (%.1f s)\n", (double)r->test_err_before,
@@ -1511,6 +1525,7 @@ static int cmd_compress(int argc, char **argv) {
         return EXIT_USAGE;
     }
     job j;
+    nz_dataset cval = {0};
     if ((rc = job_open(&j, "compress", &o, 1))) {
         job_free(&j);
         return rc;
@@ -1542,6 +1557,9 @@ static int cmd_compress(int argc, char **argv) {
         const char *lam = opt_get(&o, "lambda");
         if (lam && (rc = parse_layer_spec("compress", "lambda", lam, &j.m, sc.lambda, 0, 10)))
             goto done;
+        /* the held-out images stay out of the later stages' training too */
+        if ((rc = slim_val_split("compress", &o, &j, &cval))) goto done;
+        if (cval.n) sc.val = &cval;
         if (!quiet) fprintf(stderr, "compress: slimming\n");
         if (nz_slim(&j.m, &j.tr, &j.te, &sc, &j.hooks, &sr, &e)) {
             rc = fail_err("compress", &e);
@@ -1612,11 +1630,13 @@ save:
                    ar.est_ratio, (double)dense / (double)(fb ? fb : 1));
     }
 done:
+    nz_dataset_free(&cval);
     job_free(&j);
     return rc;
 }
 
 /* ---------------------------------------------------------------- slim */
+
 
 static const opt_def slim_opts[] = {
     RETRAIN_OPTS,
@@ -1629,6 +1649,7 @@ static const opt_def slim_opts[] = {
     {"finetune-lr", 0, 1, "X", "fine-tuning learning rate (default 1e-3)"},
     {"penalize-last", 0, 0, "", "also penalize the classifier's neurons"},
     {"uniform", 0, 0, "", "the same lambda for every layer (default: scaled by the parameters a group controls)"},
+    {"val", 0, 1, "N", "hold out the last N training images (not trained on); fine-tuning keeps the epoch with the lowest error on them (default 0: the last epoch)"},
 };
 
 static int cmd_slim(int argc, char **argv) {
@@ -1657,6 +1678,9 @@ static int cmd_slim(int argc, char **argv) {
     long v;
     nz_error e = {0};
     nz_slim_result sr;
+    nz_dataset val;
+    if ((rc = slim_val_split("slim", &o, &j, &val))) goto done;
+    if (val.n) sc.val = &val;
     const char *lam = opt_get(&o, "lambda");
     if (lam && (rc = parse_layer_spec("slim", "lambda", lam, &j.m, sc.lambda, 0, 10))) goto done;
     const char *meth = opt_get(&o, "method");
@@ -1696,10 +1720,12 @@ static int cmd_slim(int argc, char **argv) {
         printf("{\"test_error_pct\": %.4f, \"test_error_before_pct\": %.4f, "
                "\"test_error_penalized_pct\": %.4f, \"params_before\": %zu, \"params_after\": %zu, "
                "\"params_removed_pct\": %.3f, \"macs_before\": %zu, \"macs_after\": %zu, "
+               "\"val_images\": %d, \"val_error_pct\": %.4f, \"finetune_kept_epoch\": %d, "
                "\"seconds\": %.1f, \"layers\": [",
                (double)sr.test_err_after, (double)sr.test_err_before,
                (double)sr.test_err_penalized, sr.params_before, sr.params_after, cut,
-               sr.macs_before, sr.macs_after, sr.seconds);
+               sr.macs_before, sr.macs_after, val.n, (double)sr.val_err, sr.finetune_kept,
+               sr.seconds);
         for (int i = 0; i < sr.n_layers; i++) {
             printf("%s{\"name\": ", i ? ", " : "");
             json_str(stdout, sr.name[i]);
@@ -1714,6 +1740,10 @@ static int cmd_slim(int argc, char **argv) {
                (double)sr.test_err_before, (double)sr.test_err_after,
                (double)sr.test_err_penalized, sr.params_before, sr.params_after, cut,
                sr.macs_before, sr.macs_after, sr.seconds);
+        if (val.n)
+            printf("validation (%d held-out training images): %.2f%% error, fine-tuning epoch %d "
+                   "kept\n",
+                   val.n, (double)sr.val_err, sr.finetune_kept);
         for (int i = 0; i < sr.n_layers; i++) {
             printf("  %-10s units %5d -> %5d", sr.name[i], sr.units_before[i], sr.units_after[i]);
             if (sr.kernels_before[i])
@@ -1722,6 +1752,7 @@ static int cmd_slim(int argc, char **argv) {
         }
     }
 done:
+    nz_dataset_free(&val);
     job_free(&j);
     return rc;
 }

@@ -193,6 +193,10 @@ typedef struct {
                                         groups controls (incoming + outgoing), relative to the
                                         mean: the penalty then tracks the parameters removed
                                         (default 1; 0 = the same lambda everywhere) */
+    const nz_dataset *val;           /* NULL (default) or held-out examples: fine-tuning then
+                                        keeps the epoch (0 = right after removal) with the
+                                        lowest error on them; the test set is never used to
+                                        choose */
 } nz_slim_cfg;
 
 void nz_slim_cfg_default(nz_slim_cfg *cfg);
@@ -205,6 +209,8 @@ typedef struct {
     size_t kernels_before[NZ_MAX_PASS_NODES], kernels_after[NZ_MAX_PASS_NODES]; /* conv only */
     size_t params_before, params_after, macs_before, macs_after;
     float test_err_before, test_err_penalized, test_err_after; /* % */
+    float val_err;          /* % of the kept fine-tuning epoch on cfg->val (-1 without) */
+    int finetune_kept;      /* that epoch: 0 = the model right after removal */
     double seconds;
 } nz_slim_result;
 

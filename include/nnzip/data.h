@@ -79,6 +79,10 @@ void nz_dataset_free(nz_dataset *ds);
 /* Keeps only the first n examples (n < ds->n); for quick runs. */
 void nz_dataset_limit(nz_dataset *ds, int n);
 
+/* Holds out a validation set: val receives copies of the last n_val examples (caller frees it
+ * with nz_dataset_free) and ds keeps the first ds->n - n_val. 0 < n_val < ds->n. */
+nz_status nz_dataset_split(nz_dataset *ds, int n_val, nz_dataset *val, nz_error *err);
+
 /* Writes preprocessed inputs x [B, C, H, W] and labels y [B] for the examples idx[0..B). */
 void nz_batch_fill(const nz_dataset *ds, const nz_preproc *pre, const int32_t *idx, int B,
                    float *x, uint8_t *y);

@@ -482,10 +482,40 @@ static size_t total_params(const nz_model *m) {
     return t;
 }
 
+/* Fine-tuning with a validation set: after every epoch, the parameters are kept if they are the
+ * best so far on it (a slimmed net fine-tuned without the penalty can overfit: measured on
+ * LeNet-5, 0.75% test error right after removal, 0.89% after 20 epochs). */
+typedef struct {
+    const nz_dataset *val;
+    float *best;      /* [n_params] */
+    float best_err;
+    int best_epoch;
+    const nz_train_hooks *outer;
+} keep_best;
+
+static nz_status keep_best_epoch(const nz_model *m, const nz_train_state *st, void *user,
+                                 nz_error *err) {
+    keep_best *k = user;
+    nz_status s;
+    if (k->outer && k->outer->checkpoint &&
+        (s = k->outer->checkpoint(m, st, k->outer->checkpoint_user, err)))
+        return s;
+    if (st->step != 0) return NZ_OK; /* a stop mid-epoch, not an epoch's end */
+    nz_eval_result ev;
+    if ((s = nz_evaluate(m, k->val, 256, &ev, err))) return s;
+    if (ev.error < k->best_err) {
+        k->best_err = ev.error;
+        k->best_epoch = (int)st->epoch;
+        memcpy(k->best, m->params, sizeof(float) * m->n_params);
+    }
+    return NZ_OK;
+}
+
 nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
                   const nz_slim_cfg *cfg, const nz_train_hooks *hooks, nz_slim_result *res,
                   nz_error *err) {
     memset(res, 0, sizeof *res);
+    res->val_err = -1.0f;
     double t0 = nz_now_s();
     if (m->n_nodes > NZ_MAX_PASS_NODES)
         return nz_fail(err, NZ_ERR_ARG, "model has %d nodes; slimming handles %d", m->n_nodes,
@@ -572,12 +602,33 @@ nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
         /* fine-tuning keeps removed conv kernels (inside surviving channels) at zero */
         nz_mask_hold h = {mask, hooks};
         nz_train_hooks fh = nz_mask_hold_hooks(&h);
+        keep_best kb = {cfg->val, NULL, 0.0f, 0, hooks};
+        if (cfg->val) {
+            kb.best = malloc(sizeof(float) * (m->n_params ? m->n_params : 1));
+            if (!kb.best) {
+                free(mask);
+                return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+            }
+            memcpy(kb.best, m->params, sizeof(float) * m->n_params);
+            if (!(st = nz_evaluate(m, cfg->val, 256, &ev, err))) kb.best_err = ev.error;
+            fh.checkpoint = keep_best_epoch;
+            fh.checkpoint_user = &kb;
+        }
         nz_train_cfg fc = cfg->finetune;
         fc.epochs = cfg->finetune_epochs;
         fc.eval_every = 0;
-        st = nz_train(m, train, test, &fc, &fh, &tr, err);
+        if (!st) st = nz_train(m, train, test, &fc, &fh, &tr, err);
+        if (!st && cfg->val) {
+            memcpy(m->params, kb.best, sizeof(float) * m->n_params);
+            res->val_err = kb.best_err;
+            res->finetune_kept = kb.best_epoch;
+        }
+        free(kb.best);
         free(mask);
         if (st) return st;
+    } else if (cfg->val) {
+        if ((st = nz_evaluate(m, cfg->val, 256, &ev, err))) return st;
+        res->val_err = ev.error;
     }
     if (test && (st = nz_evaluate(m, test, 256, &ev, err))) return st;
     res->test_err_after = test ? ev.error : -1.0f;

@@ -360,6 +360,26 @@ void nz_dataset_limit(nz_dataset *ds, int n) {
     if (p) ds->labels = p;
 }
 
+nz_status nz_dataset_split(nz_dataset *ds, int n_val, nz_dataset *val, nz_error *err) {
+    memset(val, 0, sizeof *val);
+    if (n_val <= 0 || n_val >= ds->n)
+        return nz_fail(err, NZ_ERR_ARG, "%s: cannot hold out %d of %d examples for validation",
+                       ds->name, n_val, ds->n);
+    const size_t per = nz_shape_size(ds->shape), keep = (size_t)(ds->n - n_val);
+    *val = *ds;
+    val->n = n_val;
+    val->images = malloc(per * (size_t)n_val);
+    val->labels = malloc((size_t)n_val);
+    if (!val->images || !val->labels) {
+        nz_dataset_free(val);
+        return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    }
+    memcpy(val->images, ds->images + keep * per, per * (size_t)n_val);
+    memcpy(val->labels, ds->labels + keep, (size_t)n_val);
+    nz_dataset_limit(ds, (int)keep);
+    return NZ_OK;
+}
+
 void nz_batch_fill(const nz_dataset *ds, const nz_preproc *pre, const int32_t *idx, int B,
                    float *x, uint8_t *y) {
     const int C = ds->shape.c;
