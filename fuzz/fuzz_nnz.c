@@ -2,7 +2,7 @@
  * crashes, leaks or undefined behaviour. Seeds: fuzz/corpus/nnz (from fuzz/make_corpus.c).
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc fuzz/fuzz_nnz.c \
- *       src/format/{meta,nnz_read,nnz_write}.c src/core/model.c src/core/error.c \
+ *       src/format/{meta,nnz_read,nnz_write,kernels}.c src/core/model.c src/core/error.c \
  *       src/core/rng.c -lz -lm -o /tmp/fuzz_nnz
  *   cp -r fuzz/corpus/nnz /tmp/nnz_corpus && /tmp/fuzz_nnz -max_total_time=60 /tmp/nnz_corpus */
 #include <stdint.h>

@@ -72,6 +72,36 @@ int main(int argc, char **argv) {
     if (x >= 0) x = nz_model_add_dense(&m, "fc", x, 2, &err);
     bad += x < 0 || save(&m, NULL, dir, "res.nnz");
 
+    /* kernel-level sparsity (encoding KERNELS): conv1 with f32 values, 3 x 2 = 6 kernels (2
+     * bitmap padding bits), 2 of them zero, one as -0.0; conv2 with f16 values, 4 x 3 kernels,
+     * 5 zero */
+    if (nz_model_init(&m, "kernels", (nz_shape){2, 4, 4}, 2, &err)) return 1;
+    x = nz_model_add_conv2d(&m, "conv1", 0, 3, 3, 1, 1, &err);
+    int c2 = x >= 0 ? nz_model_add_conv2d(&m, "conv2", x, 4, 3, 1, 1, &err) : -1;
+    x = c2 >= 0 ? nz_model_add_flatten(&m, "flatten", c2, &err) : -1;
+    if (x >= 0) x = nz_model_add_dense(&m, "fc1", x, 2, &err);
+    if (x < 0) return 1;
+    {
+        nz_rng rng;
+        nz_rng_seed(&rng, 1);
+        nz_model_init_params(&m, &rng);
+        float *w1 = m.params + m.nodes[1].params[0].off, *w2 = m.params + m.nodes[c2].params[0].off;
+        for (int q = 0; q < 9; q++) {
+            w1[1 * 9 + q] = 0.0f;
+            w1[4 * 9 + q] = -0.0f;
+            for (int j = 0; j < 12; j += 3) w2[j * 9 + q] = 0.0f; /* kernels 0, 3, 6, 9 */
+            w2[11 * 9 + q] = 0.0f;
+        }
+        m.nodes[c2].params[0].store = NZ_STORE_F16;
+        char kpath[1024];
+        snprintf(kpath, sizeof kpath, "%s/kernels.nnz", dir);
+        if (nz_save(&m, NULL, kpath, &err)) {
+            fprintf(stderr, "kernels seed: %s\n", err.msg);
+            bad++;
+        }
+        nz_model_free(&m);
+    }
+
     /* a checkpoint (STATE section) of the mlp */
     if (nz_model_init(&m, "mlp", (nz_shape){1, 2, 2}, 2, &err)) return 1;
     x = nz_model_add_flatten(&m, "flatten", 0, &err);

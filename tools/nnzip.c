@@ -789,6 +789,29 @@ static void print_size_table(FILE *f, const nz_model *m, uint64_t file_bytes);
 static void json_size_table(FILE *f, const nz_model *m);
 static int model_has_sparse(const nz_model *m);
 
+/* Kernel-level sparsity of the conv layers, when some kernel is all zero (slimmed models): such
+ * weights are stored without their zero kernels (encoding KERNELS), hence the bytes. */
+static void print_kernel_table(FILE *f, const nz_model *m) {
+    int any = 0;
+    for (int i = 0; i < m->n_nodes && !any; i++) {
+        size_t kept, total;
+        nz_conv_kernels(m, i, &kept, &total);
+        any = kept < total;
+    }
+    if (!any) return;
+    fprintf(f, "\nconv kernels (all-zero kernels are left out of the file):\n");
+    fprintf(f, "  %-12s %7s / %-7s %6s %10s %10s\n", "layer", "kept", "kernels", "", "W bytes",
+            "float32");
+    for (int i = 0; i < m->n_nodes; i++) {
+        size_t kept, total;
+        nz_conv_kernels(m, i, &kept, &total);
+        if (!total) continue;
+        const nz_param *w = &m->nodes[i].params[0];
+        fprintf(f, "  %-12s %7zu / %-7zu %5.1f%% %10zu %10zu\n", m->nodes[i].name, kept, total,
+                100.0 * (double)kept / (double)total, nz_dense_stored_bytes(m, w), w->n * 4);
+    }
+}
+
 static int cmd_info(int argc, char **argv) {
     const int nd = (int)(sizeof info_opts / sizeof *info_opts);
     if (want_help(argc, argv)) {
@@ -831,8 +854,15 @@ static int cmd_info(int argc, char **argv) {
             printf("%s{\"name\": ", first ? "" : ", ");
             first = 0;
             json_str(stdout, n->name);
-            printf(", \"op\": \"%s\", \"output\": [%d, %d, %d], \"n_params\": %zu}",
+            printf(", \"op\": \"%s\", \"output\": [%d, %d, %d], \"n_params\": %zu",
                    nz_op_name(n->op), n->out.c, n->out.h, n->out.w, nz_node_param_count(n));
+            size_t kept, kt;
+            nz_conv_kernels(&m, i, &kept, &kt);
+            if (kt)
+                printf(", \"kernels_kept\": %zu, \"kernels_total\": %zu, "
+                       "\"weight_stored_bytes\": %zu",
+                       kept, kt, nz_dense_stored_bytes(&m, &n->params[0]));
+            printf("}");
         }
         printf("], \"compression\": ");
         json_size_table(stdout, &m);
@@ -863,6 +893,7 @@ static int cmd_info(int argc, char **argv) {
         for (int i = 0; i < m.n_nodes; i++) total += nz_node_param_count(&m.nodes[i]);
         printf("  %-12s %-9s %-12s %10zu %10zu\n", "total", "", "", total, total * 4);
         printf("\n%.3f M multiply-adds per sample\n", (double)flops / 1e6);
+        print_kernel_table(stdout, &m);
         if (model_has_sparse(&m)) {
             printf("\ncompressed storage (bits per entry before->after Huffman):\n");
             print_size_table(stdout, &m, st.file_size);

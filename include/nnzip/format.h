@@ -47,6 +47,20 @@
  *             (src/compress/huffman.h)
  *         u32 length, value stream: n codes (code_bits each, packed or Huffman), or n x f32
  *     Stream lengths must match exactly; positions must stay inside the matrix; codes < k. 
+ *     encoding 3 KERNELS a conv weight W [O, I, kh, kw] (slot 0 of a CONV2D node; nothing else)
+ *                        without its all-zero kh x kw kernels (structured slimming zeroes whole
+ *                        kernels inside surviving channels); kernel j = o * I + i:
+ *         u32 kh, u32 kw (equal to the GRAPH's dims[2], dims[3]; kh * kw <= 256)
+ *         u32 kept kernels K (<= O * I)
+ *         u8  value type (0: f32, 1: binary16 as F16), u8[3] 0
+ *         bitmap, ceil(O * I / 8) bytes: bit j (byte j / 8, bit j % 8, LSB first) set = kernel j
+ *             is stored; exactly K bits set; the padding bits past O * I are 0
+ *         K x kh x kw values: the kept kernels in order, each row-major
+ *     The length must be exactly 16 + ceil(O * I / 8) + K * kh * kw * (4 or 2). Kernels left out
+ *     read back as +0.0. The reader expands the tensor to dense floats: like F16 it is a storage
+ *     form only (the area bound keeps a bitmap bit from standing for more than 1 KiB of floats).
+ *     nz_save uses it for a dense conv weight whenever it is smaller than F32 / F16 storage, in
+ *     the tensor's own precision; a kernel counts as zero when all its values are +0.0 or -0.0.
  *   4 STATE   a checkpoint's training state (nz_train_state; at most one, written last; a file
  *             with it is still a model: nz_load validates the state, then ignores it):
  *             u32 state version (1); u32 epoch (completed); u64 step (completed steps of the
@@ -103,11 +117,14 @@ typedef enum {
     NZF_ENC_F32 = 0,
     NZF_ENC_F16 = 1,
     NZF_ENC_SPARSE = 2,
+    NZF_ENC_KERNELS = 3,
     NZF_ENC__END
 } nzf_encoding;
 
 /* largest element count of one tensor */
 #define NZF_MAX_TENSOR_ELEMS ((uint64_t)1 << 31)
+/* largest kernel (kh * kw values) encoding KERNELS holds */
+#define NZF_KERNELS_MAX_AREA 256u
 
 /* Free-form key/value facts stored in META (training settings, measured error, ...). */
 typedef struct {
@@ -150,6 +167,14 @@ typedef struct {
 } nz_file_stats;
 
 nz_status nz_file_stats_read(const char *path, nz_file_stats *st, nz_error *err);
+
+/* Kernel-level sparsity of node's conv weight: *kept = kernels with a nonzero value (a kernel
+ * of +0.0 / -0.0 only is zero), *total = O * I. 0 and 0 for anything but a dense CONV2D W. */
+void nz_conv_kernels(const nz_model *m, int node, size_t *kept, size_t *total);
+/* Bytes of the TENSOR section nz_save writes for p, a dense tensor of m (16-byte header
+ * included): F32 or F16 by p->store, or KERNELS where that is smaller. p must point into m's
+ * nodes to be recognised as a conv weight; m may be NULL (then F32/F16). */
+size_t nz_dense_stored_bytes(const nz_model *m, const nz_param *p);
 
 #ifdef __cplusplus
 }

@@ -13,6 +13,7 @@
 #include "core/clock.h"
 #include "core/layers.h"
 #include "nnzip/compress.h"
+#include "nnzip/format.h"
 
 void nz_slim_cfg_default(nz_slim_cfg *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -463,16 +464,8 @@ static void count_units(const nz_model *m, int *units, size_t *kernels) {
     for (int i = 0; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
         units[i] = n->units;
-        kernels[i] = 0;
-        if (n->op == NZ_OP_CONV2D) {
-            const float *W = m->params + n->params[0].off;
-            const size_t K = (size_t)n->kh * n->kw, G = n->params[0].n / K;
-            for (size_t g = 0; g < G; g++) {
-                int any = 0;
-                for (size_t q = 0; q < K && !any; q++) any = W[g * K + q] != 0.0f;
-                kernels[i] += (size_t)any;
-            }
-        }
+        size_t total;
+        nz_conv_kernels(m, i, &kernels[i], &total); /* the kernels a .nnz file stores */
     }
 }
 

@@ -2,12 +2,14 @@
  *
  * The file is untrusted input. Every read goes through one cursor whose only bounds check is
  * fits(); counts are checked against the bytes left before anything is allocated, so a hostile
- * file can make the reader allocate no more than about its own size. Errors name the file and,
- * where one is involved, the section. */
+ * file can make the reader allocate no more than about its own size (KERNELS tensors excepted:
+ * their bitmap bits stand for up to 1 KiB of zeros each). Errors name the file and, where one is
+ * involved, the section. */
 #include "nnzip/format.h"
 #include "core/model_infer.h"
 #include "nnzip/compress.h"
 #include "core/half.h"
+#include "format/kernels.h"
 
 #include <errno.h>
 #include <math.h>
@@ -571,11 +573,16 @@ static nz_status tensors_parse(const container *ct, nz_model *m, nz_error *err) 
         } else {
             nz_param *p = &m->nodes[node].params[slot];
             const size_t count = p->n, width = enc == NZF_ENC_F16 ? 2 : 4;
+            nz_store store = enc == NZF_ENC_F16 ? NZ_STORE_F16 : NZ_STORE_F32;
+            nz_error inner = {0};
             if (enc == NZF_ENC_SPARSE && slot != 0) {
                 st = nz_fail(err, NZ_ERR_FORMAT, "%s: section %u (%s): only weights can be sparse",
                              name, si, desc);
-            } else if (enc != NZF_ENC_SPARSE && (!fits(c.left, count, width) ||
-                                                 c.left != count * width)) {
+            } else if (enc == NZF_ENC_KERNELS &&
+                       nz_kernels_check(c.p, c.left, &m->nodes[node], (int)slot, &store, &inner)) {
+                st = nz_fail(err, inner.code, "%s: section %u (%s): %s", name, si, desc, inner.msg);
+            } else if ((enc == NZF_ENC_F32 || enc == NZF_ENC_F16) &&
+                       (!fits(c.left, count, width) || c.left != count * width)) {
                 /* count <= 2^31, so count * width cannot overflow */
                 st = nz_fail(err, NZ_ERR_SHAPE,
                              "%s: section %u (%s): payload is %zu bytes, the graph's shape needs "
@@ -583,7 +590,7 @@ static nz_status tensors_parse(const container *ct, nz_model *m, nz_error *err) 
                              name, si, desc, c.left, count, count * width);
             } else {
                 if (enc != NZF_ENC_SPARSE) dense_bytes += (uint64_t)count * 4;
-                p->store = enc == NZF_ENC_F16 ? NZ_STORE_F16 : NZ_STORE_F32;
+                p->store = store;
                 where[(size_t)node * NZ_MAX_PARAMS + slot] = si + 1;
             }
         }
@@ -593,7 +600,8 @@ static nz_status tensors_parse(const container *ct, nz_model *m, nz_error *err) 
             if (!where[(size_t)i * NZ_MAX_PARAMS + (size_t)k])
                 st = nz_fail(err, NZ_ERR_FORMAT, "%s: no tensor section for %s.%s", name,
                              m->nodes[i].name, slot_name(k, sb, sizeof sb));
-    /* dense storage: every dense float came from at least 2 payload bytes of this file */
+    /* dense storage: every dense float came from at least 2 payload bytes of this file, or from
+     * one bitmap bit of a KERNELS tensor (standing for at most NZF_KERNELS_MAX_AREA floats) */
     if (!st) {
         m->params = malloc(dense_bytes ? (size_t)dense_bytes : 1);
         if (!m->params) st = nz_fail(err, NZ_ERR_NOMEM, "%s: out of memory", name);
@@ -624,7 +632,9 @@ static nz_status tensors_parse(const container *ct, nz_model *m, nz_error *err) 
             p->off = total;
             float *dst = m->params + total;
             const uint8_t *src = c.p;
-            if (enc == NZF_ENC_F16)
+            if (enc == NZF_ENC_KERNELS)
+                nz_kernels_expand(src, p, dst);
+            else if (enc == NZF_ENC_F16)
                 for (size_t j = 0; j < p->n; j++) dst[j] = nz_f16_to_f32(get_u16le(src + 2 * j));
             else
                 for (size_t j = 0; j < p->n; j++) dst[j] = bits_f32(get_u32le(src + 4 * j));

@@ -6,6 +6,7 @@
 #include "nnzip/format.h"
 #include "nnzip/compress.h"
 #include "core/half.h"
+#include "format/kernels.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -208,12 +209,19 @@ static void out_write(out_file *o, const void *p, size_t n) {
 
 /* Streams one tensor section (16-byte header + payload) and returns its CRC and length.
  * Dense tensors are converted through a small stack buffer, so saving never doubles the model's
- * memory; sparse ones are encoded (relative indices, codebook codes, Huffman) first. */
+ * memory; sparse ones are encoded (relative indices, codebook codes, Huffman) first, and so are
+ * conv weights stored as KERNELS (smaller than their dense form by construction). */
 static uint32_t tensor_write(out_file *o, const nz_model *m, int node, int slot, uint64_t *len,
                              nz_status *st, nz_error *err) {
     const nz_param *p = &m->nodes[node].params[slot];
     uint8_t chunk[4096 * 4];
-    uint32_t enc = p->sparse ? NZF_ENC_SPARSE : p->store == NZ_STORE_F16 ? NZF_ENC_F16 : NZF_ENC_F32;
+    uint8_t *kbuf = NULL; /* a conv weight without its zero kernels, when that is smaller */
+    size_t klen = 0;
+    if (!p->sparse && (*st = nz_kernels_encode(m, node, slot, &kbuf, &klen, err))) return 0;
+    uint32_t enc = p->sparse ? NZF_ENC_SPARSE
+                   : kbuf    ? NZF_ENC_KERNELS
+                   : p->store == NZ_STORE_F16 ? NZF_ENC_F16
+                                              : NZF_ENC_F32;
     put_u32le(chunk, (uint32_t)node);
     put_u32le(chunk + 4, (uint32_t)slot);
     put_u32le(chunk + 8, enc);
@@ -221,11 +229,10 @@ static uint32_t tensor_write(out_file *o, const nz_model *m, int node, int slot,
     uint32_t crc = crc32_update((uint32_t)crc32(0L, Z_NULL, 0), chunk, 16);
     out_write(o, chunk, 16);
     *len = 16;
-    if (enc == NZF_ENC_SPARSE) {
-        uint8_t *buf;
-        size_t n;
-        *st = nz_sparse_encode(p->sparse, &buf, &n, err);
-        if (*st) return 0;
+    if (enc == NZF_ENC_SPARSE || enc == NZF_ENC_KERNELS) {
+        uint8_t *buf = kbuf;
+        size_t n = klen;
+        if (enc == NZF_ENC_SPARSE && (*st = nz_sparse_encode(p->sparse, &buf, &n, err))) return 0;
         crc = crc32_update(crc, buf, n);
         out_write(o, buf, n);
         free(buf);
