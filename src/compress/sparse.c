@@ -612,8 +612,7 @@ nz_status nz_model_sparsify_param(nz_model *m, int node, const float *codebook, 
 }
 
 size_t nz_param_stored_bytes(const nz_model *m, const nz_param *p) {
-    (void)m;
-    if (!p->sparse) return 16 + p->n * (p->store == NZ_STORE_F16 ? 2 : 4);
+    if (!p->sparse) return nz_dense_stored_bytes(m, p); /* F32, F16 or KERNELS, as nz_save writes it */
     uint8_t *buf;
     size_t len;
     if (nz_sparse_encode(p->sparse, &buf, &len, NULL)) return 0;
