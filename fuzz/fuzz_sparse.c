@@ -8,8 +8,10 @@
  *
  * Any input must be refused (a status with a one-line message, no output) or decoded into a
  * form that keeps the CSR invariants (row_ptr monotone from 0 to nnz, columns strictly rising
- * inside a row and < cols, codes in 1..k-1, f32 values non-zero) and that re-encodes, with its
- * own settings, into a payload decoding to the same entries. Any violation traps.
+ * inside a row and < cols, codes in 1..k-1, f32 values non-zero), that has the column form
+ * exactly when the positions are stored column-major (with the same invariants by column and
+ * the same entries as the rows), and that re-encodes, with its own settings, into a payload
+ * decoding to the same entries. Any violation traps.
  * Seeds: fuzz/corpus/sparse (from fuzz/make_sparse_corpus.c).
  *
  * Built and run by scripts/run_fuzz.sh (clang, libFuzzer, ASan+UBSan, every library source file
@@ -63,6 +65,28 @@ static void check_invariants(const nz_sparse *s, int rows, int cols) {
                 check(s->val[j] != 0.0f); /* NaN passes: it is a stored value */
         }
     }
+    check(!s->col_ptr == !s->col_major);
+    if (!s->col_ptr) return;
+    check(s->col_ptr[0] == 0 && s->col_ptr[cols] == s->nnz);
+    /* the columns hold the rows' entries: walking the columns in order, each entry is found in
+     * its row at a cursor that only moves forward (columns rise inside a row) */
+    uint32_t *cur = malloc(sizeof(uint32_t) * (size_t)rows);
+    check(cur != NULL);
+    memcpy(cur, s->row_ptr, sizeof(uint32_t) * (size_t)rows);
+    for (int c = 0; c < cols; c++) {
+        check(s->col_ptr[c] <= s->col_ptr[c + 1]);
+        for (uint32_t j = s->col_ptr[c]; j < s->col_ptr[c + 1]; j++) {
+            const uint32_t r = s->row[j];
+            check(r < (uint32_t)rows);
+            check(j == s->col_ptr[c] || r > s->row[j - 1]);
+            const uint32_t k = cur[r]++;
+            check(k < s->row_ptr[r + 1] && s->col[k] == (uint32_t)c);
+            const float v = nz_sparse_value(s, k);
+            check(memcmp(&s->cval[j], &v, 4) == 0);
+        }
+    }
+    for (int r = 0; r < rows; r++) check(cur[r] == s->row_ptr[r + 1]);
+    free(cur);
 }
 
 /* same entries, same values (bit for bit), same codebook */
@@ -70,7 +94,7 @@ static void check_same(const nz_sparse *a, const nz_sparse *b) {
     check(a->rows == b->rows && a->cols == b->cols && a->nnz == b->nnz);
     /* n_entries may differ: a decoder-accepted payload may carry more filler entries than the
      * encoder writes */
-    check(a->n_codebook == b->n_codebook);
+    check(a->n_codebook == b->n_codebook && a->col_major == b->col_major);
     check(memcmp(a->row_ptr, b->row_ptr, sizeof(uint32_t) * ((size_t)a->rows + 1)) == 0);
     check(a->nnz == 0 || memcmp(a->col, b->col, sizeof(uint32_t) * a->nnz) == 0);
     if (a->n_codebook) {

@@ -1,6 +1,7 @@
 /* Writes the seed files for fuzz/fuzz_sparse.c: a few small valid sparse payloads, each after
  * the target's 4-byte prefix (rows - 1 and cols - 1 as u16 LE), covering f32 and codebook
- * values, packed and Huffman streams, filler entries and an all-zero matrix.
+ * values, packed and Huffman streams, filler entries, an all-zero matrix, and column-major
+ * positions (flag bit 3).
  *
  *   gcc -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -fopenmp -Iinclude -Isrc \
  *       -I/usr/include/x86_64-linux-gnu/openblas-openmp fuzz/make_sparse_corpus.c \
@@ -14,7 +15,7 @@
 #include "nnzip/compress.h"
 
 static int seed(const char *dir, const char *name, const float *W, int rows, int cols,
-                const float *cb, int k, int index_bits, int huffman) {
+                const float *cb, int k, int index_bits, int huffman, int col_major) {
     nz_sparse *s;
     nz_error err;
     uint8_t *buf;
@@ -24,6 +25,7 @@ static int seed(const char *dir, const char *name, const float *W, int rows, int
         return 1;
     }
     s->huffman = huffman;
+    s->col_major = col_major;
     nz_status st = nz_sparse_encode(s, &buf, &len, &err);
     nz_sparse_free(s);
     if (st != NZ_OK) {
@@ -52,11 +54,13 @@ int main(int argc, char **argv) {
     memset(W, 0, sizeof W);
     const int pos[] = {0, 3, 4, 17, 18, 40, 41, 42, 59};
     for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++) W[pos[i]] = cb[1 + i % 4] * 1.25f;
-    bad += seed(dir, "f32_packed", W, 6, 10, NULL, 0, 3, 0);
+    bad += seed(dir, "f32_packed", W, 6, 10, NULL, 0, 3, 0, 0);
 
     /* the same positions with codebook values, 2-bit gaps, packed and Huffman */
     for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++) W[pos[i]] = cb[1 + i % 4];
-    bad += seed(dir, "codebook_packed", W, 6, 10, cb, 5, 2, 0);
+    bad += seed(dir, "codebook_packed", W, 6, 10, cb, 5, 2, 0, 0);
+    /* column-major: gaps 1 4 6 6 2 6 19 6 10 down the columns, fillers at 3 bits */
+    bad += seed(dir, "col_codebook_packed", W, 6, 10, cb, 5, 3, 0, 1);
 
     /* 16x24 at about 20% codebook values, Huffman streams, 4-bit gaps */
     memset(W, 0, sizeof W);
@@ -65,10 +69,16 @@ int main(int argc, char **argv) {
         x = x * 1103515245u + 12345u;
         if ((x >> 16) % 5 == 0) W[i] = cb[1 + (x >> 8) % 4];
     }
-    bad += seed(dir, "codebook_huffman", W, 16, 24, cb, 5, 4, 1);
+    bad += seed(dir, "codebook_huffman", W, 16, 24, cb, 5, 4, 1, 0);
+    bad += seed(dir, "col_codebook_huffman", W, 16, 24, cb, 5, 4, 1, 1);
+    /* f32 values column-major, with whole empty columns */
+    for (int i = 0; i < 16 * 24; i++)
+        if ((i % 24) % 5 == 2) W[i] = 0.0f;
+    for (int i = 0; i < 16 * 24; i++) W[i] *= 1.25f;
+    bad += seed(dir, "col_f32_huffman", W, 16, 24, NULL, 0, 3, 1, 1);
 
     /* an all-zero 3x7 matrix, f32, Huffman */
     memset(W, 0, sizeof W);
-    bad += seed(dir, "empty_huffman", W, 3, 7, NULL, 0, 5, 1);
+    bad += seed(dir, "empty_huffman", W, 3, 7, NULL, 0, 5, 1, 0);
     return bad ? 1 : 0;
 }

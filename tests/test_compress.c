@@ -1,6 +1,7 @@
 /* Deep Compression (src/compress/): the sparse runtime form and its payload encoding (round trips
- * over shapes, index widths, f32 and codebook values, packed and Huffman streams), the sparse
- * kernels held against a plain dense reference, model-level sparsify / encode / save / load /
+ * over shapes, index widths, f32 and codebook values, packed and Huffman streams, row- and
+ * column-major positions), the sparse kernels (rows and columns) held against a plain dense
+ * reference, model-level sparsify / encode / save / load /
  * densify, magnitude pruning, 1-D k-means held against a brute-force Lloyd, trained quantization
  * on a small synthetic problem, and malformed payloads and files (each must be refused cleanly).
  * Never compares encoder bytes to a golden file: only properties of the streams. */
@@ -74,10 +75,14 @@ static void make_codebook(float *cb, int k, nz_rng *r) {
     }
 }
 
+static int csc_valid(const nz_sparse *s);
+
 /* CSR invariants of a decoded (or built) sparse form: row_ptr monotone from 0 to nnz, columns
  * strictly increasing inside a row and < cols, codes in 1..k-1 (0 is the filler code, never
- * stored), f32 values never 0. Returns 1 if all hold. */
+ * stored), f32 values never 0; and the column form, when present, holding the same entries.
+ * Returns 1 if all hold. */
 static int sparse_valid(const nz_sparse *s) {
+    if (s && s->col_ptr && !csc_valid(s)) return 0;
     if (!s || s->rows <= 0 || s->cols <= 0 || s->row_ptr[0] != 0 || s->row_ptr[s->rows] != s->nnz)
         return 0;
     for (int r = 0; r < s->rows; r++) {
@@ -95,13 +100,48 @@ static int sparse_valid(const nz_sparse *s) {
     return 1;
 }
 
+/* The column form: col_ptr monotone from 0 to nnz, rows strictly increasing inside a column and
+ * < rows, and every entry (row, column, value bits) equal to the CSR's (codebook values
+ * resolved): both scattered into dense tables that must match. */
+static int csc_valid(const nz_sparse *s) {
+    if (s->col_ptr[0] != 0 || s->col_ptr[s->cols] != s->nnz || !s->row || !s->cval) return 0;
+    const size_t total = (size_t)s->rows * (size_t)s->cols;
+    /* per cell: 0 = no entry, else 2^32 | the value's bits */
+    uint64_t *a = calloc(total, sizeof(uint64_t)), *b = calloc(total, sizeof(uint64_t));
+    int ok = a && b;
+    for (int r = 0; r < s->rows && ok; r++)
+        for (uint32_t j = s->row_ptr[r]; j < s->row_ptr[r + 1]; j++) {
+            const float v = nz_sparse_value(s, j);
+            uint32_t u;
+            memcpy(&u, &v, 4);
+            a[(size_t)r * s->cols + s->col[j]] = 1ull << 32 | u;
+        }
+    for (int c = 0; c < s->cols && ok; c++) {
+        ok = s->col_ptr[c] <= s->col_ptr[c + 1];
+        for (uint32_t j = s->col_ptr[c]; j < s->col_ptr[c + 1] && ok; j++) {
+            ok = s->row[j] < (uint32_t)s->rows && (j == s->col_ptr[c] || s->row[j] > s->row[j - 1]);
+            uint32_t u;
+            memcpy(&u, &s->cval[j], 4);
+            if (ok) b[(size_t)s->row[j] * s->cols + (size_t)c] = 1ull << 32 | u;
+        }
+    }
+    ok = ok && memcmp(a, b, sizeof(uint64_t) * total) == 0;
+    free(a);
+    free(b);
+    return ok;
+}
+
 /* Entries (fillers included) that relative indices of width b need: a gap g from the previous
- * stored position costs ceil(g / 2^b) entries. Written apart from the encoder's own count. */
-static uint64_t expected_entries(const float *W, size_t total, int b) {
+ * stored position costs ceil(g / 2^b) entries; positions run row-major, or column-major.
+ * Written apart from the encoder's own count. */
+static uint64_t expected_entries(const float *W, int rows, int cols, int b, int col_major) {
     uint64_t n = 0, span = 1ull << b;
     int64_t prev = -1;
+    const size_t total = (size_t)rows * (size_t)cols;
     for (size_t i = 0; i < total; i++) {
-        if (W[i] == 0.0f) continue;
+        /* i walks the stored order; w is the matrix cell at that position */
+        const size_t w = col_major ? (i % (size_t)rows) * (size_t)cols + i / (size_t)rows : i;
+        if (W[w] == 0.0f) continue;
         uint64_t g = (uint64_t)((int64_t)i - prev);
         n += (g + span - 1) / span;
         prev = (int64_t)i;
@@ -111,11 +151,11 @@ static uint64_t expected_entries(const float *W, size_t total, int b) {
 
 /* ---------------------------------------------------------------- payload round trips */
 
-static int rt_count, rt_filler_cases;
+static int rt_count, rt_filler_cases, rt_col_filler_cases;
 
-/* from_dense -> encode -> decode -> to_dense must give W back exactly. */
+/* from_dense -> encode -> decode -> to_dense must give W back exactly, in either order. */
 static void roundtrip(const float *W, int rows, int cols, const float *cb, int k, int index_bits,
-                      int huffman, const char *what) {
+                      int huffman, int col_major, const char *what) {
     nz_error e = {0};
     nz_sparse *s = NULL, *d = NULL;
     size_t total = (size_t)rows * cols, nnz = 0;
@@ -126,6 +166,7 @@ static void roundtrip(const float *W, int rows, int cols, const float *cb, int k
     rt_count++;
     CHECK(s->nnz == nnz && sparse_valid(s), "%s: built form: nnz %u, want %zu", what, s->nnz, nnz);
     s->huffman = huffman;
+    s->col_major = col_major;
     uint8_t *buf = NULL;
     size_t len = 0;
     st = nz_sparse_encode(s, &buf, &len, &e);
@@ -134,11 +175,15 @@ static void roundtrip(const float *W, int rows, int cols, const float *cb, int k
         nz_sparse_free(s);
         return;
     }
-    const uint64_t want_entries = expected_entries(W, total, index_bits);
+    /* row-major payloads keep the flags readers before column-major storage accept */
+    CHECK((buf[0] & 8) == (col_major ? 8 : 0) && buf[0] < 16, "%s: flags 0x%x", what, buf[0]);
+    CHECK(!s->col_ptr, "%s: encoding left a column form behind", what);
+    const uint64_t want_entries = expected_entries(W, rows, cols, index_bits, col_major);
     CHECK(s->n_entries == want_entries, "%s: %u entries, want %llu", what, s->n_entries,
           (unsigned long long)want_entries);
     if (want_entries > nnz) {
         rt_filler_cases++;
+        rt_col_filler_cases += col_major;
         CHECK(s->n_entries > s->nnz, "%s: fillers expected", what);
     }
     if (!huffman) { /* packed streams have exactly determined lengths */
@@ -159,8 +204,15 @@ static void roundtrip(const float *W, int rows, int cols, const float *cb, int k
         CHECK(sparse_valid(d), "%s: decoded form breaks CSR invariants", what);
         CHECK(d->nnz == s->nnz && d->n_entries == s->n_entries && d->index_bits == index_bits &&
                   d->huffman == huffman && d->n_codebook == (cb ? k : 0) &&
-                  d->code_bits == s->code_bits,
+                  d->code_bits == s->code_bits && d->col_major == col_major,
               "%s: decoded header fields differ", what);
+        /* a column-major payload decodes straight into the column form (and the rows) */
+        CHECK(!d->col_ptr == !col_major, "%s: column form %s", what,
+              d->col_ptr ? "present" : "missing");
+        if (!col_major) { /* built from the rows it matches them (sparse_valid compares) */
+            CHECK(nz_sparse_build_csc(d, &e) == NZ_OK && d->col_ptr && sparse_valid(d),
+                  "%s: column form built from the rows", what);
+        }
         if (cb && d->n_codebook == k)
             CHECK(memcmp(d->codebook, cb, sizeof(float) * (size_t)k) == 0, "%s: codebook", what);
         float *back = malloc(sizeof(float) * total);
@@ -170,6 +222,8 @@ static void roundtrip(const float *W, int rows, int cols, const float *cb, int k
         nz_sparse *c = NULL;
         CHECK(nz_sparse_clone(&c, d, &e) == NZ_OK, "%s: clone", what);
         if (c) {
+            CHECK(c->col_ptr && c->col_ptr != d->col_ptr && sparse_valid(c),
+                  "%s: the clone's column form", what);
             nz_sparse_free(d);
             d = NULL;
             memset(back, 0xff, sizeof(float) * total);
@@ -210,47 +264,67 @@ static void test_roundtrips(void) {
             random_matrix(W, rows, cols, shapes[si].density, cb, k, &r);
             if (si == 0) W[0] = W[0] != 0.0f ? W[0] : (cb ? cb[1] : 1.5f); /* first position */
             for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
-                for (int h = 0; h < 2; h++) {
-                    snprintf(what, sizeof what, "%s, %s, index %d bits, %s", shapes[si].name,
-                             cb ? "codebook" : "f32", widths[wi], h ? "huffman" : "packed");
-                    roundtrip(W, rows, cols, cb, k, widths[wi], h, what);
-                }
+                for (int h = 0; h < 2; h++)
+                    for (int cm = 0; cm < 2; cm++) {
+                        snprintf(what, sizeof what, "%s, %s, index %d bits, %s, %s",
+                                 shapes[si].name, cb ? "codebook" : "f32", widths[wi],
+                                 h ? "huffman" : "packed", cm ? "col-major" : "row-major");
+                        roundtrip(W, rows, cols, cb, k, widths[wi], h, cm, what);
+                    }
         }
         free(W);
     }
-    /* empty rows between full ones, and a single entry in the last position */
+    /* empty rows between full ones, empty columns between full ones, and a single entry in
+     * the last position, in both orders */
     {
         const int rows = 30, cols = 40;
         float *W = calloc((size_t)rows * cols, sizeof(float));
         for (int rr = 0; rr < rows; rr += 7)
             for (int cc = 0; cc < cols; cc++) W[rr * cols + cc] = (float)(rr + 1) * 0.5f + cc;
         for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
-            for (int h = 0; h < 2; h++) {
-                snprintf(what, sizeof what, "empty rows, index %d bits, %s", widths[wi],
-                         h ? "huffman" : "packed");
-                roundtrip(W, rows, cols, NULL, 0, widths[wi], h, what);
-            }
+            for (int h = 0; h < 2; h++)
+                for (int cm = 0; cm < 2; cm++) {
+                    snprintf(what, sizeof what, "empty rows, index %d bits, %s, %s", widths[wi],
+                             h ? "huffman" : "packed", cm ? "col-major" : "row-major");
+                    roundtrip(W, rows, cols, NULL, 0, widths[wi], h, cm, what);
+                }
+        memset(W, 0, sizeof(float) * (size_t)rows * cols);
+        for (int cc = 3; cc < cols; cc += 9) /* columns 3, 12, 21, 30, 39; the rest empty */
+            for (int rr = 0; rr < rows; rr++)
+                if ((rr + cc) % 4) W[rr * cols + cc] = cbs[2][1 + (rr * 7 + cc) % 255];
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
+            for (int h = 0; h < 2; h++)
+                for (int cm = 0; cm < 2; cm++) {
+                    snprintf(what, sizeof what, "empty columns, index %d bits, %s, %s",
+                             widths[wi], h ? "huffman" : "packed", cm ? "col-major" : "row-major");
+                    roundtrip(W, rows, cols, cbs[2], 256, widths[wi], h, cm, what);
+                }
         memset(W, 0, sizeof(float) * (size_t)rows * cols);
         W[rows * cols - 1] = cbs[2][255];
         for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
-            for (int h = 0; h < 2; h++) {
-                snprintf(what, sizeof what, "last position only, index %d bits, %s", widths[wi],
-                         h ? "huffman" : "packed");
-                roundtrip(W, rows, cols, NULL, 0, widths[wi], h, what);
-                roundtrip(W, rows, cols, cbs[2], 256, widths[wi], h, what);
-            }
+            for (int h = 0; h < 2; h++)
+                for (int cm = 0; cm < 2; cm++) {
+                    snprintf(what, sizeof what, "last position only, index %d bits, %s, %s",
+                             widths[wi], h ? "huffman" : "packed", cm ? "col-major" : "row-major");
+                    roundtrip(W, rows, cols, NULL, 0, widths[wi], h, cm, what);
+                    roundtrip(W, rows, cols, cbs[2], 256, widths[wi], h, cm, what);
+                }
         free(W);
     }
     /* a layer of realistic size: 300x784 at 8% (LeNet-300's ip1) */
     {
         float *W = malloc(sizeof(float) * 300 * 784);
         random_matrix(W, 300, 784, 0.08, cbs[2], 256, &r);
-        roundtrip(W, 300, 784, cbs[2], 256, 5, 1, "300x784 8%, codebook, 5 bits, huffman");
+        roundtrip(W, 300, 784, cbs[2], 256, 5, 1, 0, "300x784 8%, codebook, 5 bits, huffman");
+        roundtrip(W, 300, 784, cbs[2], 256, 5, 1, 1, "300x784 8%, codebook, 5 bits, huffman, col");
         random_matrix(W, 300, 784, 0.08, NULL, 0, &r);
-        roundtrip(W, 300, 784, NULL, 0, 4, 0, "300x784 8%, f32, 4 bits, packed");
+        roundtrip(W, 300, 784, NULL, 0, 4, 0, 0, "300x784 8%, f32, 4 bits, packed");
+        roundtrip(W, 300, 784, NULL, 0, 4, 0, 1, "300x784 8%, f32, 4 bits, packed, col");
         free(W);
     }
     CHECK(rt_filler_cases > 50, "only %d round trips exercised filler entries", rt_filler_cases);
+    CHECK(rt_col_filler_cases > 50, "only %d column-major round trips exercised filler entries",
+          rt_col_filler_cases);
 
     /* bad arguments to from_dense: refused with NZ_ERR_ARG and no output */
     nz_error e = {0};
@@ -345,6 +419,106 @@ static void test_kernels(void) {
     nz_set_threads(0);
 }
 
+/* The column kernel against a dense reference and the row kernel, on inputs without zeros, with
+ * some or most zero (skipped columns) and all zero; the largest shape is past the threading
+ * threshold. The row split of the threads keeps each output's order of terms, so 1 and 2
+ * threads must agree bit for bit. nz_sparse_matvec gives exactly what one of the two gives. */
+static void test_csc_kernel(void) {
+    static const struct {
+        int rows, cols;
+        double density;
+    } shapes[] = {{1, 1, 1.0},   {5, 9, 0.4},     {37, 1, 0.5},       {1, 37, 0.5},
+                  {64, 70, 0.0}, {40, 50, 1.0},   {300, 784, 0.08},   {700, 600, 0.4}};
+    static const double zero_frac[] = {0.0, 0.5, 0.9, 1.0};
+    nz_rng r;
+    nz_rng_seed(&r, 909);
+    float cb[32];
+    make_codebook(cb, 32, &r);
+    int csc_calls = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int rows = shapes[si].rows, cols = shapes[si].cols;
+        float *W = malloc(sizeof(float) * (size_t)rows * cols);
+        float *x = malloc(sizeof(float) * (size_t)cols);
+        float *yr = malloc(sizeof(float) * (size_t)rows), *y1 = malloc(sizeof(float) * (size_t)rows);
+        float *y2 = malloc(sizeof(float) * (size_t)rows), *ref = malloc(sizeof(float) * (size_t)rows);
+        float *ya = malloc(sizeof(float) * (size_t)rows);
+        for (int use_cb = 0; use_cb < 2; use_cb++) {
+            random_matrix(W, rows, cols, shapes[si].density, use_cb ? cb : NULL, 32, &r);
+            nz_sparse *s = NULL;
+            nz_error e = {0};
+            if (nz_sparse_from_dense(&s, W, rows, cols, use_cb ? cb : NULL, use_cb ? 32 : 0, 5,
+                                     &e) != NZ_OK) {
+                CHECK(0, "from_dense: %s", e.msg);
+                continue;
+            }
+            for (size_t zi = 0; zi < sizeof zero_frac / sizeof zero_frac[0]; zi++) {
+                int zeros = 0;
+                for (int c = 0; c < cols; c++) {
+                    x[c] = nz_rng_uniform(&r) < zero_frac[zi] ? 0.0f : nz_rng_normal(&r);
+                    zeros += x[c] == 0.0f;
+                }
+                if (zi == 2 && cols > 1) x[0] = -0.0f; /* a negative zero is a zero too */
+                for (int i = 0; i < rows; i++) {
+                    double sum = 0;
+                    for (int c = 0; c < cols; c++) sum += (double)W[(size_t)i * cols + c] * x[c];
+                    ref[i] = (float)sum;
+                    yr[i] = y1[i] = y2[i] = ya[i] = NAN; /* every output must be written */
+                }
+                nz_set_threads(1);
+                nz_sparse_matvec(s, x, ya); /* no column form: the row kernel */
+                nz_sparse_matvec_rows(s, x, yr);
+                CHECK(!s->col_ptr && memcmp(ya, yr, sizeof(float) * (size_t)rows) == 0,
+                      "matvec without a column form is the row kernel");
+                CHECK(nz_sparse_build_csc(s, &e) == NZ_OK && s->col_ptr, "build_csc: %s", e.msg);
+                nz_sparse_matvec_cols(s, x, y1);
+                nz_sparse_matvec(s, x, ya);
+                nz_set_threads(2);
+                nz_sparse_matvec_cols(s, x, y2);
+                nz_set_threads(0);
+                CHECK(memcmp(ya, y1, sizeof(float) * (size_t)rows) == 0 ||
+                          memcmp(ya, yr, sizeof(float) * (size_t)rows) == 0,
+                      "matvec %dx%d: neither kernel's result", rows, cols);
+                /* no zero input: every column costs its entries and more, rows are cheaper;
+                 * fc1-like with 90% zero inputs: columns */
+                if (zeros == 0)
+                    CHECK(memcmp(ya, yr, sizeof(float) * (size_t)rows) == 0,
+                          "matvec %dx%d, no zeros: not the row kernel", rows, cols);
+                if (rows == 300 && zi == 2)
+                    CHECK(memcmp(ya, y1, sizeof(float) * (size_t)rows) == 0,
+                          "matvec %dx%d, %d zeros: not the column kernel", rows, cols, zeros);
+                csc_calls++;
+                const char *kind = use_cb ? "codebook" : "f32";
+                double err = tl_max_rel_err(y1, ref, (size_t)rows, 1.0);
+                CHECK(err < 1e-5, "csc matvec %dx%d %s, %d of %d inputs zero: err %g vs dense",
+                      rows, cols, kind, zeros, cols, err);
+                err = tl_max_rel_err(y1, yr, (size_t)rows, 1.0);
+                CHECK(err < 1e-5, "csc matvec %dx%d %s, %d zeros: err %g vs the row kernel", rows,
+                      cols, kind, zeros, err);
+                CHECK(memcmp(y1, y2, sizeof(float) * (size_t)rows) == 0,
+                      "csc matvec %dx%d %s, %d zeros: 1 and 2 threads differ", rows, cols, kind,
+                      zeros);
+                if (zeros == cols) {
+                    int all0 = 1;
+                    for (int i = 0; i < rows; i++) all0 &= y1[i] == 0.0f;
+                    CHECK(all0, "csc matvec %dx%d %s: zero input, nonzero output", rows, cols,
+                          kind);
+                }
+                nz_sparse_drop_csc(s);
+                CHECK(!s->col_ptr && !s->row && !s->cval, "drop_csc left arrays");
+            }
+            nz_sparse_free(s);
+        }
+        free(W);
+        free(x);
+        free(yr);
+        free(y1);
+        free(y2);
+        free(ya);
+        free(ref);
+    }
+    CHECK(csc_calls == 64, "%d column-kernel cases run", csc_calls);
+}
+
 /* ---------------------------------------------------------------- model level */
 
 #define MAX_LAYERS 16
@@ -373,6 +547,21 @@ static void snap_to_codebook(float *W, size_t n, const float *cb, int k) {
             if (fabsf(W[i] - cb[j]) < fabsf(W[i] - cb[best])) best = j;
         W[i] = cb[best];
     }
+}
+
+/* Payload bytes of s at an index width and order (its own settings are restored). */
+static size_t payload_bytes(nz_sparse *s, int bits, int col_major) {
+    const int kb = s->index_bits, kc = s->col_major;
+    s->index_bits = bits;
+    s->col_major = col_major;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    nz_error e = {0};
+    CHECK(nz_sparse_encode(s, &buf, &len, &e) == NZ_OK, "encode: %s", e.msg);
+    free(buf);
+    s->index_bits = kb;
+    s->col_major = kc;
+    return len;
 }
 
 static void test_model_level(const char *arch, int use_cb, const char *dir) {
@@ -510,6 +699,45 @@ static void test_model_level(const char *arch, int use_cb, const char *dir) {
             logits_of(&ld, x, B, c);
             double err = norm_rel_err(c, b, (size_t)B * 10);
             CHECK(err < 1e-5, "%s: densified vs sparse logits at B=%d: rel err %g", what, B, err);
+        }
+        nz_model_free(&ld);
+    }
+    unlink(path);
+
+    /* order auto (the default): per layer no other (order, width) gives a smaller payload */
+    for (int l = 0; l < n_layers; l++) {
+        nz_sparse *s = sp.nodes[layer_node[l]].params[0].sparse;
+        if (!s) continue;
+        const size_t chosen = payload_bytes(s, s->index_bits, s->col_major);
+        for (int cm = 0; cm < 2; cm++)
+            for (int bits = use_cb ? 3 : 2; bits <= (use_cb ? 3 : 10); bits++)
+                CHECK(payload_bytes(s, bits, cm) >= chosen,
+                      "%s: node %d: %s at %d bits is %zu bytes, auto chose %zu (%s, %d bits)",
+                      what, layer_node[l], cm ? "col" : "row", bits, payload_bytes(s, bits, cm),
+                      chosen, s->col_major ? "col" : "row", s->index_bits);
+    }
+    /* column-major storage: the same model back, the column form decoded directly for dense
+     * layers (conv layers keep only rows), the same logits bit for bit */
+    nz_encode_cfg ecc = ec;
+    ecc.order = NZ_ORDER_COL;
+    CHECK(nz_encode(&sp, &ecc, &e) == NZ_OK, "%s: encode col-major: %s", what, e.msg);
+    snprintf(path, sizeof path, "%s/%s-%s-col.nnz", dir, arch, use_cb ? "cb" : "f32");
+    CHECK(nz_save(&sp, NULL, path, &e) == NZ_OK, "%s: save col-major: %s", what, e.msg);
+    if (nz_load(path, &ld, NULL, &e) != NZ_OK) {
+        CHECK(0, "%s: load col-major: %s", what, e.msg);
+    } else {
+        for (int l = 0; l < n_layers; l++) {
+            const nz_node *nd = &ld.nodes[layer_node[l]];
+            const nz_sparse *s1 = nd->params[0].sparse;
+            CHECK(s1 && s1->col_major && sp.nodes[layer_node[l]].params[0].sparse->col_major &&
+                      !s1->col_ptr == (nd->op != NZ_OP_DENSE) && sparse_valid(s1),
+                  "%s: node %d loaded from column-major storage", what, layer_node[l]);
+        }
+        for (int B = 1; B <= 5; B += 4) {
+            logits_of(&sp, x, B, b);
+            logits_of(&ld, x, B, c);
+            CHECK(memcmp(b, c, sizeof(float) * (size_t)B * 10) == 0,
+                  "%s: column-major model's logits differ at B=%d", what, B);
         }
         nz_model_free(&ld);
     }
@@ -1022,7 +1250,7 @@ static nz_status decode_any(const uint8_t *buf, size_t len, int rows, int cols, 
 }
 
 static uint8_t *encode_matrix(const float *W, int rows, int cols, const float *cb, int k,
-                              int index_bits, int huffman, size_t *len) {
+                              int index_bits, int huffman, int col_major, size_t *len) {
     nz_sparse *s = NULL;
     uint8_t *buf = NULL;
     nz_error e = {0};
@@ -1032,6 +1260,7 @@ static uint8_t *encode_matrix(const float *W, int rows, int cols, const float *c
         return NULL;
     }
     s->huffman = huffman;
+    s->col_major = col_major;
     if (nz_sparse_encode(s, &buf, len, &e) != NZ_OK) CHECK(0, "encode: %s", e.msg);
     nz_sparse_free(s);
     return buf;
@@ -1043,19 +1272,25 @@ static void test_malformed(void) {
     float W[R * C] = {0}, cb[5] = {0.0f, -1.5f, -0.25f, 0.5f, 2.0f};
     const int pos[] = {0, 3, 4, 17, 18, 40, 41, 42, 59};
     for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++) W[pos[i]] = cb[1 + i % 4];
+    /* column-major, the positions run (0,0) (4,0) (4,1) (4,2) (0,3) (0,4) (1,7) (1,8) (5,9):
+     * gaps 1 4 6 6 2 6 19 6 10, so fillers at 2 and 3 bits too */
     struct {
         const char *name;
-        int use_cb, huffman, index_bits;
+        int use_cb, huffman, index_bits, col_major;
         uint8_t *buf;
         size_t len;
-    } base[] = {{"f32 packed", 0, 0, 3, NULL, 0},
-                {"codebook packed", 1, 0, 2, NULL, 0},
-                {"codebook huffman", 1, 1, 3, NULL, 0},
-                {"f32 huffman", 0, 1, 4, NULL, 0}};
+    } base[] = {{"f32 packed", 0, 0, 3, 0, NULL, 0},
+                {"codebook packed", 1, 0, 2, 0, NULL, 0},
+                {"codebook huffman", 1, 1, 3, 0, NULL, 0},
+                {"f32 huffman", 0, 1, 4, 0, NULL, 0},
+                {"col f32 packed", 0, 0, 3, 1, NULL, 0},
+                {"col codebook packed", 1, 0, 3, 1, NULL, 0},
+                {"col codebook huffman", 1, 1, 2, 1, NULL, 0}};
     const int nb = (int)(sizeof base / sizeof base[0]);
     for (int b = 0; b < nb; b++) {
         base[b].buf = encode_matrix(W, R, C, base[b].use_cb ? cb : NULL, base[b].use_cb ? 5 : 0,
-                                    base[b].index_bits, base[b].huffman, &base[b].len);
+                                    base[b].index_bits, base[b].huffman, base[b].col_major,
+                                    &base[b].len);
         if (!base[b].buf) return;
         CHECK(decode_any(base[b].buf, base[b].len, R, C, base[b].name) == NZ_OK,
               "%s: the valid base payload is refused", base[b].name);
@@ -1098,8 +1333,31 @@ static void test_malformed(void) {
         PATCHED("nonzeros 2^32-1", put32(p + 8, 0xFFFFFFFFu));
         for (int bit = 2; bit < 8; bit++) {
             char d[32];
+            if (bit == 3) continue; /* the order: either value is valid (below) */
             snprintf(d, sizeof d, "flag bit %d", bit);
             PATCHED(d, p[0] |= (uint8_t)(1u << bit));
+        }
+        {
+            /* the other order reads the same positions as other cells: the last entry stays in
+             * place (position 59 is (5,9) either way), the matrix must differ */
+            memcpy(p, v, len);
+            p[0] ^= 8;
+            nz_sparse *a = NULL, *t = NULL;
+            nz_error e = {0};
+            CHECK(nz_sparse_decode(v, len, R, C, &a, &e) == NZ_OK &&
+                      nz_sparse_decode(p, len, R, C, &t, &e) == NZ_OK && sparse_valid(t) &&
+                      t->col_major == !base[b].col_major,
+                  "%s: order flag toggled: %s", bn, e.msg);
+            if (a && t) {
+                float da[R * C], dt[R * C];
+                nz_sparse_to_dense(a, da);
+                nz_sparse_to_dense(t, dt);
+                CHECK(memcmp(da, W, sizeof W) == 0 && memcmp(dt, W, sizeof W) != 0 &&
+                          dt[R * C - 1] == W[R * C - 1],
+                      "%s: order flag toggled: the matrix", bn);
+            }
+            nz_sparse_free(a);
+            nz_sparse_free(t);
         }
         PATCHED("codebook flag toggled", p[0] ^= 1);
         PATCHED("reserved byte 3", p[3] = 1);
@@ -1191,7 +1449,9 @@ static void test_malformed(void) {
             memcpy(p, v, len);
             p[bit / 8] ^= (uint8_t)(1u << (bit % 8));
             const size_t byte = bit / 8;
-            const int structural = (byte == 0 && bit % 8 != 1) || (byte >= 3 && byte < 18) ||
+            /* flag bits 1 (Huffman) and 3 (order) may give another valid reading */
+            const int structural = (byte == 0 && bit % 8 != 1 && bit % 8 != 3) ||
+                                   (byte >= 3 && byte < 18) ||
                                    /* codebook[0] must stay 0 (its sign bit gives -0 == 0) */
                                    (base[b].use_cb && byte >= 18 && bit < 8 * 22 - 1) ||
                                    (byte >= L.gl_off && byte < L.gl_off + 4) ||
@@ -1219,6 +1479,36 @@ static void test_malformed(void) {
     }
     free(p);
     for (int b = 0; b < nb; b++) free(base[b].buf);
+}
+
+/* Backward compatibility: a payload written before column-major storage existed (bytes of
+ * fuzz/corpus/sparse/codebook_packed, the 6x10 matrix of test_malformed, 2-bit gaps, packed)
+ * still decodes to that matrix, row-major, and today's encoder writes the same bytes back. */
+static void test_old_payload(void) {
+    static const uint8_t old[60] = {
+        0x01, 0x02, 0x03, 0x00, 0x15, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xc0, 0xbf, 0x00, 0x00, 0x80, 0xbe,
+        0x00, 0x00, 0x00, 0x3f, 0x00, 0x00, 0x00, 0x40, 0x06, 0x00, 0x00, 0x00, 0xc8, 0x0f, 0xff,
+        0x07, 0xff, 0x00, 0x08, 0x00, 0x00, 0x00, 0xd1, 0x00, 0x30, 0x00, 0x00, 0x8d, 0x00, 0x10};
+    enum { R = 6, C = 10 };
+    float W[R * C] = {0}, back[R * C];
+    const float cb[5] = {0.0f, -1.5f, -0.25f, 0.5f, 2.0f};
+    const int pos[] = {0, 3, 4, 17, 18, 40, 41, 42, 59};
+    for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++) W[pos[i]] = cb[1 + i % 4];
+    nz_sparse *s = NULL;
+    nz_error e = {0};
+    CHECK(nz_sparse_decode(old, sizeof old, R, C, &s, &e) == NZ_OK, "old payload: %s", e.msg);
+    if (!s) return;
+    nz_sparse_to_dense(s, back);
+    CHECK(!s->col_major && !s->col_ptr && sparse_valid(s) && memcmp(back, W, sizeof W) == 0,
+          "old payload: decoded matrix");
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    CHECK(nz_sparse_encode(s, &buf, &len, &e) == NZ_OK && len == sizeof old &&
+              memcmp(buf, old, len) == 0,
+          "old payload: re-encoded bytes differ (%zu bytes)", len);
+    free(buf);
+    nz_sparse_free(s);
 }
 
 /* ---------------------------------------------------------------- .nnz files with sparse tensors */
@@ -1354,6 +1644,43 @@ static void test_f16_codebook(void) {
     nz_sparse_free(s);
 }
 
+/* The column form caches codebook values: a dense layer gets it when sparsified, and encoding
+ * with a binary16 codebook (which rounds the codebook in memory) must refresh it. */
+static void test_csc_follows_codebook(void) {
+    nz_error e = {0};
+    nz_model m;
+    CHECK(nz_model_init(&m, "t", (nz_shape){1, 4, 4}, 5, &e) == NZ_OK, "%s", e.msg);
+    int x = nz_model_add_flatten(&m, "flatten", 0, &e);
+    int fc = x >= 0 ? nz_model_add_dense(&m, "fc", x, 5, &e) : -1;
+    CHECK(fc > 0, "model: %s", e.msg);
+    if (fc <= 0) {
+        nz_model_free(&m);
+        return;
+    }
+    const float cb[4] = {0.0f, 0.1f, -0.3f, 0.7f}; /* none exact in binary16 */
+    nz_param *p = &m.nodes[fc].params[0];
+    for (size_t j = 0; j < p->n; j++) m.params[p->off + j] = j % 4 ? cb[j % 4] : 0.0f;
+    CHECK(nz_model_sparsify_param(&m, fc, cb, 4, 3, &e) == NZ_OK, "sparsify: %s", e.msg);
+    nz_sparse *s = m.nodes[fc].params[0].sparse;
+    CHECK(s && s->col_ptr && sparse_valid(s), "a sparsified dense layer has its column form");
+    if (s && s->col_ptr) CHECK(s->cval[0] == 0.1f || s->cval[0] == -0.3f || s->cval[0] == 0.7f,
+                               "column values are the codebook's");
+    nz_encode_cfg ec;
+    nz_encode_cfg_default(&ec);
+    CHECK(nz_encode(&m, &ec, &e) == NZ_OK, "encode: %s", e.msg);
+    s = m.nodes[fc].params[0].sparse;
+    CHECK(s && s->codebook_f16 && s->codebook[1] != 0.1f, "the codebook was rounded to binary16");
+    CHECK(s && s->col_ptr && sparse_valid(s), "the column form follows the rounded codebook");
+    float in[16], y1[5], y2[5];
+    for (int i = 0; i < 16; i++) in[i] = i % 3 ? 0.0f : 1.0f + (float)i;
+    if (s) {
+        nz_sparse_matvec_cols(s, in, y1);
+        nz_sparse_matvec_rows(s, in, y2);
+        CHECK(tl_max_rel_err(y1, y2, 5, 1.0) < 1e-6, "columns and rows agree after rounding");
+    }
+    nz_model_free(&m);
+}
+
 int main(void) {
     char dir[] = "/tmp/nnzip-test-compress-XXXXXX";
     if (!mkdtemp(dir)) {
@@ -1369,6 +1696,7 @@ int main(void) {
     } while (0)
     TIMED(test_roundtrips());
     TIMED(test_kernels());
+    TIMED(test_csc_kernel());
     TIMED(test_model_level("lenet300", 0, dir));
     TIMED(test_model_level("lenet300", 1, dir));
     TIMED(test_model_level("lenet5", 0, dir));
@@ -1378,6 +1706,8 @@ int main(void) {
     TIMED(test_quantize());
     TIMED(test_quantize_edge(dir));
     TIMED(test_malformed());
+    TIMED(test_old_payload());
+    TIMED(test_csc_follows_codebook());
     TIMED(test_files(dir));
     printf("round trips: %d (%d with filler entries); total %.2f s\n", rt_count, rt_filler_cases,
            now_sec() - t0);

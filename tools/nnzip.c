@@ -960,8 +960,8 @@ static void print_size_table(FILE *f, const nz_model *m, uint64_t file_bytes) {
     nz_layer_size rows[NZ_MAX_PASS_NODES];
     int n = nz_size_table(m, rows, NZ_MAX_PASS_NODES);
     size_t total_w = 0, total_nz = 0, stored = 0, dense = 0;
-    fprintf(f, "  %-10s %9s %7s %8s %11s %11s %9s %7s\n", "layer", "weights", "kept", "entries",
-            "w-bits", "idx-bits", "bytes", "ratio");
+    fprintf(f, "  %-10s %9s %7s %8s %11s %11s %5s %9s %7s\n", "layer", "weights", "kept", "entries",
+            "w-bits", "idx-bits", "order", "bytes", "ratio");
     for (int i = 0; i < n; i++) {
         const nz_layer_size *r = &rows[i];
         char wb[32], ib[32];
@@ -975,9 +975,9 @@ static void print_size_table(FILE *f, const nz_model *m, uint64_t file_bytes) {
             snprintf(wb, sizeof wb, "%d", r->code_bits);
             snprintf(ib, sizeof ib, "-");
         }
-        fprintf(f, "  %-10s %9zu %6.1f%% %8zu %11s %11s %9zu %6.1fx\n", r->name, r->weights,
+        fprintf(f, "  %-10s %9zu %6.1f%% %8zu %11s %11s %5s %9zu %6.1fx\n", r->name, r->weights,
                 100.0 * (double)r->nonzeros / (double)(r->weights ? r->weights : 1), r->entries,
-                wb, ib, r->stored_bytes, (double)r->dense_bytes / (double)(r->stored_bytes ? r->stored_bytes : 1));
+                wb, ib, !r->sparse ? "-" : r->col_major ? "col" : "row", r->stored_bytes, (double)r->dense_bytes / (double)(r->stored_bytes ? r->stored_bytes : 1));
         total_w += r->weights;
         total_nz += r->nonzeros;
         stored += r->stored_bytes;
@@ -985,8 +985,8 @@ static void print_size_table(FILE *f, const nz_model *m, uint64_t file_bytes) {
     }
     size_t all_dense = 0;
     for (int i = 0; i < m->n_nodes; i++) all_dense += nz_node_param_count(&m->nodes[i]) * 4;
-    fprintf(f, "  %-10s %9zu %6.1f%% %8s %11s %11s %9zu %6.1fx\n", "layers", total_w,
-            100.0 * (double)total_nz / (double)(total_w ? total_w : 1), "", "", "", stored,
+    fprintf(f, "  %-10s %9zu %6.1f%% %8s %11s %11s %5s %9zu %6.1fx\n", "layers", total_w,
+            100.0 * (double)total_nz / (double)(total_w ? total_w : 1), "", "", "", "", stored,
             (double)dense / (double)(stored ? stored : 1));
     if (file_bytes)
         fprintf(f, "  file: %llu bytes on disk (graph, metadata, checksums included) = %.1fx "
@@ -1004,11 +1004,12 @@ static void json_size_table(FILE *f, const nz_model *m) {
         json_str(f, r->name);
         fprintf(f, ", \"weights\": %zu, \"nonzeros\": %zu, \"kept_pct\": %.3f, \"entries\": %zu, "
                    "\"sparse\": %d, \"huffman\": %d, \"weight_bits\": %d, \"weight_bits_stored\": %.3f, "
-                   "\"index_bits\": %d, \"index_bits_stored\": %.3f, \"stored_bytes\": %zu, "
-                   "\"float32_bytes\": %zu}",
+                   "\"index_bits\": %d, \"index_bits_stored\": %.3f, \"order\": \"%s\", "
+                   "\"stored_bytes\": %zu, \"float32_bytes\": %zu}",
                 r->weights, r->nonzeros, 100.0 * (double)r->nonzeros / (double)(r->weights ? r->weights : 1),
                 r->entries, r->sparse, r->huffman, r->code_bits, r->value_bits, r->index_bits,
-                r->index_bits_stored, r->stored_bytes, r->dense_bytes);
+                r->index_bits_stored, !r->sparse ? "-" : r->col_major ? "col" : "row",
+                r->stored_bytes, r->dense_bytes);
     }
     fprintf(f, "]");
 }
@@ -1190,6 +1191,16 @@ static int encode_cfg_from_opts(const char *cmd, const opts *o, const nz_model *
         for (int i = 0; i < NZ_MAX_PASS_NODES; i++) ec->index_bits[i] = (int)b[i];
     }
     if (opt_flag(o, "no-huffman")) ec->huffman = 0;
+    const char *order = opt_get(o, "order");
+    if (order) {
+        if (strcmp(order, "auto") == 0) ec->order = NZ_ORDER_AUTO;
+        else if (strcmp(order, "row") == 0) ec->order = NZ_ORDER_ROW;
+        else if (strcmp(order, "col") == 0) ec->order = NZ_ORDER_COL;
+        else {
+            fprintf(stderr, "nnzip %s: unknown --order '%s' (row, col, auto)\n", cmd, order);
+            return EXIT_USAGE;
+        }
+    }
     return 0;
 }
 
@@ -1207,7 +1218,9 @@ static int encode_cfg_from_opts(const char *cmd, const opts *o, const nz_model *
     {"quant-lr", 0, 1, "X", "fine-tuning learning rate (default 1e-4; gradients are summed)"}
 #define ENCODE_OPTS                                                                             \
     {"index-bits", 0, 1, "SPEC", "relative-index width per layer (default: smallest file)"},   \
-    {"no-huffman", 0, 0, "", "pack streams in fixed widths instead of Huffman codes"}
+    {"no-huffman", 0, 0, "", "pack streams in fixed widths instead of Huffman codes"},        \
+    {"order", 0, 1, "KIND", "sparse positions row (CSR), col (CSC) or auto: per layer the "     \
+                            "smaller (default auto)"}
 #define TARGET_OPTS                                                                             \
     {"target-ratio", 0, 1, "R", "pick per-layer sparsities (deep: and widths) for a file about R " \
                                 "x smaller, from sensitivity curves"},                          \

@@ -4,12 +4,13 @@
  *             one-shot or iterative, retraining the survivors with the mask held
  *   quantize  per-layer 1-D k-means weight sharing on the survivors (exact Lloyd on sorted values),
  *             then centroid fine-tuning (a centroid's gradient is the sum of its members')
- *   encode    sparse positions as relative indices of a fixed width with filler entries on
- *             overflow, codebook indices packed, both Huffman-coded per layer
+ *   encode    sparse positions (row- or column-major) as relative indices of a fixed width with
+ *             filler entries on overflow, codebook indices packed, both Huffman-coded per layer
  *
  * A pruned or quantized weight tensor lives in the model as an nz_sparse (nz_param.sparse): the
- * runtime form the kernels compute from (CSR rows, column indices, codebook codes). Loading a
- * compressed file decodes the streams into this form; dense weights are never rebuilt unless
+ * runtime form the kernels compute from (CSR rows, column indices, codebook codes; dense layers
+ * also carry the same entries column by column for the batch-1 kernel). Loading a compressed
+ * file decodes the streams into this form; dense weights are never rebuilt unless
  * nz_model_densify is called (for fine-tuning). */
 #ifndef NNZIP_COMPRESS_H
 #define NNZIP_COMPRESS_H
@@ -46,9 +47,17 @@ struct nz_sparse {
     int code_bits;       /* width of a codebook index (0 for f32 values) */
     int huffman;         /* 1: both streams Huffman-coded */
     int codebook_f16;    /* 1: the codebook is stored as binary16 (values already rounded) */
+    int col_major;       /* 1: positions are stored column-major (SPARSE flag bit 3) */
     /* sizes measured when last encoded or decoded (for the paper's table) */
     uint32_t n_entries;  /* entries including fillers */
     uint64_t index_stream_bytes, value_stream_bytes, codebook_bytes;
+    /* Column form (CSC) of the same entries, or all NULL: what nz_sparse_matvec walks to skip
+     * the columns whose input is 0 (an MNIST image, a ReLU output). Dense layers get it when
+     * they become sparse or are loaded (nz_sparse_prepare); conv layers never use it. Values
+     * are resolved from the codebook: rebuild it (nz_sparse_build_csc) after changing one. */
+    uint32_t *col_ptr;   /* [cols + 1] */
+    uint32_t *row;       /* [nnz] row of each entry, ascending inside a column */
+    float *cval;         /* [nnz] value of each entry */
 };
 typedef struct nz_sparse nz_sparse;
 
@@ -64,6 +73,12 @@ void nz_sparse_to_dense(const nz_sparse *s, float *W);
 static inline float nz_sparse_value(const nz_sparse *s, uint32_t j) {
     return s->n_codebook ? s->codebook[s->code[j]] : s->val[j];
 }
+/* (Re)builds the column form from the rows; O(nnz + cols), 8 bytes per entry, stays sparse. */
+nz_status nz_sparse_build_csc(nz_sparse *s, nz_error *err);
+void nz_sparse_drop_csc(nz_sparse *s);
+/* The runtime forms a weight of an op needs: NZ_OP_DENSE keeps (or builds) the column form,
+ * other ops drop it. Called wherever a model's tensor becomes sparse (sparsify, load). */
+nz_status nz_sparse_prepare(nz_sparse *s, nz_op op, nz_error *err);
 
 /* Serialization of the tensor payload (encoding NZF_ENC_SPARSE; layout in format.h). */
 nz_status nz_sparse_encode(nz_sparse *s, uint8_t **out, size_t *out_len, nz_error *err);
@@ -73,8 +88,15 @@ nz_status nz_sparse_decode(const uint8_t *in, size_t len, int rows, int cols, nz
 /* Y [rows, N] (+)= S X, X [cols, N] (row-major). accumulate = 0 overwrites Y.
  * The compute kernel of every sparse layer: dense layers pass X = input^T, conv layers im2col. */
 void nz_sparse_matmul(const nz_sparse *s, const float *X, int N, float *Y, int accumulate);
-/* y [rows] = S x: the batch-1 path */
+/* y [rows] = S x: the batch-1 path. With the column form, per call the cheaper of the two
+ * kernels below for this x (a choice made from x and the structure alone: deterministic). */
 void nz_sparse_matvec(const nz_sparse *s, const float *x, float *y);
+/* By rows: a gather dot product per row, every entry touched. */
+void nz_sparse_matvec_rows(const nz_sparse *s, const float *x, float *y);
+/* By columns: x[c] times column c for the nonzero x[c] only, so zero inputs (image background,
+ * ReLU outputs) cost no work (without the column form: by rows). Results do not depend on the
+ * thread count. */
+void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y);
 
 /* Model-level conversions. */
 /* Expands every sparse tensor to dense storage (for fine-tuning). */
@@ -228,8 +250,17 @@ nz_status nz_slim_remove(nz_model *m, nz_error *err);
 
 /* ---------------------------------------------------------------- encoding */
 
+/* Order the positions of a sparse tensor are stored in (the runtime builds whatever form its
+ * kernels need at load, so this only decides the file's size). */
+typedef enum {
+    NZ_ORDER_AUTO = 0, /* per layer, whichever payload is smaller (ties: row) */
+    NZ_ORDER_ROW = 1,  /* row-major: Deep Compression's CSR */
+    NZ_ORDER_COL = 2   /* column-major: CSC, as EIE stores it */
+} nz_sparse_order;
+
 typedef struct {
     int index_bits[NZ_MAX_PASS_NODES]; /* per node; <= 0: the width giving the smallest stream */
+    nz_sparse_order order;             /* position order (default auto) */
     int huffman;                       /* Huffman-code index and value streams (default 1) */
     int f16_biases;                    /* store biases as binary16 (default 1) */
     int f16_codebooks;                 /* store codebooks as binary16 (default 1) */
@@ -248,6 +279,7 @@ typedef struct {
     int node;
     size_t weights, nonzeros, entries; /* entries include filler entries */
     int sparse, huffman, code_bits, index_bits;
+    int col_major;                         /* positions stored column-major */
     double value_bits, index_bits_stored; /* average stored bits per entry (after Huffman) */
     size_t stored_bytes;                   /* all of the node's tensor sections */
     size_t dense_bytes;                    /* the node's parameters as float32 */
@@ -328,9 +360,10 @@ nz_status nz_sensitivity_svg(const nz_sensitivity_result *r, const char *path, c
  * (and every candidate width), the layer is magnitude-pruned, k-means quantized (linear init,
  * 2^bits - 1 shared values, f16 codebook) and run through the real encoder (relative indices
  * with fillers, both streams Huffman-coded, the index width giving the smallest payload, as
- * nz_encode picks it); between measured sparsities the bytes are interpolated linearly. Biases
- * count as f16 and every other tensor as f32, plus the file's header, section table, graph and
- * metadata (estimated). Retraining keeps the masks and the code assignments, so the file is
+ * nz_encode picks it, positions row-major: its default auto order can only be smaller);
+ * between measured sparsities the bytes are interpolated linearly. Biases count as f16 and
+ * every other tensor as f32, plus the file's header, section table, graph and metadata
+ * (estimated). Retraining keeps the masks and the code assignments, so the file is
  * usually within a few % of the estimate (fewer bytes when dead neurons are removed).
  *
  * Accuracy model: a layer's cost is its own curve's increase over the baseline (the running

@@ -31,10 +31,12 @@
  *     encoding 0 F32     count x f32
  *     encoding 1 F16     count x IEEE binary16 (round to nearest even)
  *     encoding 2 SPARSE  a pruned / quantized matrix W [rows = dims[0], cols = count / rows],
- *                        seen as one row-major sequence of positions (Deep Compression's CSR
- *                        with relative indices):
+ *                        seen as one sequence of positions: row-major, position r * cols + c
+ *                        (Deep Compression's CSR with relative indices), or with flag bit 3
+ *                        column-major, position c * rows + r (CSC, as EIE stores it):
  *         u8  flags (bit 0: values are codebook indices, else f32; bit 1: streams Huffman-coded;
- *             bit 2: codebook stored as binary16)
+ *             bit 2: codebook stored as binary16; bit 3: positions run column-major. Files
+ *             without bit 3 read as before; readers predating it refuse it as bad flags)
  *         u8  index_bits b (1..12): each entry stores gap-1 where gap (1..2^b) is its distance
  *             from the previous entry's position (the first from position -1); a larger gap is
  *             bridged by filler entries of gap 2^b and value 0

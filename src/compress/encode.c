@@ -1,5 +1,6 @@
 /* Deep Compression stage 3 settings: which tensors are stored sparse, the relative-index width
- * per layer, Huffman coding of both streams, f16 biases; and the per-layer size table. */
+ * and position order per layer, Huffman coding of both streams, f16 biases; and the per-layer
+ * size table. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,15 +11,17 @@
 void nz_encode_cfg_default(nz_encode_cfg *cfg) {
     memset(cfg, 0, sizeof *cfg);
     cfg->huffman = 1;
+    cfg->order = NZ_ORDER_AUTO;
     cfg->f16_biases = 1;
     cfg->f16_codebooks = 1;
     cfg->sparse_min = 0.5f;
 }
 
-/* Bytes of the encoded payload at a given index width. */
-static size_t encoded_size(nz_sparse *s, int bits) {
-    int keep = s->index_bits;
+/* Bytes of the encoded payload at a given index width and order. */
+static size_t encoded_size(nz_sparse *s, int bits, int col_major) {
+    const int keep = s->index_bits, keep_cm = s->col_major;
     s->index_bits = bits;
+    s->col_major = col_major;
     uint8_t *buf;
     size_t len = 0;
     if (nz_sparse_encode(s, &buf, &len, NULL) == NZ_OK)
@@ -26,6 +29,7 @@ static size_t encoded_size(nz_sparse *s, int bits) {
     else
         len = SIZE_MAX;
     s->index_bits = keep;
+    s->col_major = keep_cm;
     return len;
 }
 
@@ -49,25 +53,32 @@ nz_status nz_encode(nz_model *m, const nz_encode_cfg *cfg, nz_error *err) {
             for (int k = 0; k < s->n_codebook; k++)
                 s->codebook[k] = nz_f16_to_f32(nz_f32_to_f16(s->codebook[k]));
             s->codebook_f16 = 1;
+            nz_status st = s->col_ptr ? nz_sparse_build_csc(s, err) : NZ_OK; /* its values */
+            if (st) return st;
         }
         int want = i < NZ_MAX_PASS_NODES ? cfg->index_bits[i] : 0;
-        if (want > 0) {
-            if (want > 12) return nz_fail(err, NZ_ERR_ARG, "layer '%s': index width %d (1..12)", n->name, want);
-            s->index_bits = want;
-        } else {
-            /* the width that makes the smallest stream: narrow widths need many fillers,
-             * wide ones waste bits (Huffman narrows the gap but not entirely) */
-            size_t best = SIZE_MAX;
-            int best_bits = s->index_bits;
-            for (int b = 2; b <= 10; b++) {
-                size_t sz = encoded_size(s, b);
+        if (want > 12) return nz_fail(err, NZ_ERR_ARG, "layer '%s': index width %d (1..12)", n->name, want);
+        if ((unsigned)cfg->order > NZ_ORDER_COL)
+            return nz_fail(err, NZ_ERR_ARG, "bad position order %d", (int)cfg->order);
+        /* the (order, width) making the smallest payload: narrow widths need many fillers, wide
+         * ones waste bits (Huffman narrows the gap but not entirely); which order gives shorter
+         * gaps depends on where the layer's survivors cluster. Ties keep row-major, the order
+         * readers before column-major storage understand. */
+        const int cm_lo = cfg->order == NZ_ORDER_COL, cm_hi = cfg->order != NZ_ORDER_ROW;
+        const int b_lo = want > 0 ? want : 2, b_hi = want > 0 ? want : 10;
+        size_t best = SIZE_MAX;
+        int best_bits = b_lo, best_cm = cm_lo;
+        for (int cm = cm_lo; cm <= cm_hi; cm++)
+            for (int b = b_lo; b <= b_hi; b++) {
+                size_t sz = encoded_size(s, b, cm);
                 if (sz < best) {
                     best = sz;
                     best_bits = b;
+                    best_cm = cm;
                 }
             }
-            s->index_bits = best_bits;
-        }
+        s->index_bits = best_bits;
+        s->col_major = best_cm;
         if (cfg->f16_biases && n->n_params > 1 && !n->params[1].sparse)
             n->params[1].store = NZ_STORE_F16;
     }
@@ -107,6 +118,7 @@ int nz_size_table(const nz_model *m, nz_layer_size *rows, int max) {
             row->huffman = s->huffman;
             row->code_bits = s->n_codebook ? s->code_bits : 32;
             row->index_bits = s->index_bits;
+            row->col_major = s->col_major;
             if (s->n_entries) {
                 row->value_bits = 8.0 * (double)s->value_stream_bytes / s->n_entries;
                 row->index_bits_stored = 8.0 * (double)s->index_stream_bytes / s->n_entries;

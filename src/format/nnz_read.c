@@ -620,7 +620,8 @@ static nz_status tensors_parse(const container *ct, nz_model *m, nz_error *err) 
                 int rows = p->dims[0];
                 int cols = (int)(p->n / (size_t)rows);
                 nz_error inner = {0};
-                if (nz_sparse_decode(c.p, c.left, rows, cols, &p->sparse, &inner)) {
+                if (nz_sparse_decode(c.p, c.left, rows, cols, &p->sparse, &inner) ||
+                    nz_sparse_prepare(p->sparse, m->nodes[i].op, &inner)) {
                     st = nz_fail(err, inner.code, "%s: section %u (%s): %s", name, si, desc,
                                  inner.msg);
                     break;
