@@ -1693,7 +1693,7 @@ static const opt_def slim_opts[] = {
     {"finetune-lr", 0, 1, "X", "fine-tuning learning rate (default 1e-3)"},
     {"penalize-last", 0, 0, "", "also penalize the classifier's neurons"},
     {"uniform", 0, 0, "", "the same lambda for every layer (default: scaled by the parameters a group controls)"},
-    {"val", 0, 1, "N", "hold out the last N training images (not trained on); fine-tuning keeps the epoch with the lowest error on them (default 0: the last epoch)"},
+    {"val", 0, 1, "N", "hold out the last N training images (not trained on); fine-tuning keeps the epoch with the lowest error on them (default 0: the last epoch). The model given should not have seen them either: train it with --limit (total - N)"},
 };
 
 static int cmd_slim(int argc, char **argv) {

@@ -218,7 +218,9 @@ typedef struct {
     const nz_dataset *val;           /* NULL (default) or held-out examples: fine-tuning then
                                         keeps the epoch (0 = right after removal) with the
                                         lowest error on them; the test set is never used to
-                                        choose */
+                                        choose. They must be images the model was not trained
+                                        on, or the choice favours epoch 0 (the model right
+                                        after removal still fits them) */
 } nz_slim_cfg;
 
 void nz_slim_cfg_default(nz_slim_cfg *cfg);
