@@ -1681,6 +1681,57 @@ static void test_csc_follows_codebook(void) {
     nz_model_free(&m);
 }
 
+/* Codebooks outside binary16's range stay f32 (a large shared weight used to become infinity in
+ * the file, which the reader then refused), biases too; a non-finite codebook is refused by the
+ * encoder instead of written. */
+static void test_encode_large_values(const char *dir) {
+    nz_model m;
+    nz_error e;
+    if (nz_zoo_build(&m, "lenet300", (nz_shape){1, 28, 28}, 10, &e) != NZ_OK) {
+        CHECK(0, "build: %s", e.msg);
+        return;
+    }
+    int fc = -1;
+    for (int i = 0; i < m.n_nodes && fc < 0; i++)
+        if (m.nodes[i].op == NZ_OP_DENSE) fc = i;
+    const float cb[4] = {0.0f, -1.5f, 0.25f, 1.0e6f};
+    float *W = m.params + m.nodes[fc].params[0].off;
+    for (size_t j = 0; j < m.nodes[fc].params[0].n; j++) W[j] = cb[j % 7 < 4 ? j % 7 : 0];
+    float *b = m.params + m.nodes[fc].params[1].off;
+    b[0] = 7.0e4f; /* beyond binary16 */
+    CHECK(nz_model_sparsify_param(&m, fc, cb, 4, 5, &e) == NZ_OK, "sparsify: %s", e.msg);
+    nz_model copy;
+    CHECK(nz_model_copy(&copy, &m, &e) == NZ_OK, "copy: %s", e.msg);
+    nz_encode_cfg ec;
+    nz_encode_cfg_default(&ec);
+    CHECK(nz_encode(&m, &ec, &e) == NZ_OK, "encode with a 1e6 shared weight: %s", e.msg);
+    const nz_sparse *s = m.nodes[fc].params[0].sparse;
+    CHECK(s && !s->codebook_f16 && s->codebook[3] == 1.0e6f, "the 1e6 codebook went to f16");
+    CHECK(m.nodes[fc].params[1].store != NZ_STORE_F16, "a bias of 7e4 stored as f16");
+    char path[512];
+    snprintf(path, sizeof path, "%s/large.nnz", dir);
+    CHECK(nz_save(&m, NULL, path, &e) == NZ_OK, "save: %s", e.msg);
+    nz_model ld;
+    if (nz_load(path, &ld, NULL, &e) != NZ_OK) {
+        CHECK(0, "load of a model with a 1e6 shared weight: %s", e.msg);
+    } else {
+        const nz_sparse *t = ld.nodes[fc].params[0].sparse;
+        CHECK(t && t->n_codebook == s->n_codebook && t->codebook[3] == 1.0e6f &&
+                  ld.params[ld.nodes[fc].params[1].off] == 7.0e4f,
+              "large values changed by save/load");
+        nz_model_free(&ld);
+    }
+    unlink(path);
+    /* NaN in a codebook: refused with the layer's name */
+    nz_sparse *cs = copy.nodes[fc].params[0].sparse;
+    cs->codebook[2] = NAN;
+    CHECK(nz_encode(&copy, &ec, &e) == NZ_ERR_ARG && strstr(e.msg, copy.nodes[fc].name) &&
+              strstr(e.msg, "not finite"),
+          "a NaN shared weight was not refused: '%s'", e.msg);
+    nz_model_free(&copy);
+    nz_model_free(&m);
+}
+
 int main(void) {
     char dir[] = "/tmp/nnzip-test-compress-XXXXXX";
     if (!mkdtemp(dir)) {
@@ -1709,6 +1760,7 @@ int main(void) {
     TIMED(test_old_payload());
     TIMED(test_csc_follows_codebook());
     TIMED(test_files(dir));
+    TIMED(test_encode_large_values(dir));
     printf("round trips: %d (%d with filler entries); total %.2f s\n", rt_count, rt_filler_cases,
            now_sec() - t0);
     rmdir(dir);

@@ -1,6 +1,7 @@
 /* Deep Compression stage 3 settings: which tensors are stored sparse, the relative-index width
  * and position order per layer, Huffman coding of both streams, f16 biases; and the per-layer
  * size table. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,13 @@ static size_t encoded_size(nz_sparse *s, int bits, int col_major) {
     return len;
 }
 
+/* binary16 storage only where every value survives it finite (|x| <= 65504) */
+static int fits_f16_all(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!(fabsf(x[i]) <= NZ_F16_MAX)) return 0;
+    return 1;
+}
+
 nz_status nz_encode(nz_model *m, const nz_encode_cfg *cfg, nz_error *err) {
     for (int i = 0; i < m->n_nodes; i++) {
         nz_node *n = &m->nodes[i];
@@ -48,7 +56,17 @@ nz_status nz_encode(nz_model *m, const nz_encode_cfg *cfg, nz_error *err) {
         }
         nz_sparse *s = n->params[0].sparse;
         s->huffman = cfg->huffman != 0;
-        if (cfg->f16_codebooks && s->n_codebook && !s->codebook_f16) {
+        /* the reader refuses non-finite codebooks: fail here rather than write a file that
+         * cannot be read (a diverged training run is the usual cause) */
+        int fits_f16 = 1;
+        for (int k = 0; k < s->n_codebook; k++) {
+            if (!isfinite(s->codebook[k]))
+                return nz_fail(err, NZ_ERR_ARG,
+                               "layer '%s': shared weight %d is not finite (did training diverge?)",
+                               n->name, k);
+            fits_f16 &= fabsf(s->codebook[k]) <= NZ_F16_MAX;
+        }
+        if (cfg->f16_codebooks && s->n_codebook && !s->codebook_f16 && fits_f16) {
             /* round now, so the model in memory computes what the file will hold */
             for (int k = 0; k < s->n_codebook; k++)
                 s->codebook[k] = nz_f16_to_f32(nz_f32_to_f16(s->codebook[k]));
@@ -79,7 +97,8 @@ nz_status nz_encode(nz_model *m, const nz_encode_cfg *cfg, nz_error *err) {
             }
         s->index_bits = best_bits;
         s->col_major = best_cm;
-        if (cfg->f16_biases && n->n_params > 1 && !n->params[1].sparse)
+        if (cfg->f16_biases && n->n_params > 1 && !n->params[1].sparse &&
+            fits_f16_all(m->params + n->params[1].off, n->params[1].n))
             n->params[1].store = NZ_STORE_F16;
     }
     /* apply the f16 rounding now, so the model in memory computes what the file will hold */

@@ -3,6 +3,9 @@
 #ifndef NNZIP_HALF_H
 #define NNZIP_HALF_H
 
+/* the largest finite binary16 value; anything larger in magnitude rounds to infinity */
+#define NZ_F16_MAX 65504.0f
+
 #include <stdint.h>
 #include <string.h>
 
