@@ -534,42 +534,45 @@ static void check_conv(int k, int s, int pad, int threads, int algo, const int s
     gfree(c.x), gfree(c.W), gfree(c.b), gfree(c.R), gfree(c.out), gfree(c.scratch);
 }
 
-/* The direct 3x3/s1/p1 kernels (src/core/conv_direct.c) against im2col + GEMM on fixed and
- * random shapes (1 channel, channel counts off the register block, H and W off the vector
- * width, 1x1 to 40x40 maps, batch 1..4), at 1 and 2 threads: forward with bias and with the
+/* The direct 3x3 kernels (src/core/conv_direct.c, pad 1, stride 1 and 2) against im2col + GEMM
+ * on fixed and random shapes (1 channel, channel counts off the register block, H and W off the
+ * vector width and odd, 1x1 to 40x40 maps, batch 1..4), at 1 and 2 threads: forward with the
  * fused relu; backward adding into a nonzero din, overwriting a NaN-filled din (din_set), and
  * with din = NULL; dW and db accumulated onto nonzero values. Both paths' buffers carry guards.
  * The paths sum in different orders: max|direct - im2col| / max|im2col| <= 1e-5 per tensor. */
 #define DIRECT_TOL 1e-5
 static void check_conv_direct_vs_im2col(void) {
-    static const int fixed[][5] = {{1, 1, 1, 1, 1},    {2, 16, 32, 32, 16}, {3, 8, 16, 15, 24},
-                                   {1, 20, 4, 4, 9},   {4, 5, 2, 2, 7},     {2, 64, 8, 8, 64},
-                                   {1, 3, 31, 33, 16}, {5, 17, 7, 7, 10},   {2, 32, 16, 16, 32},
-                                   {3, 1, 28, 28, 6}};
-    const int nfixed = (int)(sizeof fixed / sizeof fixed[0]), nrand = 30;
+    /* B, C, H, W, OC, stride */
+    static const int fixed[][6] = {
+        {1, 1, 1, 1, 1, 1},    {2, 16, 32, 32, 16, 1}, {3, 8, 16, 15, 24, 1}, {1, 20, 4, 4, 9, 1},
+        {4, 5, 2, 2, 7, 1},    {2, 64, 8, 8, 64, 1},   {1, 3, 31, 33, 16, 1}, {5, 17, 7, 7, 10, 1},
+        {2, 32, 16, 16, 32, 1}, {3, 1, 28, 28, 6, 1},  {1, 1, 1, 1, 1, 2},    {2, 16, 32, 32, 32, 2},
+        {2, 32, 16, 16, 64, 2}, {3, 7, 9, 13, 9, 2},   {1, 4, 2, 3, 5, 2},    {2, 5, 35, 34, 3, 2}};
+    const int nfixed = (int)(sizeof fixed / sizeof fixed[0]), nrand = 40;
     nz_rng r;
     nz_rng_seed(&r, 4242);
     double worst = 0;
     int n_direct = 0;
     for (int it = 0; it < nfixed + nrand; it++) {
-        int sz[5];
+        int sz[6];
         if (it < nfixed) {
             memcpy(sz, fixed[it], sizeof sz);
         } else {
             sz[0] = 1 + (int)nz_rng_below(&r, 4);
             for (int k = 1; k < 5; k++) sz[k] = 1 + (int)nz_rng_below(&r, 40);
+            sz[5] = 1 + (int)nz_rng_below(&r, 2);
         }
         const int threads = 1 + it % 2, B = sz[0];
         nz_set_threads(threads);
         const size_t T = (size_t)layers_threads();
-        conv_dims da = conv_dims_make(sz[1], sz[2], sz[3], sz[4], 3, 1, 1), dd = da;
+        conv_dims da = conv_dims_make(sz[1], sz[2], sz[3], sz[4], 3, sz[5], 1), dd = da;
         da.algo = CONV_ALGO_IM2COL;
         dd.algo = CONV_ALGO_DIRECT;
         n_direct += conv_uses_direct(&dd, 0) && conv_uses_direct(&dd, 1) &&
                     !conv_uses_direct(&da, 0) && !conv_uses_direct(&da, 1);
         char S[80];
-        snprintf(S, sizeof S, "conv direct vs im2col %dx%dx%dx%d->%d %dt", B, sz[1], sz[2], sz[3],
-                 sz[4], threads);
+        snprintf(S, sizeof S, "conv direct vs im2col %dx%dx%dx%d->%d s%d %dt", B, sz[1], sz[2],
+                 sz[3], sz[4], sz[5], threads);
         const size_t nx = (size_t)B * da.C * da.H * da.W, nw = (size_t)da.OC * da.C * 9,
                      nb = (size_t)da.OC, no = (size_t)B * da.OC * da.OH * da.OW,
                      ns = conv_scratch_per_thread(&da) * T, np = (nw + nb) * T;
@@ -2863,10 +2866,11 @@ int main(void) {
     /* the direct 3x3 kernels (src/core/conv_direct.c): the same case, then odd sizes (H != W,
      * W not a multiple of the vector, channels not multiples of the register block, batch 1) */
     static const int direct[][5] = {{3, 2, 7, 7, 4}, {2, 3, 5, 9, 11}, {1, 1, 1, 18, 1},
-                                    {1, 9, 3, 2, 17}, {2, 1, 6, 1, 3}};
+                                    {1, 9, 3, 2, 17}, {2, 1, 6, 1, 3}, {2, 3, 8, 6, 5}};
     for (int t = 1; t <= 2; t++)
-        for (size_t i = 0; i < sizeof direct / sizeof direct[0]; i++)
-            check_conv(3, 1, 1, t, CONV_ALGO_DIRECT, direct[i]);
+        for (int s = 1; s <= 2; s++)
+            for (size_t i = 0; i < sizeof direct / sizeof direct[0]; i++)
+                check_conv(3, s, 1, t, CONV_ALGO_DIRECT, direct[i]);
     check_conv_direct_vs_im2col();
     nz_set_threads(2);
     check_maxpool(2, 2);

@@ -1,6 +1,6 @@
-/* Direct 3x3 / stride 1 / pad 1 convolution: no im2col matrix and no GEMM packing. Used by
- * conv2d_forward / conv2d_backward (layers.c) where it measures faster; see conv_direct_ok for
- * the rule. Private to the library and its tests. */
+/* Direct 3x3 / pad 1 / stride 1 or 2 convolution: no im2col matrix and no GEMM packing. Used by
+ * conv2d_forward / conv2d_backward (layers.c) where it measures faster; see conv_algo_pick
+ * there for the rule. Private to the library and its tests. */
 #ifndef NNZIP_CONV_DIRECT_H
 #define NNZIP_CONV_DIRECT_H
 
@@ -8,7 +8,7 @@
 
 #include "core/layers.h"
 
-/* 1 if the direct kernels can compute d (3x3, stride 1, pad 1) */
+/* 1 if the direct kernels can compute d (3x3, pad 1, stride 1 or 2) */
 int conv_direct_supported(const conv_dims *d);
 /* floats of scratch the direct kernels need for d->threads threads, divided by d->threads and
  * rounded up (so conv_scratch_per_thread can take the larger of this and im2col's); 0 when

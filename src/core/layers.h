@@ -30,7 +30,8 @@ typedef struct {
 } conv_dims;
 
 /* Which kernel conv2d_forward/backward run: AUTO picks by shape (conv_algo_pick in layers.c);
- * DIRECT (3x3, stride 1, pad 1 only; other shapes fall back to IM2COL) and IM2COL force one. */
+ * DIRECT (3x3, pad 1, stride 1 or 2 only; other shapes fall back to IM2COL) and IM2COL force
+ * one. */
 enum { CONV_ALGO_AUTO, CONV_ALGO_IM2COL, CONV_ALGO_DIRECT };
 /* 1 if conv2d_forward (backward 0) / conv2d_backward (1) would run the direct kernels
  * (src/core/conv_direct.c) on d */
