@@ -32,7 +32,6 @@
  * (the portable build: same results up to rounding). */
 #include "core/conv_direct.h"
 
-#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
@@ -92,6 +91,13 @@ typedef int vi __attribute__((vector_size(VL * 4)));
 #define SH_ODD {1, 3, 5, 7}
 #define SH_LO {0, 4, 1, 5}
 #define SH_HI {2, 6, 3, 7}
+#endif
+
+/* an empty asm that makes GCC keep v in a register (x86; elsewhere nothing) */
+#if defined(__x86_64__) || defined(__i386__)
+#define KEEP_IN_REG(v) __asm__("" : "+v"(v))
+#else
+#define KEEP_IN_REG(v) ((void)0)
 #endif
 
 /* unaligned, aliasing-safe vector access to float arrays */
@@ -296,6 +302,18 @@ static void tile9_one(float *o, size_t ldo, const float *x, size_t cs, const int
     tile9(o, ldo, x, cs, off, w, C, 1);
 }
 
+#if NV > 2
+static void tile9_two(float *o, size_t ldo, const float *x, size_t cs, const int *off,
+                      const float *w, int C) {
+    tile9(o, ldo, x, cs, off, w, C, 2);
+}
+
+static void tilen_two(float *o, size_t ldo, const float *x, size_t cs, const int *off, int ntap,
+                      const float *w, int C) {
+    tile(o, ldo, x, cs, off, ntap, w, C, 2);
+}
+#endif
+
 static void tilen_full(float *o, size_t ldo, const float *x, size_t cs, const int *off, int ntap,
                        const float *w, int C) {
     tile(o, ldo, x, cs, off, ntap, w, C, NV);
@@ -314,11 +332,23 @@ static void conv_block(float *ob, size_t ldo, int nvec, const float *x, size_t c
     if (ntap == 9) {
         for (; v + NV <= nvec; v += NV)
             tile9_full(ob + (size_t)v * VL, ldo, x + (size_t)v * VL, cs, off, w, C);
+#if NV > 2
+        if (v + 2 <= nvec) {
+            tile9_two(ob + (size_t)v * VL, ldo, x + (size_t)v * VL, cs, off, w, C);
+            v += 2;
+        }
+#endif
         for (; v < nvec; v++) tile9_one(ob + (size_t)v * VL, ldo, x + (size_t)v * VL, cs, off, w, C);
         return;
     }
     for (; v + NV <= nvec; v += NV)
         tilen_full(ob + (size_t)v * VL, ldo, x + (size_t)v * VL, cs, off, ntap, w, C);
+#if NV > 2
+    if (v + 2 <= nvec) {
+        tilen_two(ob + (size_t)v * VL, ldo, x + (size_t)v * VL, cs, off, ntap, w, C);
+        v += 2;
+    }
+#endif
     for (; v < nvec; v++)
         tilen_one(ob + (size_t)v * VL, ldo, x + (size_t)v * VL, cs, off, ntap, w, C);
 }
@@ -333,7 +363,10 @@ static void emit(float *y, const float *o, int H, int W, int R, int mode, float 
             for (int w = 0; w < W; w++) y[w] = o[w] + bias;
             break;
         case EMIT_BIAS_RELU:
-            for (int w = 0; w < W; w++) y[w] = fmaxf(o[w] + bias, 0.0f);
+            for (int w = 0; w < W; w++) { /* not fmaxf: GCC calls libm for it */
+                const float v = o[w] + bias;
+                y[w] = v > 0.0f ? v : 0.0f;
+            }
             break;
         case EMIT_SET:
             memcpy(y, o, sizeof(float) * (size_t)W);
@@ -497,7 +530,7 @@ static void dw_group(float *pw, const float *xs, const float *ds, int m, int C, 
                         for (int i = 0; i < OCB; i++) {
                             vf dv = vload(dd + i * S + q);
                             /* one load, three uses: keeps GCC from folding it into each FMA */
-                            __asm__("" : "+v"(dv));
+                            KEEP_IN_REG(dv);
                             acc[i][0] = vfma(dv, x0, acc[i][0]);
                             acc[i][1] = vfma(dv, x1, acc[i][1]);
                             acc[i][2] = vfma(dv, x2, acc[i][2]);

@@ -216,8 +216,11 @@ void conv2d_forward(float *out, const float *in, const float *W, const float *b,
                     const float *src = tmp + (size_t)oc * N + (size_t)j * OHW;
                     float *dst = y + (size_t)oc * OHW;
                     const float bo = b[oc];
-                    if (d->out_relu)
-                        for (int i = 0; i < OHW; i++) dst[i] = fmaxf(src[i] + bo, 0.0f);
+                    if (d->out_relu) /* not fmaxf: GCC calls libm for it, one value at a time */
+                        for (int i = 0; i < OHW; i++) {
+                            const float v = src[i] + bo;
+                            dst[i] = v > 0.0f ? v : 0.0f;
+                        }
                     else
                         for (int i = 0; i < OHW; i++) dst[i] = src[i] + bo;
                 }
