@@ -83,26 +83,24 @@ conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad
  * per direction. Measured per layer shape (1 thread, batch 32, process CPU time so the other
  * jobs on the machine drop out; OpenBLAS Haswell kernels at ~100 GFLOP/s on sgemm; direct vs
  * im2col ms, forward / backward with din):
- *  - output maps >= 6x6 (stride 2: >= 5x5): direct always wins, 1.5-3x forward, 1.2-3x
- *    backward: 16x32x32 0.96 vs 2.88 / 1.96 vs 6.52; 64x8x8 1.06 vs 2.24 / 2.62 vs 5.01;
- *    64x7x7 0.84 vs 1.99 / 2.14 vs 4.46; 512x8x8 66.7 vs 104 / 196 vs 235; 256x6x6 8.8 vs 16.6 /
- *    27.8 vs 33.3; stride 2 16x32x32->32 0.49 vs 1.43 / 1.18 vs 3.10, 32x16x16->64 0.65 vs
- *    1.15 / 1.67 vs 2.50, 64x10x10->128 1.04 vs 1.64 / 3.09 vs 3.61.
- *  - 3x3 to 5x5 outputs (a padded row wastes 2 of W + 2 lanes, the last vector is mostly
- *    empty): forward still wins (512x3x3 16.1 vs 19.2, 256x4x4 7.9 vs 9.3; stride 2 to 4x4:
- *    128 channels 2.00 vs 2.23 but 128->256 3.96 vs 3.69), backward at stride 1 up to 128
- *    channels (128x4x4 4.9 vs 5.6, 128x3x3 2.6 vs 3.1) but not beyond (256x4x4 20.2 vs 18.7,
- *    512x3x3 49.7 vs 37.4), at stride 2 not (128x8x8->128 5.71 vs 4.88).
- *  - 2x2 and 1x1 outputs: im2col (128x2x2 1.03 vs 0.73, 256x1x1 3.8 vs 1.0).
+ *  - output maps >= 5x5: direct always wins, 1.4-3x forward, 1.05-3x backward: 16x32x32 0.96
+ *    vs 2.88 / 1.96 vs 6.52; 64x8x8 1.06 vs 2.24 / 2.62 vs 5.01; 64x7x7 0.84 vs 1.99 / 2.14 vs
+ *    4.46; 512x8x8 66.7 vs 104 / 196 vs 235; 256x5x5 9.4 vs 13.5 / 24.8 vs 26.4; stride 2
+ *    16x32x32->32 0.49 vs 1.43 / 1.18 vs 3.10, 32x16x16->64 0.65 vs 1.15 / 1.67 vs 2.50,
+ *    64x10x10->128 1.04 vs 1.64 / 3.09 vs 3.61.
+ *  - 3x3 and 4x4 outputs (a padded row wastes 2 of W + 2 lanes, the last vector is mostly
+ *    empty): forward still wins (512x4x4 25.3 vs 31.2, 512x3x3 16.5 vs 19.5, stride 2
+ *    128x8x8->256 3.3 vs 3.9); backward at stride 1 up to 128 channels (128x4x4 4.9 vs 5.6,
+ *    128x3x3 2.6 vs 3.1) but not beyond (256x4x4 18.2-21.1 vs 17.8, 512x3x3 53.8 vs 37.6),
+ *    at stride 2 not (128x8x8->128 5.3 vs 5.0).
+ *  - 2x2 and 1x1 outputs: im2col (128x2x2 1.03 vs 0.80, 256x1x1 3.8 vs 1.0).
  *  - tiny layers (C * OC <= 32 * 32) go direct at any size (16x2x2 0.02 vs 0.06, stride 2
  *    32x8x8->32 0.15 vs 0.26 / 0.33 vs 0.50). */
 static int conv_algo_pick(const conv_dims *d, int backward) {
     const long cc = (long)d->C * d->OC;
-    const int big = d->stride == 1 ? 6 : 5;
-    if ((d->OH >= big && d->OW >= big) || cc <= 32L * 32) return 1;
+    if ((d->OH >= 5 && d->OW >= 5) || cc <= 32L * 32) return 1;
     if (d->OH * d->OW < 9) return 0;
-    if (d->stride == 1) return !backward || cc <= 128L * 128;
-    return !backward && cc <= 128L * 128;
+    return !backward || (d->stride == 1 && cc <= 128L * 128);
 }
 
 int conv_uses_direct(const conv_dims *d, int backward) {
