@@ -3,7 +3,9 @@
  * gives them, as achieved GFLOP/s and as a fraction of what cblas_sgemm reaches on a large
  * square product with the same thread count in the same run.
  * FLOPs: forward 2 * MACs; backward 2 * MACs for dW, plus 2 * MACs for din except on the first
- * layer (the graph computes no gradient for the data). Bias work is not counted.
+ * layer (the graph computes no gradient for the data). Bias work is not counted. The last column
+ * names the kernel conv2d_forward / conv2d_backward pick for the layer (direct 3x3 or im2col +
+ * GEMM, see conv_algo_pick in src/core/layers.c).
  * Usage: bench_conv [BATCH] [THREADS]   (default 128 2). Prints a table; appends one JSON line
  * per layer group, per model and for the sgemm reference to bench/out/conv.jsonl (when run from
  * the repository root, as the Makefile and scripts do). */
@@ -117,6 +119,7 @@ static int collect(const nz_model *m, conv_group *g, int cap) {
 
 typedef struct {
     timing fwd, bwd;
+    int fwd_direct, bwd_direct; /* kernel conv2d_forward/backward picked (conv_uses_direct) */
 } conv_result;
 
 static conv_result time_conv(const conv_group *g, int B, int threads) {
@@ -141,6 +144,8 @@ static conv_result time_conv(const conv_group *g, int B, int threads) {
     memset(db, 0, sizeof(float) * (size_t)g->OC);
     double t[MAX_REPS];
     conv_result r;
+    r.fwd_direct = conv_uses_direct(&d, 0);
+    r.bwd_direct = conv_uses_direct(&d, 1);
     for (int pass = 0; pass < 2; pass++) {
         double total = 0;
         int n = 0;
@@ -242,9 +247,9 @@ int main(int argc, char **argv) {
         printf("\n%s, 3x32x32, batch %d: %d conv layers in %d shapes (best of >= %d calls after "
                "a warm-up)\n",
                models[mi], B, nconv, ng, MIN_REPS);
-        printf("%-14s %3s %-22s %3s %9s %9s %8s %6s %9s %8s %6s %6s\n", "layer", "n",
+        printf("%-14s %3s %-22s %3s %9s %9s %8s %6s %9s %8s %6s %6s %s\n", "layer", "n",
                "CxHxW -> OCxOHxOW", "k/s", "GFLOP/img", "fwd_ms", "fwd_GF/s", "ratio", "bwd_ms",
-               "bwd_GF/s", "ratio", "time%");
+               "bwd_GF/s", "ratio", "time%", "kernels fwd/bwd");
         conv_result res[64];
         double fl_f = 0, fl_b = 0, t_f = 0, t_b = 0;
         for (int i = 0; i < ng; i++) {
@@ -264,10 +269,12 @@ int main(int argc, char **argv) {
             char shape[40];
             snprintf(shape, sizeof shape, "%dx%dx%d -> %dx%dx%d", c->C, c->H, c->W, c->OC, c->OH,
                      c->OW);
-            printf("%-14s %3d %-22s %d/%d %9.4f %9.2f %8.1f %6.2f %9.2f %8.1f %6.2f %5.1f%%%s\n",
+            printf("%-14s %3d %-22s %d/%d %9.4f %9.2f %8.1f %6.2f %9.2f %8.1f %6.2f %5.1f%% "
+                   "%s/%s%s\n",
                    c->name, c->count, shape, c->K, c->stride, 2.0 * macs * 1e-9,
                    res[i].fwd.best * 1e3, gf, gf / peak, res[i].bwd.best * 1e3, gb, gb / peak,
-                   share, c->din ? "" : "  (no din)");
+                   share, res[i].fwd_direct ? "direct" : "im2col",
+                   res[i].bwd_direct ? "direct" : "im2col", c->din ? "" : "  (no din)");
             if (js)
                 fprintf(js,
                         "{\"bench\": \"conv\", \"kind\": \"layer\", \"date\": \"%s\", \"cpu\": "
@@ -278,12 +285,13 @@ int main(int argc, char **argv) {
                         "\"bwd_gflop\": %.4f, \"fwd_ms_best\": %.3f, \"fwd_ms_median\": %.3f, "
                         "\"bwd_ms_best\": %.3f, \"bwd_ms_median\": %.3f, \"fwd_gflops\": %.2f, "
                         "\"bwd_gflops\": %.2f, \"sgemm_gflops\": %.2f, \"fwd_ratio\": %.3f, "
-                        "\"bwd_ratio\": %.3f}\n",
+                        "\"bwd_ratio\": %.3f, \"fwd_kernel\": \"%s\", \"bwd_kernel\": \"%s\"}\n",
                         date, cpu, threads, ct, models[mi], c->name, c->count, B, c->C, c->H,
                         c->W, c->OC, c->OH, c->OW, c->K, c->stride, c->pad, c->din, ff * 1e-9,
                         fb * 1e-9, res[i].fwd.best * 1e3, res[i].fwd.median * 1e3,
                         res[i].bwd.best * 1e3, res[i].bwd.median * 1e3, gf, gb, peak, gf / peak,
-                        gb / peak);
+                        gb / peak, res[i].fwd_direct ? "direct" : "im2col",
+                        res[i].bwd_direct ? "direct" : "im2col");
         }
         const double gf = fl_f / t_f * 1e-9, gb = fl_b / t_b * 1e-9,
                      ga = (fl_f + fl_b) / (t_f + t_b) * 1e-9;

@@ -22,6 +22,9 @@ Records (B = batch):
                                           (k3 s1 p1) (k3 s2 p1) (k5 s1 p0) (k1 s1 p0) (k1 s2 p0)
                                           on B=3, C=2, OC=4, 7x7 inputs
     conv{i}.{x,W,b,out,dout,dx,dW,db}     W (OC, C, K, K) as nn.Conv2d
+    dconv{i}.cfg, dconv{i}.{x,W,...,db}  as conv{i}, i = 0..5, on DCONV_SHAPES (the shapes of
+                                          nnzip's direct 3x3 kernels: odd sizes, channel counts
+                                          off the register block, batch 1, stride 2)
     pool{i}.cfg                           [k, stride], i = 0..1: (2, 2) and (3, 2)
     pool{i}.{x,out,dout,dx}               nn.MaxPool2d on (2, 3, 7, 7) (floor mode)
     relu.{x,out,dout,dx}                  (4, 50)
@@ -143,19 +146,25 @@ def linear_case(w):
 CONV_CONFIGS = [(3, 1, 1), (3, 2, 1), (5, 1, 0), (1, 1, 0), (1, 2, 0)]
 
 
-def conv_cases(w):
-    B, C, H, W, OC = 3, 2, 7, 7, 4
-    for i, (k, s, p) in enumerate(CONV_CONFIGS):
+# (B, C, H, W, OC, k, stride, pad)
+DCONV_SHAPES = [(2, 3, 5, 9, 11, 3, 1, 1), (1, 1, 1, 18, 1, 3, 1, 1), (3, 16, 13, 17, 20, 3, 1, 1),
+                (2, 9, 32, 32, 16, 3, 1, 1), (2, 5, 9, 7, 6, 3, 2, 1), (2, 16, 16, 16, 32, 3, 2, 1)]
+
+
+def conv_cases(w, prefix="conv", shapes=None):
+    if shapes is None:
+        shapes = [(3, 2, 7, 7, 4, k, s, p) for k, s, p in CONV_CONFIGS]
+    for i, (B, C, H, W, OC, k, s, p) in enumerate(shapes):
         conv = nn.Conv2d(C, OC, k, stride=s, padding=p)
         x = leaf(torch.randn(B, C, H, W))
         out = conv(x)
         dout = torch.randn_like(out)
         out.backward(dout)
-        w.add(f"conv{i}.cfg", [C, H, W, OC, k, s, p])
+        w.add(f"{prefix}{i}.cfg", [C, H, W, OC, k, s, p])
         for n, v in [("x", x), ("W", conv.weight), ("b", conv.bias), ("out", out),
                      ("dout", dout), ("dx", x.grad), ("dW", conv.weight.grad),
                      ("db", conv.bias.grad)]:
-            w.add(f"conv{i}.{n}", v)
+            w.add(f"{prefix}{i}.{n}", v)
 
 
 def pool_cases(w):
@@ -532,6 +541,7 @@ def main():
     shortcut_cases(w)
     tiny_resnet_case(w)
     resnet20_case(w)
+    conv_cases(w, "dconv", DCONV_SHAPES)
     w.write(sys.argv[1])
     print(f"torch_ref: wrote {len(w.names)} tensors to {sys.argv[1]} (torch {torch.__version__})")
     return 0

@@ -32,7 +32,9 @@
  * The checker is itself tested ("mutation" checks): a gradient with one typical element scaled
  * by 1.05, or with the bias gradient dropped, must be reported as a mismatch. Backward must
  * accumulate: calling it twice doubles every gradient. Conv runs at 1 and 2 threads (both
- * partitions of the batch). Buffers carry sentinel guards to catch out-of-bounds writes.
+ * partitions of the batch), through each of its kernels (im2col + GEMM; the direct 3x3/s1/p1
+ * kernels, also on odd shapes), and the two kernels are compared with each other on random
+ * shapes and every backward mode. Buffers carry sentinel guards to catch out-of-bounds writes.
  *
  * Norm x direction layers (NZ_OP_NDENSE, NZ_OP_NCONV2D: W = g V/||V|| per neuron row or conv
  * kernel): the kernels normdir_weights/normdir_backward composed with dense/conv (input, V, g and
@@ -451,16 +453,22 @@ static void conv_analytic(conv_ctx *c, float *dx, float *dW, float *db, float *p
     conv2d_backward(dx, dW, db, c->R, c->x, c->W, c->B, &c->d, c->scratch, partial);
 }
 
-static void check_conv(int k, int s, int pad, int threads) {
+/* algo: CONV_ALGO_* forced on the conv (DIRECT only where the shape allows it); shape sz =
+ * {B, C, H, W, OC} */
+static void check_conv(int k, int s, int pad, int threads, int algo, const int sz[5]) {
     nz_set_threads(threads);
-    char S[48];
-    snprintf(S, sizeof S, "conv2d k%d s%d p%d", k, s, pad);
+    char S[96];
+    snprintf(S, sizeof S, "conv2d k%d s%d p%d %dx%dx%dx%d->%d %s", k, s, pad, sz[0], sz[1], sz[2],
+             sz[3], sz[4], algo == CONV_ALGO_DIRECT ? "direct" : "im2col");
     const int lt = layers_threads();
     CHECK(lt == threads, "%s: nz_set_threads(%d) gives %d kernel threads", S, threads, lt);
     const size_t T = lt > 0 && lt < 256 ? (size_t)lt : 1;
 
-    conv_ctx c = {.B = 3};
-    c.d = conv_dims_make(2, 7, 7, 4, k, s, pad);
+    conv_ctx c = {.B = sz[0]};
+    c.d = conv_dims_make(sz[1], sz[2], sz[3], sz[4], k, s, pad);
+    c.d.algo = algo;
+    CHECK(conv_uses_direct(&c.d, 0) == (algo == CONV_ALGO_DIRECT) &&
+              conv_uses_direct(&c.d, 1) == (algo == CONV_ALGO_DIRECT), "%s: path not taken", S);
     const conv_dims *d = &c.d;
     const size_t nx = (size_t)c.B * d->C * d->H * d->W, nw = (size_t)d->OC * d->C * d->KH * d->KW,
                  nb = (size_t)d->OC, no = (size_t)c.B * d->OC * d->OH * d->OW;
@@ -489,7 +497,7 @@ static void check_conv(int k, int s, int pad, int threads) {
     expect_match(S, "dx", dx, gx, nx, NULL);
     expect_match(S, "dW", dW, gW, nw, NULL);
     expect_match(S, "db", db, gb, nb, NULL);
-    char what[64];
+    char what[128];
     snprintf(what, sizeof what, "%s dx", S);
     mutate_scale_one(what, dx, gx, nx);
     snprintf(what, sizeof what, "%s dW", S);
@@ -524,6 +532,124 @@ static void check_conv(int k, int s, int pad, int threads) {
     free(dx1), free(dW1), free(db1), free(gx), free(gW), free(gb);
     gfree(dx), gfree(dW), gfree(db), gfree(partial);
     gfree(c.x), gfree(c.W), gfree(c.b), gfree(c.R), gfree(c.out), gfree(c.scratch);
+}
+
+/* The direct 3x3 kernels (src/core/conv_direct.c, pad 1, stride 1 and 2) against im2col + GEMM
+ * on fixed and random shapes (1 channel, channel counts off the register block, H and W off the
+ * vector width and odd, 1x1 to 40x40 maps, batch 1..4), at 1 and 2 threads: forward with the
+ * fused relu; backward adding into a nonzero din, overwriting a NaN-filled din (din_set), and
+ * with din = NULL; dW and db accumulated onto nonzero values. Both paths' buffers carry guards.
+ * The paths sum in different orders: max|direct - im2col| / max|im2col| <= 1e-5 per tensor. */
+#define DIRECT_TOL 1e-5
+static void check_conv_direct_vs_im2col(void) {
+    /* B, C, H, W, OC, stride */
+    static const int fixed[][6] = {
+        {1, 1, 1, 1, 1, 1},    {2, 16, 32, 32, 16, 1}, {3, 8, 16, 15, 24, 1}, {1, 20, 4, 4, 9, 1},
+        {4, 5, 2, 2, 7, 1},    {2, 64, 8, 8, 64, 1},   {1, 3, 31, 33, 16, 1}, {5, 17, 7, 7, 10, 1},
+        {2, 32, 16, 16, 32, 1}, {3, 1, 28, 28, 6, 1},  {1, 1, 1, 1, 1, 2},    {2, 16, 32, 32, 32, 2},
+        {2, 32, 16, 16, 64, 2}, {3, 7, 9, 13, 9, 2},   {1, 4, 2, 3, 5, 2},    {2, 5, 35, 34, 3, 2},
+        /* batches over several backward groups of samples, and a partial one */
+        {20, 6, 5, 5, 7, 1},    {19, 3, 9, 9, 5, 2},    {37, 2, 2, 3, 3, 1}};
+    const int nfixed = (int)(sizeof fixed / sizeof fixed[0]), nrand = 40;
+    nz_rng r;
+    nz_rng_seed(&r, 4242);
+    double worst = 0;
+    int n_direct = 0;
+    for (int it = 0; it < nfixed + nrand; it++) {
+        int sz[6];
+        if (it < nfixed) {
+            memcpy(sz, fixed[it], sizeof sz);
+        } else {
+            sz[0] = 1 + (int)nz_rng_below(&r, 4);
+            for (int k = 1; k < 5; k++) sz[k] = 1 + (int)nz_rng_below(&r, 40);
+            sz[5] = 1 + (int)nz_rng_below(&r, 2);
+        }
+        const int threads = 1 + it % 2, B = sz[0];
+        nz_set_threads(threads);
+        const size_t T = (size_t)layers_threads();
+        conv_dims da = conv_dims_make(sz[1], sz[2], sz[3], sz[4], 3, sz[5], 1), dd = da;
+        da.algo = CONV_ALGO_IM2COL;
+        dd.algo = CONV_ALGO_DIRECT;
+        n_direct += conv_uses_direct(&dd, 0) && conv_uses_direct(&dd, 1) &&
+                    !conv_uses_direct(&da, 0) && !conv_uses_direct(&da, 1);
+        char S[80];
+        snprintf(S, sizeof S, "conv direct vs im2col %dx%dx%dx%d->%d s%d %dt", B, sz[1], sz[2],
+                 sz[3], sz[4], sz[5], threads);
+        const size_t nx = (size_t)B * da.C * da.H * da.W, nw = (size_t)da.OC * da.C * 9,
+                     nb = (size_t)da.OC, no = (size_t)B * da.OC * da.OH * da.OW,
+                     ns = conv_scratch_per_thread(&da) * T, np = (nw + nb) * T;
+        float *x = galloc(nx), *W = galloc(nw), *bias = galloc(nb), *dout = galloc(no);
+        float *o[2], *dx[2], *dW[2], *db[2], *scr[2], *part[2];
+        for (int a = 0; a < 2; a++) {
+            o[a] = galloc(no), dx[a] = galloc(nx), dW[a] = galloc(nw), db[a] = galloc(nb);
+            scr[a] = galloc(ns), part[a] = galloc(np);
+        }
+        fill_normal(x, nx, &r, 1.0f);
+        fill_normal(W, nw, &r, 0.5f);
+        fill_normal(bias, nb, &r, 0.5f);
+        fill_normal(dout, no, &r, 1.0f);
+        fill_normal(dx[0], nx, &r, 1.0f);
+        fill_normal(dW[0], nw, &r, 1.0f);
+        fill_normal(db[0], nb, &r, 1.0f);
+        memcpy(dx[1], dx[0], sizeof(float) * nx);
+        memcpy(dW[1], dW[0], sizeof(float) * nw);
+        memcpy(db[1], db[0], sizeof(float) * nb);
+        double e[9];
+        const conv_dims *dm[2] = {&da, &dd};
+        /* forward, then forward with relu */
+        for (int a = 0; a < 2; a++) conv2d_forward(o[a], x, W, bias, B, dm[a], scr[a]);
+        e[0] = norm_err(o[1], o[0], no);
+        da.out_relu = dd.out_relu = 1;
+        for (int a = 0; a < 2; a++) conv2d_forward(o[a], x, W, bias, B, dm[a], scr[a]);
+        e[1] = norm_err(o[1], o[0], no);
+        int relu_ok = 1;
+        for (size_t i = 0; i < no; i++) relu_ok &= o[1][i] >= 0.0f;
+        da.out_relu = dd.out_relu = 0;
+        /* backward accumulating into nonzero din, dW, db */
+        for (int a = 0; a < 2; a++)
+            conv2d_backward(dx[a], dW[a], db[a], dout, x, W, B, dm[a], scr[a], part[a]);
+        e[2] = norm_err(dx[1], dx[0], nx);
+        e[3] = norm_err(dW[1], dW[0], nw);
+        e[4] = norm_err(db[1], db[0], nb);
+        /* din_set over NaN garbage (and dirty dW partials) */
+        da.din_set = dd.din_set = 1;
+        for (int a = 0; a < 2; a++) {
+            for (size_t i = 0; i < nx; i++) dx[a][i] = NAN;
+            for (size_t i = 0; i < np; i++) part[a][i] = NAN;
+            conv2d_backward(dx[a], dW[a], db[a], dout, x, W, B, dm[a], scr[a], part[a]);
+        }
+        e[5] = norm_err(dx[1], dx[0], nx);
+        e[6] = norm_err(dW[1], dW[0], nw);
+        da.din_set = dd.din_set = 0;
+        /* din = NULL */
+        for (int a = 0; a < 2; a++)
+            conv2d_backward(NULL, dW[a], db[a], dout, x, W, B, dm[a], scr[a], part[a]);
+        e[7] = norm_err(dW[1], dW[0], nw);
+        e[8] = norm_err(db[1], db[0], nb);
+        double w = 0;
+        for (int k = 0; k < 9; k++)
+            if (e[k] > w || e[k] != e[k]) w = e[k] != e[k] ? INFINITY : e[k];
+        CHECK(w <= DIRECT_TOL,
+              "%s: out %.2g relu %.2g dx %.2g dW %.2g db %.2g; din_set dx %.2g dW %.2g; "
+              "din NULL dW %.2g db %.2g",
+              S, e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]);
+        CHECK(relu_ok, "%s: fused relu left a negative output", S);
+        if (w > worst || w != w) worst = w != w ? INFINITY : w;
+        int guards = guards_ok(x, nx) && guards_ok(W, nw) && guards_ok(bias, nb) &&
+                     guards_ok(dout, no);
+        for (int a = 0; a < 2; a++)
+            guards = guards && guards_ok(o[a], no) && guards_ok(dx[a], nx) &&
+                     guards_ok(dW[a], nw) && guards_ok(db[a], nb) && guards_ok(scr[a], ns) &&
+                     guards_ok(part[a], np);
+        CHECK(guards, "%s: wrote outside its buffers", S);
+        gfree(x), gfree(W), gfree(bias), gfree(dout);
+        for (int a = 0; a < 2; a++)
+            gfree(o[a]), gfree(dx[a]), gfree(dW[a]), gfree(db[a]), gfree(scr[a]), gfree(part[a]);
+    }
+    CHECK(n_direct == nfixed + nrand, "direct vs im2col: only %d of %d cases compared two paths",
+          n_direct, nfixed + nrand);
+    section_record("conv2d direct vs im2col", worst);
+    nz_set_threads(2);
 }
 
 /* ---------------------------------------------------------------- maxpool */
@@ -2735,9 +2861,19 @@ int main(void) {
     nz_set_threads(2);
     check_dense();
     static const int convs[][3] = {{3, 1, 1}, {3, 2, 1}, {5, 1, 0}, {1, 1, 0}, {1, 2, 0}};
+    static const int small[5] = {3, 2, 7, 7, 4}; /* B, C, H, W, OC */
     for (int t = 1; t <= 2; t++)
         for (size_t i = 0; i < sizeof convs / sizeof convs[0]; i++)
-            check_conv(convs[i][0], convs[i][1], convs[i][2], t);
+            check_conv(convs[i][0], convs[i][1], convs[i][2], t, CONV_ALGO_IM2COL, small);
+    /* the direct 3x3 kernels (src/core/conv_direct.c): the same case, then odd sizes (H != W,
+     * W not a multiple of the vector, channels not multiples of the register block, batch 1) */
+    static const int direct[][5] = {{3, 2, 7, 7, 4}, {2, 3, 5, 9, 11}, {1, 1, 1, 18, 1},
+                                    {1, 9, 3, 2, 17}, {2, 1, 6, 1, 3}, {2, 3, 8, 6, 5}};
+    for (int t = 1; t <= 2; t++)
+        for (int s = 1; s <= 2; s++)
+            for (size_t i = 0; i < sizeof direct / sizeof direct[0]; i++)
+                check_conv(3, s, 1, t, CONV_ALGO_DIRECT, direct[i]);
+    check_conv_direct_vs_im2col();
     nz_set_threads(2);
     check_maxpool(2, 2);
     check_maxpool(3, 2);

@@ -330,10 +330,12 @@ static void check_linear(void) {
     free(y), free(gx), free(gW), free(gb);
 }
 
-static void check_conv(int i, int threads) {
+/* conv{i} (prefix "conv") or dconv{i} ("dconv"), through both kernels where the direct one
+ * applies (src/core/conv_direct.c: 3x3, stride 1, pad 1) */
+static void check_conv(const char *prefix, int i, int threads) {
     nz_set_threads(threads);
     char p[16];
-    snprintf(p, sizeof p, "conv%d", i);
+    snprintf(p, sizeof p, "%s%d", prefix, i);
     const ref_tensor *cfg = ref_getf("%s.%s", p, "cfg"), *x = ref_getf("%s.%s", p, "x"),
                      *W = ref_getf("%s.%s", p, "W"), *b = ref_getf("%s.%s", p, "b"),
                      *out = ref_getf("%s.%s", p, "out"), *dout = ref_getf("%s.%s", p, "dout"),
@@ -349,7 +351,7 @@ static void check_conv(int i, int threads) {
         return;
     }
     const int B = x->dims[0];
-    const conv_dims d = conv_dims_make(c[0], c[1], c[2], c[3], c[4], c[5], c[6]);
+    conv_dims d = conv_dims_make(c[0], c[1], c[2], c[3], c[4], c[5], c[6]);
     if (!expect_shape(x, 4, (int[]){B, d.C, d.H, d.W}) ||
         !expect_shape(W, 4, (int[]){d.OC, d.C, d.KH, d.KW}) ||
         !expect_shape(b, 1, (int[]){d.OC}) || !expect_shape(out, 4, (int[]){B, d.OC, d.OH, d.OW}) ||
@@ -359,16 +361,24 @@ static void check_conv(int i, int threads) {
     float *scratch = zalloc(conv_scratch_per_thread(&d) * T);
     float *partial = zalloc((W->n + b->n) * T); /* |W| + OC per thread, see conv2d_backward */
     float *y = zalloc(out->n), *gx = zalloc(x->n), *gW = zalloc(W->n), *gb = zalloc(b->n);
-    conv2d_forward(y, x->data, W->data, b->data, B, &d, scratch);
-    conv2d_backward(gx, gW, gb, dout->data, x->data, W->data, B, &d, scratch, partial);
-    char label[64];
-    const char *names[4] = {"out", "dx", "dW", "db"};
-    const float *got[4] = {y, gx, gW, gb};
-    const ref_tensor *refs[4] = {out, dx, dW, db};
-    for (int k = 0; k < 4; k++) {
-        snprintf(label, sizeof label, "%s.%s k%d s%d p%d %dt", p, names[k], c[4], c[5], c[6],
-                 threads);
-        compare(label, got[k], refs[k], refs[k]->n);
+    static const int algos[2] = {CONV_ALGO_IM2COL, CONV_ALGO_DIRECT};
+    for (int a = 0; a < 2; a++) {
+        d.algo = algos[a];
+        if (a == 1 && !conv_uses_direct(&d, 0)) continue; /* shape the direct kernels do not take */
+        memset(gx, 0, sizeof(float) * x->n);
+        memset(gW, 0, sizeof(float) * W->n);
+        memset(gb, 0, sizeof(float) * b->n);
+        conv2d_forward(y, x->data, W->data, b->data, B, &d, scratch);
+        conv2d_backward(gx, gW, gb, dout->data, x->data, W->data, B, &d, scratch, partial);
+        char label[96];
+        const char *names[4] = {"out", "dx", "dW", "db"};
+        const float *got[4] = {y, gx, gW, gb};
+        const ref_tensor *refs[4] = {out, dx, dW, db};
+        for (int k = 0; k < 4; k++) {
+            snprintf(label, sizeof label, "%s.%s %dx%dx%dx%d->%d k%d s%d p%d %dt %s", p, names[k],
+                     B, d.C, d.H, d.W, d.OC, c[4], c[5], c[6], threads, a ? "direct" : "im2col");
+            compare(label, got[k], refs[k], refs[k]->n);
+        }
     }
     free(scratch), free(partial), free(y), free(gx), free(gW), free(gb);
 }
@@ -1170,7 +1180,9 @@ int main(int argc, char **argv) {
     nz_set_threads(2);
     check_linear();
     for (int t = 1; t <= 2; t++)
-        for (int i = 0; i < 5; i++) check_conv(i, t);
+        for (int i = 0; i < 5; i++) check_conv("conv", i, t);
+    for (int t = 1; t <= 2; t++)
+        for (int i = 0; i < 6; i++) check_conv("dconv", i, t);
     nz_set_threads(2);
     check_pool(0);
     check_pool(1);

@@ -1,6 +1,10 @@
 /* Layer kernels (see layers.h). GEMMs go through OpenBLAS; convolution is im2col + GEMM per
- * sample, with OpenMP over the batch because LeNet-sized GEMMs are too small to thread well. */
+ * sample, with OpenMP over the batch because LeNet-sized GEMMs are too small to thread well,
+ * except for the 3x3 pad-1 stride-1/2 shapes conv_algo_pick sends to the direct kernels
+ * (conv_direct.c). */
 #include "core/layers.h"
+
+#include "core/conv_direct.h"
 
 #include <cblas.h>
 #include <float.h>
@@ -71,7 +75,37 @@ conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad
     d.threads = layers_threads();
     d.din_set = 0;
     d.out_relu = 0;
+    d.algo = CONV_ALGO_AUTO;
     return d;
+}
+
+/* The dispatch rule between the direct 3x3 kernels (pad 1, stride 1 or 2) and im2col + GEMM,
+ * per direction. Measured per layer shape (1 thread, batch 32, process CPU time so the other
+ * jobs on the machine drop out; OpenBLAS Haswell kernels at ~100 GFLOP/s on sgemm; direct vs
+ * im2col ms, forward / backward with din):
+ *  - output maps >= 5x5: direct always wins, 1.4-3x forward, 1.05-3x backward: 16x32x32 0.96
+ *    vs 2.88 / 1.96 vs 6.52; 64x8x8 1.06 vs 2.24 / 2.62 vs 5.01; 64x7x7 0.84 vs 1.99 / 2.14 vs
+ *    4.46; 512x8x8 66.7 vs 104 / 196 vs 235; 256x5x5 9.4 vs 13.5 / 24.8 vs 26.4; stride 2
+ *    16x32x32->32 0.49 vs 1.43 / 1.18 vs 3.10, 32x16x16->64 0.65 vs 1.15 / 1.67 vs 2.50,
+ *    64x10x10->128 1.04 vs 1.64 / 3.09 vs 3.61.
+ *  - 3x3 and 4x4 outputs (a padded row wastes 2 of W + 2 lanes, the last vector is mostly
+ *    empty): forward still wins (512x4x4 25.3 vs 31.2, 512x3x3 16.5 vs 19.5, stride 2
+ *    128x8x8->256 3.3 vs 3.9); backward at stride 1 up to 128 channels (128x4x4 4.9 vs 5.6,
+ *    128x3x3 2.6 vs 3.1) but not beyond (256x4x4 18.2-21.1 vs 17.8, 512x3x3 53.8 vs 37.6),
+ *    at stride 2 not (128x8x8->128 5.3 vs 5.0).
+ *  - 2x2 and 1x1 outputs: im2col (128x2x2 1.03 vs 0.80, 256x1x1 3.8 vs 1.0).
+ *  - tiny layers (C * OC <= 32 * 32) go direct at any size (16x2x2 0.02 vs 0.06, stride 2
+ *    32x8x8->32 0.15 vs 0.26 / 0.33 vs 0.50). */
+static int conv_algo_pick(const conv_dims *d, int backward) {
+    const long cc = (long)d->C * d->OC;
+    if ((d->OH >= 5 && d->OW >= 5) || cc <= 32L * 32) return 1;
+    if (d->OH * d->OW < 9) return 0;
+    return !backward || (d->stride == 1 && cc <= 128L * 128);
+}
+
+int conv_uses_direct(const conv_dims *d, int backward) {
+    if (d->algo == CONV_ALGO_IM2COL || !conv_direct_supported(d)) return 0;
+    return d->algo == CONV_ALGO_DIRECT || conv_algo_pick(d, backward);
 }
 
 /* Samples one GEMM covers: enough columns (~2048) that the GEMM runs near OpenBLAS's peak even
@@ -85,7 +119,8 @@ static int conv_chunk(const conv_dims *d) {
 size_t conv_scratch_per_thread(const conv_dims *d) {
     /* cols and dcols (K, nb*OHW), and the output or its gradient in GEMM layout (OC, nb*OHW) */
     const size_t K = (size_t)d->C * d->KH * d->KW, N = (size_t)conv_chunk(d) * d->OH * d->OW;
-    return (2 * K + (size_t)d->OC) * N;
+    const size_t im2col = (2 * K + (size_t)d->OC) * N, direct = conv_direct_scratch_per_thread(d);
+    return im2col > direct ? im2col : direct; /* either path, so d->algo may be changed later */
 }
 
 /* cols rows (C*KH*KW) of OH*OW values, row r at cols + r * ld, from one sample (C, H, W); zero
@@ -153,6 +188,10 @@ static void col2im_add(float *din, const float *dcols, size_t ld, const conv_dim
  * with the bias. Per-sample GEMMs were 3-4x slower on ResNet-20's 16-channel layers. */
 void conv2d_forward(float *out, const float *in, const float *W, const float *b, int B,
                     const conv_dims *d, float *scratch) {
+    if (conv_uses_direct(d, 0)) {
+        conv_direct_forward(out, in, W, b, B, d, scratch);
+        return;
+    }
     const int K = d->C * d->KH * d->KW, OHW = d->OH * d->OW, nb = conv_chunk(d);
     const size_t in_sz = (size_t)d->C * d->H * d->W, out_sz = (size_t)d->OC * OHW;
     const size_t per = conv_scratch_per_thread(d);
@@ -175,8 +214,11 @@ void conv2d_forward(float *out, const float *in, const float *W, const float *b,
                     const float *src = tmp + (size_t)oc * N + (size_t)j * OHW;
                     float *dst = y + (size_t)oc * OHW;
                     const float bo = b[oc];
-                    if (d->out_relu)
-                        for (int i = 0; i < OHW; i++) dst[i] = fmaxf(src[i] + bo, 0.0f);
+                    if (d->out_relu) /* not fmaxf: GCC calls libm for it, one value at a time */
+                        for (int i = 0; i < OHW; i++) {
+                            const float v = src[i] + bo;
+                            dst[i] = v > 0.0f ? v : 0.0f;
+                        }
                     else
                         for (int i = 0; i < OHW; i++) dst[i] = src[i] + bo;
                 }
@@ -188,6 +230,10 @@ void conv2d_forward(float *out, const float *in, const float *W, const float *b,
 void conv2d_backward(float *din, float *dW, float *db, const float *dout, const float *in,
                      const float *W, int B, const conv_dims *d, float *scratch,
                      float *dW_partial) {
+    if (conv_uses_direct(d, 1)) {
+        conv_direct_backward(din, dW, db, dout, in, W, B, d, scratch, dW_partial);
+        return;
+    }
     const int K = d->C * d->KH * d->KW, OHW = d->OH * d->OW, nb = conv_chunk(d);
     const size_t in_sz = (size_t)d->C * d->H * d->W, out_sz = (size_t)d->OC * OHW;
     const size_t per = conv_scratch_per_thread(d), wsz = (size_t)d->OC * K;

@@ -26,12 +26,21 @@ typedef struct {
     int threads;      /* at most this many threads (scratch is sized for it); set by make */
     int din_set;      /* backward: 1 = overwrite din instead of adding to it (0 by make) */
     int out_relu;     /* forward: 1 = apply relu to the output (inference fusion; 0 by make) */
+    int algo;         /* CONV_ALGO_*: AUTO by make; tests force a path to compare them */
 } conv_dims;
+
+/* Which kernel conv2d_forward/backward run: AUTO picks by shape (conv_algo_pick in layers.c);
+ * DIRECT (3x3, pad 1, stride 1 or 2 only; other shapes fall back to IM2COL) and IM2COL force
+ * one. */
+enum { CONV_ALGO_AUTO, CONV_ALGO_IM2COL, CONV_ALGO_DIRECT };
+/* 1 if conv2d_forward (backward 0) / conv2d_backward (1) would run the direct kernels
+ * (src/core/conv_direct.c) on d */
+int conv_uses_direct(const conv_dims *d, int backward);
 
 conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad);
 /* threads = layers_threads() at the time of the call; callers whose scratch was sized for fewer
  * threads lower it. */
-/* floats of im2col scratch one thread needs */
+/* floats of scratch one thread needs (im2col or direct, whichever path is larger) */
 size_t conv_scratch_per_thread(const conv_dims *d);
 /* cols (C*KH*KW, OH*OW) from one sample's input (C, H, W); zero outside the image */
 void conv_im2col(float *cols, const float *in, const conv_dims *d);
