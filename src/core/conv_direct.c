@@ -74,7 +74,7 @@ static inline vf vset1(float s) { return (vf){s, s, s, s}; }
 static inline float vhsum(vf v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 #endif
 
-/* lane patterns for __builtin_shuffle of two vectors a, b (lanes 0..VL-1 of a, VL.. of b) */
+/* lane patterns for shuffles of two vectors a, b (lanes 0..VL-1 of a, VL.. of b) */
 typedef int vi __attribute__((vector_size(VL * 4)));
 #if VL == 16
 #define SH_EVEN {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
@@ -91,6 +91,18 @@ typedef int vi __attribute__((vector_size(VL * 4)));
 #define SH_ODD {1, 3, 5, 7}
 #define SH_LO {0, 4, 1, 5}
 #define SH_HI {2, 6, 3, 7}
+#endif
+#if defined(__clang__)
+/* clang has no __builtin_shuffle (its __builtin_shufflevector wants constant lane lists); the
+ * fuzz targets are built with clang, so a lane loop serves there */
+static inline vf vshuffle2(vf a, vf b, vi m) {
+    vf r;
+    for (int i = 0; i < VL; i++) r[i] = m[i] < VL ? a[m[i]] : b[m[i] - VL];
+    return r;
+}
+#define VSHUFFLE(a, b, m) vshuffle2(a, b, m)
+#else
+#define VSHUFFLE(a, b, m) __builtin_shuffle(a, b, m)
 #endif
 
 /* an empty asm that makes GCC keep v in a register (x86; elsewhere nothing) */
@@ -252,8 +264,8 @@ static void pad_input(float *dst, const float *src, int n, const plan *g) {
             int k = 0;
             for (; 2 * k + 2 * VL <= W; k += VL) {
                 const vf lo = vload(x + 2 * k), hi = vload(x + 2 * k + VL);
-                vstore(r1 + k, __builtin_shuffle(lo, hi, even));
-                vstore(r0 + k, __builtin_shuffle(lo, hi, odd));
+                vstore(r1 + k, VSHUFFLE(lo, hi, even));
+                vstore(r0 + k, VSHUFFLE(lo, hi, odd));
             }
             for (int w = 2 * k; w < W; w++) {
                 if (w & 1) r0[w >> 1] = x[w];
@@ -394,7 +406,7 @@ static void emit_phases(float *y, const float *o, size_t ph_stride, const plan *
         int k = 0;
         for (; 2 * k + 2 * VL <= W; k += VL) {
             const vf e = vload(p1 + k), od = vload(p0 + k);
-            const vf lo = __builtin_shuffle(e, od, lo_m), hi = __builtin_shuffle(e, od, hi_m);
+            const vf lo = VSHUFFLE(e, od, lo_m), hi = VSHUFFLE(e, od, hi_m);
             if (mode == EMIT_SET) {
                 vstore(y + 2 * k, lo);
                 vstore(y + 2 * k + VL, hi);
