@@ -15,6 +15,7 @@
 #include "nnzip/model.h"
 #include "nnzip/train.h"
 #include "synthetic.h"
+#include "filebytes.h"
 #include "testlib.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -1513,17 +1514,6 @@ static void test_old_payload(void) {
 
 /* ---------------------------------------------------------------- .nnz files with sparse tensors */
 
-static uint8_t *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-    *len = fread(buf, 1, (size_t)(n > 0 ? n : 0), f);
-    fclose(f);
-    return buf;
-}
 
 /* tiny mlp: flatten -> fc1 (8) -> relu -> fc2 (3), both weights sparse */
 static int tiny_sparse_model(nz_model *m, nz_error *e) {

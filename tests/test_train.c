@@ -11,6 +11,7 @@
 #include "nnzip/format.h"
 #include "nnzip/train.h"
 #include "synthetic.h"
+#include "filebytes.h"
 #include "testlib.h"
 
 static char g_dir[64]; /* scratch directory of this run (the one test-wide global) */
@@ -198,17 +199,6 @@ static uint8_t *slurp(const char *path, size_t *n) {
     return b;
 }
 
-static uint32_t rd32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
-static void wr32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static void wr64(uint8_t *p, uint64_t v) {
-    wr32(p, (uint32_t)v);
-    wr32(p + 4, (uint32_t)(v >> 32));
-}
 
 /* Index of the STATE entry in the table, its payload offset and length. */
 static int find_state(const uint8_t *b, size_t n, size_t *off, size_t *len) {
