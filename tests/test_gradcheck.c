@@ -2051,6 +2051,65 @@ static void check_batchnorm(int B, int C, int H, int W, int training) {
     gfree(c.rm0), gfree(c.rv0), gfree(c.mean), gfree(c.invstd);
 }
 
+/* batchnorm_relu_forward/backward (the fused kernel the graph runs for a relu that only reads
+ * a batch norm) against the two kernels composed: relu(batchnorm(x)) forward, and
+ * relu_backward_set then batchnorm_backward(_set) for the gradients, in both modes and with din
+ * overwritten or accumulated. The same float operations run in both, so they agree to rounding
+ * (1e-6 relative). A fused backward that forgets the relu mask is shown to fail. */
+static void check_batchnorm_relu(int B, int C, int HW, int training) {
+    char S[64], what[96];
+    snprintf(S, sizeof S, "batchnorm+relu %s (%d, %d, %d)", training ? "train" : "eval", B, C, HW);
+    const size_t n = (size_t)B * C * HW, nc = (size_t)C;
+    nz_rng r;
+    nz_rng_seed(&r, 9100u + (unsigned)(B * 100 + C * 10 + training));
+    float *x = galloc(n), *g = galloc(n), *y1 = galloc(n), *y2 = galloc(n), *t = galloc(n);
+    float *gamma = galloc(nc), *beta = galloc(nc), *rm1 = galloc(nc), *rv1 = galloc(nc);
+    float *rm2 = galloc(nc), *rv2 = galloc(nc), *mu1 = galloc(nc), *is1 = galloc(nc);
+    float *mu2 = galloc(nc), *is2 = galloc(nc);
+    fill_normal(x, n, &r, 1.5f);
+    fill_normal(g, n, &r, 1.0f);
+    for (size_t c = 0; c < nc; c++) {
+        gamma[c] = nz_rng_range(&r, -1.0f, 1.5f), beta[c] = 0.5f * nz_rng_normal(&r);
+        rm1[c] = rm2[c] = 0.3f * nz_rng_normal(&r), rv1[c] = rv2[c] = nz_rng_range(&r, 0.5f, 2.0f);
+    }
+    batchnorm_forward(t, x, gamma, beta, rm1, rv1, mu1, is1, B, C, HW, NZ_BN_MOMENTUM, NZ_BN_EPS,
+                      training);
+    relu_forward(y1, t, n);
+    batchnorm_relu_forward(y2, x, gamma, beta, rm2, rv2, mu2, is2, B, C, HW, NZ_BN_MOMENTUM,
+                           NZ_BN_EPS, training);
+    CHECK(norm_err(y2, y1, n) == 0 && norm_err(rm2, rm1, nc) == 0 && norm_err(rv2, rv1, nc) == 0,
+          "%s: forward differs from batchnorm then relu", S);
+    size_t pos = 0;
+    for (size_t i = 0; i < n; i++) pos += y1[i] > 0;
+    CHECK(pos > n / 5 && pos < n - n / 5, "%s: test data leaves %zu of %zu outputs positive", S,
+          pos, n);
+    for (int set = 0; set <= 1; set++) {
+        float *dx1 = galloc(n), *dx2 = galloc(n), *dg1 = galloc(nc), *dg2 = galloc(nc);
+        float *db1 = galloc(nc), *db2 = galloc(nc);
+        fill_normal(dx1, n, &r, 1.0f); /* accumulation starts from the same nonzero values */
+        memcpy(dx2, dx1, sizeof(float) * n);
+        relu_backward_set(t, g, y1, n);
+        (set ? batchnorm_backward_set : batchnorm_backward)(dx1, dg1, db1, t, x, gamma, mu1, is1,
+                                                            B, C, HW, training);
+        batchnorm_relu_backward(dx2, dg2, db2, g, y2, x, gamma, mu2, is2, B, C, HW, training, set);
+        snprintf(what, sizeof what, "%s backward %s", S, set ? "set" : "add");
+        CHECK(norm_err(dx2, dx1, n) < 1e-6 && norm_err(dg2, dg1, nc) < 1e-6 &&
+                  norm_err(db2, db1, nc) < 1e-6,
+              "%s: dx %.3g dgamma %.3g dbeta %.3g vs the composed kernels", what,
+              norm_err(dx2, dx1, n), norm_err(dg2, dg1, nc), norm_err(db2, db1, nc));
+        /* mutation: the batch norm gradient without the relu mask */
+        memset(dg2, 0, sizeof(float) * nc), memset(db2, 0, sizeof(float) * nc);
+        batchnorm_backward_set(dx2, dg2, db2, g, x, gamma, mu2, is2, B, C, HW, training);
+        CHECK(norm_err(dg2, dg1, nc) > 1e-3, "%s: a missing relu mask goes unnoticed", what);
+        gfree(dx1), gfree(dx2), gfree(dg1), gfree(dg2), gfree(db1), gfree(db2);
+    }
+    CHECK(guards_ok(x, n) && guards_ok(y1, n) && guards_ok(y2, n) && guards_ok(t, n) &&
+              guards_ok(rm2, nc) && guards_ok(rv2, nc) && guards_ok(mu2, nc) && guards_ok(is2, nc),
+          "%s wrote outside its buffers", S);
+    gfree(x), gfree(g), gfree(y1), gfree(y2), gfree(t), gfree(gamma), gfree(beta);
+    gfree(rm1), gfree(rv1), gfree(rm2), gfree(rv2), gfree(mu1), gfree(is1), gfree(mu2), gfree(is2);
+}
+
 /* ---------------------------------------------------------------- average pool */
 
 /* avgpool_forward/backward: the loss is linear in x, so e = EPS_AFFINE. GAP is the same kernel
@@ -2901,6 +2960,10 @@ int main(void) {
     check_batchnorm(3, 4, 5, 5, 1);
     check_batchnorm(8, 5, 1, 1, 1);
     check_batchnorm(3, 4, 5, 5, 0);
+    check_batchnorm_relu(3, 4, 25, 1);
+    check_batchnorm_relu(4, 3, 100, 0);
+    check_batchnorm_relu(16, 5, 1, 1);
+    check_batchnorm_relu(64, 8, 64, 1); /* the threaded path (> 32768 values) */
     check_avgpool("avgpool 2x2/2", 7, 7, 2, 2, 2);
     check_avgpool("avgpool 3x3/1", 7, 7, 3, 3, 1);
     check_avgpool("gap 5x6", 5, 6, 5, 6, 1);

@@ -428,6 +428,13 @@ static void test_tiny_resnet_training(void) {
               (double)rm, (double)rv);
         float *ze = malloc(sizeof(float) * 10 * B);
         memcpy(ze, nz_forward(&m, ws, x, B, 0, NULL), sizeof(float) * 10 * B);
+        /* stem_bn feeds only stem_relu: they ran as one kernel and the bn output was not kept;
+         * keeping every activation runs them apart, with the same logits bit for bit */
+        CHECK(nz_ws_act(ws, bn) == NULL, "tiny resnet: stem_bn + stem_relu did not run fused");
+        nz_ws_keep_acts(ws, 1);
+        const float *zk = nz_forward(&m, ws, x, B, 0, NULL);
+        CHECK(nz_ws_act(ws, bn) != NULL && memcmp(zk, ze, sizeof(float) * 10 * B) == 0,
+              "tiny resnet: logits with every activation kept differ from the fused run");
         double mu, var;
         bn_input_stats(&m, ws, bn, 0, B, &mu, &var);
         const double e_run = bn_channel_err(&m, ws, bn, 0, B, rm, rv);

@@ -28,6 +28,8 @@ struct nz_ws {
     float **bnstat;   /* batch-norm nodes: mean and 1/std used by the last forward, (2, C) */
     int *consumers;   /* per node: how many nodes read its output */
     float *fold;      /* nz_infer: a conv's weights and bias with its batch norm folded in */
+    unsigned char *bnrelu; /* batch-norm nodes whose only reader is the relu right after them */
+    int keep_acts;    /* 1: every node's output is stored (no batch norm + relu fusion) */
     int threads;
     int last_B;
 };
@@ -61,6 +63,7 @@ void nz_ws_free(nz_ws *ws) {
     free(ws->scratch);
     free(ws->dw_partial);
     free(ws->sp_scratch);
+    free(ws->bnrelu);
     free(ws);
 }
 
@@ -80,10 +83,11 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     ws->consumers = calloc((size_t)m->n_nodes, sizeof(int));
     ws->drop_on = calloc((size_t)m->n_nodes, 1);
     ws->fresh = calloc((size_t)m->n_nodes, 1);
+    ws->bnrelu = calloc((size_t)m->n_nodes, 1);
     ws->n_params = m->n_params;
     ws->grads = calloc(m->n_params ? m->n_params : 1, sizeof(float));
     if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->fresh || !ws->weff || !ws->bnstat || !ws->consumers ||
-        !ws->grads)
+        !ws->bnrelu || !ws->grads)
         goto oom;
     size_t scratch = 0, partial = 0, sp = 0, fold = 0;
     for (int i = 1; i < m->n_nodes; i++) {
@@ -121,6 +125,9 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
             if (c > sp) sp = c;
         }
     }
+    for (int i = 1; i + 1 < m->n_nodes; i++)
+        ws->bnrelu[i] = m->nodes[i].op == NZ_OP_BATCHNORM && m->nodes[i + 1].op == NZ_OP_RELU &&
+                        m->nodes[i + 1].inputs[0] == i && ws->consumers[i] == 1;
     if (scratch && !(ws->scratch = malloc(sizeof(float) * scratch * (size_t)ws->threads))) goto oom;
     if (sp && !(ws->sp_scratch = malloc(sizeof(float) * sp))) goto oom;
     if (fold && !(ws->fold = malloc(sizeof(float) * fold))) goto oom;
@@ -137,7 +144,11 @@ float *nz_ws_grads(nz_ws *ws) { return ws->grads; }
 
 void nz_ws_zero_grads(nz_ws *ws) { memset(ws->grads, 0, sizeof(float) * ws->n_params); }
 
-const float *nz_ws_act(const nz_ws *ws, int node) { return ws->act[node]; }
+const float *nz_ws_act(const nz_ws *ws, int node) {
+    return ws->bnrelu[node] && !ws->keep_acts ? NULL : ws->act[node];
+}
+
+void nz_ws_keep_acts(nz_ws *ws, int keep) { ws->keep_acts = keep != 0; }
 
 static conv_dims node_conv_dims(const nz_model *m, const nz_node *n, const nz_ws *ws) {
     nz_shape s = m->nodes[n->inputs[0]].out;
@@ -187,6 +198,13 @@ static void sparse_conv2d_forward(float *out, const float *in, const nz_sparse *
     }
 }
 
+/* Node i + 1 if node i is a batch norm whose only reader is the relu i + 1, else -1. The two
+ * then run as one kernel, forward and backward: the batch norm's output and the gradient that
+ * the relu would pass back are never stored (two full passes over memory saved). */
+static int bn_relu_fused(const nz_ws *ws, int i) {
+    return i > 0 && ws->bnrelu[i] && !ws->keep_acts ? i + 1 : -1;
+}
+
 /* Runs nodes [from, to) of the forward pass. */
 static void nz_forward_range(const nz_model *m, nz_ws *ws, int B, int training, nz_rng *rng,
                              int from, int to) {
@@ -234,8 +252,8 @@ static void nz_forward_range(const nz_model *m, nz_ws *ws, int B, int training, 
                             n->out.h, n->out.w);
             break;
         case NZ_OP_RELU:
-            relu_forward(out, in, sz);
-            break;
+            if (bn_relu_fused(ws, n->inputs[0]) < 0) relu_forward(out, in, sz);
+            break; /* else the batch norm wrote it */
         case NZ_OP_DROPOUT:
             ws->drop_on[i] = training && n->p > 0.0f;
             if (ws->drop_on[i])
@@ -249,10 +267,12 @@ static void nz_forward_range(const nz_model *m, nz_ws *ws, int B, int training, 
         case NZ_OP_BATCHNORM: {
             /* the one place a forward writes the model: running statistics in training */
             float *Pw = m->params;
+            const int r = bn_relu_fused(ws, i);
             ws->drop_on[i] = training != 0;
-            batchnorm_forward(out, in, P + n->params[0].off, P + n->params[1].off,
-                              Pw + n->params[2].off, Pw + n->params[3].off, ws->bnstat[i],
-                              ws->bnstat[i] + s.c, B, s.c, s.h * s.w, n->p, NZ_BN_EPS, training);
+            (r < 0 ? batchnorm_forward : batchnorm_relu_forward)(
+                r < 0 ? out : ws->act[r], in, P + n->params[0].off, P + n->params[1].off,
+                Pw + n->params[2].off, Pw + n->params[3].off, ws->bnstat[i], ws->bnstat[i] + s.c,
+                B, s.c, s.h * s.w, n->p, NZ_BN_EPS, training);
             break;
         }
         case NZ_OP_ADD:
@@ -363,8 +383,11 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
         const nz_shape s = m->nodes[src].out;
         size_t sz = nz_shape_size(n->out) * (size_t)B;
         if (n->op == NZ_OP_FLATTEN) continue; /* shares its input's gradient buffer */
-        if (ws->fresh[grad_owner(m, ws, i)]) (void)grad_for_add(m, ws, i, B); /* no consumer */
-        const float *dout = ws->dact[i];
+        const int fused = n->op == NZ_OP_BATCHNORM ? bn_relu_fused(ws, i) : -1;
+        const int gi = fused < 0 ? i : fused; /* whose gradient this node reads */
+        if (ws->fresh[grad_owner(m, ws, gi)]) (void)grad_for_add(m, ws, gi, B); /* no consumer */
+        if (n->op == NZ_OP_RELU && bn_relu_fused(ws, src) == i) continue; /* in the bn's */
+        const float *dout = ws->dact[gi];
         const float *P = m->params;
         float *G = ws->grads;
         /* no gradient for the data; otherwise overwrite where the kernel allows (set) */
@@ -426,9 +449,16 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
                 for (size_t j = 0; j < sz; j++) din[j] += dout[j];
             break;
         case NZ_OP_BATCHNORM:
-            (set ? batchnorm_backward_set : batchnorm_backward)(din, G + n->params[0].off, G + n->params[1].off, dout,
-                               ws->act[src], P + n->params[0].off, ws->bnstat[i],
-                               ws->bnstat[i] + s.c, B, s.c, s.h * s.w, ws->drop_on[i]);
+            if (fused >= 0)
+                batchnorm_relu_backward(din, G + n->params[0].off, G + n->params[1].off, dout,
+                                        ws->act[fused], ws->act[src], P + n->params[0].off,
+                                        ws->bnstat[i], ws->bnstat[i] + s.c, B, s.c, s.h * s.w,
+                                        ws->drop_on[i], set);
+            else
+                (set ? batchnorm_backward_set : batchnorm_backward)(
+                    din, G + n->params[0].off, G + n->params[1].off, dout, ws->act[src],
+                    P + n->params[0].off, ws->bnstat[i], ws->bnstat[i] + s.c, B, s.c,
+                    s.h * s.w, ws->drop_on[i]);
             break;
         case NZ_OP_ADD:
             if (set) memcpy(din, dout, sizeof(float) * sz);

@@ -392,31 +392,39 @@ void normdir_backward(float *dV, float *dg, const float *dW, const float *V, con
 
 /* ---------------------------------------------------------------- batch norm */
 
-/* Channels are independent, so threads split them; each channel's sums run in double over its
- * B contiguous HW planes (N up to ~10^5 values: float sums would lose ~3 digits). */
-void batchnorm_forward(float *out, const float *in, const float *gamma, const float *beta,
+/* Channels are independent, so threads split them. A channel's sums are float within one HW
+ * plane (vectorized; <= ~10^3 values) and double across its B planes (N up to ~10^5 values,
+ * where float would lose ~3 digits). The variance is a second pass over (x - mean)^2: the
+ * plane is still in cache, and there is no E[x^2] - m^2 cancellation. */
+static float plane_sum(const float *x, int n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += x[i];
+    return s;
+}
+
+static float plane_sqdev(const float *x, int n, float mu) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += (x[i] - mu) * (x[i] - mu);
+    return s;
+}
+
+static void bn_forward(float *out, const float *in, const float *gamma, const float *beta,
                        float *run_mean, float *run_var, float *mean, float *invstd, int B, int C,
-                       int HW, float momentum, float eps, int training) {
+                       int HW, float momentum, float eps, int training, int relu) {
     const size_t plane = (size_t)HW, stride = (size_t)C * HW;
     const double N = (double)B * HW;
 #pragma omp parallel for schedule(static) if ((long)B * C * HW > 32768)
     for (int c = 0; c < C; c++) {
         float mu, is;
         if (training) {
-            /* one pass: sums of x and x^2 in double; the cancellation in E[x^2] - m^2 costs
-             * ~1e-16 (m/std)^2 relative, negligible unless |mean| > 1e4 std */
-            double s = 0, s2 = 0;
-            for (int n = 0; n < B; n++) {
-                const float *x = in + n * stride + c * plane;
-                for (int i = 0; i < HW; i++) {
-                    s += x[i];
-                    s2 += (double)x[i] * x[i];
-                }
-            }
-            const double m = s / N;
-            double v = s2 / N - m * m;
-            if (v < 0) v = 0;
-            mu = (float)m;
+            double s = 0;
+            for (int n = 0; n < B; n++) s += plane_sum(in + n * stride + c * plane, HW);
+            mu = (float)(s / N);
+            double s2 = 0;
+            for (int n = 0; n < B; n++) s2 += plane_sqdev(in + n * stride + c * plane, HW, mu);
+            const double v = s2 / N;
             is = (float)(1.0 / sqrt(v + eps));
             /* PyTorch keeps the unbiased variance in its running estimate */
             double unbiased = N > 1 ? v * N / (N - 1) : v;
@@ -432,13 +440,37 @@ void batchnorm_forward(float *out, const float *in, const float *gamma, const fl
         for (int n = 0; n < B; n++) {
             const float *x = in + n * stride + c * plane;
             float *y = out + n * stride + c * plane;
-            for (int i = 0; i < HW; i++) y[i] = x[i] * a + b;
+            if (relu)
+#pragma omp simd
+                for (int i = 0; i < HW; i++) {
+                    const float v = x[i] * a + b;
+                    y[i] = v > 0.0f ? v : 0.0f;
+                }
+            else
+#pragma omp simd
+                for (int i = 0; i < HW; i++) y[i] = x[i] * a + b;
         }
     }
 }
 
+void batchnorm_forward(float *out, const float *in, const float *gamma, const float *beta,
+                       float *run_mean, float *run_var, float *mean, float *invstd, int B, int C,
+                       int HW, float momentum, float eps, int training) {
+    bn_forward(out, in, gamma, beta, run_mean, run_var, mean, invstd, B, C, HW, momentum, eps,
+               training, 0);
+}
+
+void batchnorm_relu_forward(float *out, const float *in, const float *gamma, const float *beta,
+                            float *run_mean, float *run_var, float *mean, float *invstd, int B,
+                            int C, int HW, float momentum, float eps, int training) {
+    bn_forward(out, in, gamma, beta, run_mean, run_var, mean, invstd, B, C, HW, momentum, eps,
+               training, 1);
+}
+
+/* y != NULL: dout is the gradient of relu(bn(x)) = y, so the batch norm's own gradient is dout
+ * where y > 0 and 0 elsewhere; it is formed on the fly and never stored. */
 static void bn_backward(float *din, float *dgamma, float *dbeta, const float *dout,
-                        const float *in, const float *gamma, const float *mean,
+                        const float *y, const float *in, const float *gamma, const float *mean,
                         const float *invstd, int B, int C, int HW, int training, int set) {
     const size_t plane = (size_t)HW, stride = (size_t)C * HW;
     const double N = (double)B * HW;
@@ -447,11 +479,26 @@ static void bn_backward(float *din, float *dgamma, float *dbeta, const float *do
         const float mu = mean[c], is = invstd[c];
         double sdy = 0, sdyx = 0; /* sum dout, sum dout * xhat */
         for (int n = 0; n < B; n++) {
-            const float *x = in + n * stride + c * plane, *g = dout + n * stride + c * plane;
-            for (int i = 0; i < HW; i++) {
-                sdy += g[i];
-                sdyx += (double)g[i] * ((x[i] - mu) * is);
+            const size_t o = n * stride + c * plane;
+            const float *x = in + o, *g = dout + o;
+            float s = 0.0f, sx = 0.0f;
+            if (y) {
+                const float *yy = y + o;
+#pragma omp simd reduction(+ : s, sx)
+                for (int i = 0; i < HW; i++) {
+                    const float gi = yy[i] > 0.0f ? g[i] : 0.0f;
+                    s += gi;
+                    sx += gi * (x[i] - mu);
+                }
+            } else {
+#pragma omp simd reduction(+ : s, sx)
+                for (int i = 0; i < HW; i++) {
+                    s += g[i];
+                    sx += g[i] * (x[i] - mu);
+                }
             }
+            sdy += s;
+            sdyx += (double)sx * is;
         }
         dgamma[c] += (float)sdyx;
         dbeta[c] += (float)sdy;
@@ -459,14 +506,25 @@ static void bn_backward(float *din, float *dgamma, float *dbeta, const float *do
         const float k = gamma[c] * is;
         /* training: dx = k (dy - mean(dy) - xhat mean(dy xhat)); eval: dx = k dy */
         const float a = training ? (float)(sdy / N) : 0.0f;
-        const float bb = training ? (float)(sdyx / N) : 0.0f;
+        const float bb = training ? (float)(sdyx / N) * is : 0.0f;
         for (int n = 0; n < B; n++) {
-            const float *x = in + n * stride + c * plane, *g = dout + n * stride + c * plane;
-            float *dx = din + n * stride + c * plane;
-            if (set)
-                for (int i = 0; i < HW; i++) dx[i] = k * (g[i] - a - (x[i] - mu) * is * bb);
+            const size_t o = n * stride + c * plane;
+            const float *x = in + o, *g = dout + o, *yy = y ? y + o : NULL;
+            float *dx = din + o;
+            if (yy && set)
+#pragma omp simd
+                for (int i = 0; i < HW; i++)
+                    dx[i] = k * ((yy[i] > 0.0f ? g[i] : 0.0f) - a - (x[i] - mu) * bb);
+            else if (yy)
+#pragma omp simd
+                for (int i = 0; i < HW; i++)
+                    dx[i] += k * ((yy[i] > 0.0f ? g[i] : 0.0f) - a - (x[i] - mu) * bb);
+            else if (set)
+#pragma omp simd
+                for (int i = 0; i < HW; i++) dx[i] = k * (g[i] - a - (x[i] - mu) * bb);
             else
-                for (int i = 0; i < HW; i++) dx[i] += k * (g[i] - a - (x[i] - mu) * is * bb);
+#pragma omp simd
+                for (int i = 0; i < HW; i++) dx[i] += k * (g[i] - a - (x[i] - mu) * bb);
         }
     }
 }
@@ -474,13 +532,20 @@ static void bn_backward(float *din, float *dgamma, float *dbeta, const float *do
 void batchnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout,
                         const float *in, const float *gamma, const float *mean,
                         const float *invstd, int B, int C, int HW, int training) {
-    bn_backward(din, dgamma, dbeta, dout, in, gamma, mean, invstd, B, C, HW, training, 0);
+    bn_backward(din, dgamma, dbeta, dout, NULL, in, gamma, mean, invstd, B, C, HW, training, 0);
 }
 
 void batchnorm_backward_set(float *din, float *dgamma, float *dbeta, const float *dout,
                             const float *in, const float *gamma, const float *mean,
                             const float *invstd, int B, int C, int HW, int training) {
-    bn_backward(din, dgamma, dbeta, dout, in, gamma, mean, invstd, B, C, HW, training, 1);
+    bn_backward(din, dgamma, dbeta, dout, NULL, in, gamma, mean, invstd, B, C, HW, training, 1);
+}
+
+void batchnorm_relu_backward(float *din, float *dgamma, float *dbeta, const float *dout,
+                             const float *y, const float *in, const float *gamma,
+                             const float *mean, const float *invstd, int B, int C, int HW,
+                             int training, int set) {
+    bn_backward(din, dgamma, dbeta, dout, y, in, gamma, mean, invstd, B, C, HW, training, set);
 }
 
 /* ---------------------------------------------------------------- average pool, shortcut, add */

@@ -96,6 +96,18 @@ void batchnorm_backward_set(float *din, float *dgamma, float *dbeta, const float
                             const float *in, const float *gamma, const float *mean,
                             const float *invstd, int B, int C, int HW, int training);
 
+/* Batch norm then relu in one pass, for a relu that is the batch norm's only reader (training
+ * and eval): out = max(0, bn(in)); the batch norm's own output is never stored. */
+void batchnorm_relu_forward(float *out, const float *in, const float *gamma, const float *beta,
+                            float *run_mean, float *run_var, float *mean, float *invstd, int B,
+                            int C, int HW, float momentum, float eps, int training);
+/* Backward of batchnorm_relu_forward: dout is the gradient of its output y (the relu's); din
+ * += or (set) = the gradient of in. */
+void batchnorm_relu_backward(float *din, float *dgamma, float *dbeta, const float *dout,
+                             const float *y, const float *in, const float *gamma,
+                             const float *mean, const float *invstd, int B, int C, int HW,
+                             int training, int set);
+
 /* out (B, C, OH, OW) = mean over k x k windows with stride s (no padding) */
 void avgpool_forward(float *out, const float *in, int B, int C, int H, int W, int kh, int kw,
                      int stride, int OH, int OW);
