@@ -359,7 +359,7 @@ static int parse_milestones(const char *s, nz_train_cfg *cfg) {
 }
 
 /* --augment crop4,flip | none */
-static int parse_augment(const char *s, nz_augment *aug) {
+static int parse_augment(const char *cmd, const char *s, nz_augment *aug) {
     nz_augment a = {0, 0};
     char buf[128];
     snprintf(buf, sizeof buf, "%s", s);
@@ -380,13 +380,13 @@ static int parse_augment(const char *s, nz_augment *aug) {
                 continue;
             }
         }
-        fprintf(stderr, "nnzip train: unknown --augment token '%s' (cropN with N in 1..%d, flip, "
+        fprintf(stderr, "nnzip %s: unknown --augment token '%s' (cropN with N in 1..%d, flip, "
                         "none)\n",
-                t, NZ_MAX_CROP_PAD);
+                cmd, t, NZ_MAX_CROP_PAD);
         return EXIT_USAGE;
     }
     if (!any) {
-        fprintf(stderr, "nnzip train: --augment is empty (cropN, flip, none)\n");
+        fprintf(stderr, "nnzip %s: --augment is empty (cropN, flip, none)\n", cmd);
         return EXIT_USAGE;
     }
     *aug = a;
@@ -450,7 +450,7 @@ static int train_cfg_from_opts(const opts *o, nz_train_cfg *cfg) {
         return EXIT_USAGE;
     }
     const char *aug = opt_get(o, "augment");
-    if (aug && (rc = parse_augment(aug, &cfg->augment))) return rc;
+    if (aug && (rc = parse_augment(o->cmd, aug, &cfg->augment))) return rc;
     return 0;
 }
 
@@ -1697,6 +1697,7 @@ static const opt_def slim_opts[] = {
     {"finetune-lr", 0, 1, "X", "fine-tuning learning rate (default 1e-3)"},
     {"penalize-last", 0, 0, "", "also penalize the classifier's neurons"},
     {"uniform", 0, 0, "", "the same lambda for every layer (default: scaled by the parameters a group controls)"},
+    {"augment", 0, 1, "LIST", "training augmentation in both phases: cropN (pad N, random crop), flip, none (default none)"},
     {"val", 0, 1, "N", "hold out the last N training images (not trained on); fine-tuning keeps the epoch with the lowest error on them (default 0: the last epoch). The model given should not have seen them either: train it with --limit (total - N)"},
 };
 
@@ -1758,6 +1759,9 @@ static int cmd_slim(int argc, char **argv) {
         goto done;
     sc.penalize_last = opt_flag(&o, "penalize-last");
     if (opt_flag(&o, "uniform")) sc.cost_weighted = 0;
+    const char *aug = opt_get(&o, "augment");
+    if (aug && (rc = parse_augment("slim", aug, &sc.train.augment))) goto done;
+    sc.finetune.augment = sc.train.augment;
     if (nz_slim(&j.m, &j.tr, &j.te, &sc, &j.hooks, &sr, &e)) {
         rc = fail_err("slim", &e);
         goto done;
