@@ -409,6 +409,19 @@ static void test_tiny_resnet_training(void) {
             }
     }
     if (ok) {
+        /* the backward hands buffers between nodes (an add's gradient to its input): a second
+         * pass over the same batch gives the same gradients bit for bit, in eval mode (no
+         * running statistics change between the two) */
+        float *g1 = malloc(sizeof(float) * m.n_params);
+        for (int pass = 0; pass < 3; pass++) {
+            nz_forward(&m, ws, x, B, 0, NULL);
+            nz_ws_zero_grads(ws);
+            nz_backward(&m, ws, dl, B);
+            if (pass == 0) memcpy(g1, nz_ws_grads(ws), sizeof(float) * m.n_params);
+        }
+        CHECK(memcmp(g1, nz_ws_grads(ws), sizeof(float) * m.n_params) == 0,
+              "tiny resnet: repeated backward passes give different gradients");
+        free(g1);
         nz_sgd_free(&opt);
         printf("tiny resnet: loss %.4f -> %.4f -> %.4f over %d SGD steps on one batch\n",
                (double)loss[0], (double)loss[steps / 2], (double)loss[steps - 1], steps);

@@ -29,6 +29,7 @@ struct nz_ws {
     int *consumers;   /* per node: how many nodes read its output */
     float *fold;      /* nz_infer: a conv's weights and bias with its batch norm folded in */
     unsigned char *bnrelu; /* batch-norm nodes whose only reader is the relu right after them */
+    unsigned char *shared; /* nodes whose buffers another node aliases (flatten) */
     int keep_acts;    /* 1: every node's output is stored (no batch norm + relu fusion) */
     int threads;
     int last_B;
@@ -64,6 +65,7 @@ void nz_ws_free(nz_ws *ws) {
     free(ws->dw_partial);
     free(ws->sp_scratch);
     free(ws->bnrelu);
+    free(ws->shared);
     free(ws);
 }
 
@@ -84,10 +86,11 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     ws->drop_on = calloc((size_t)m->n_nodes, 1);
     ws->fresh = calloc((size_t)m->n_nodes, 1);
     ws->bnrelu = calloc((size_t)m->n_nodes, 1);
+    ws->shared = calloc((size_t)m->n_nodes, 1);
     ws->n_params = m->n_params;
     ws->grads = calloc(m->n_params ? m->n_params : 1, sizeof(float));
     if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->fresh || !ws->weff || !ws->bnstat || !ws->consumers ||
-        !ws->bnrelu || !ws->grads)
+        !ws->bnrelu || !ws->shared || !ws->grads)
         goto oom;
     size_t scratch = 0, partial = 0, sp = 0, fold = 0;
     for (int i = 1; i < m->n_nodes; i++) {
@@ -95,6 +98,7 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
         for (int k = 0; k < n->n_inputs; k++) ws->consumers[n->inputs[k]]++;
         size_t sz = nz_shape_size(n->out) * (size_t)max_batch;
         if (aliases_input(n)) {
+            ws->shared[n->inputs[0]] = 1;
             ws->act[i] = ws->act[n->inputs[0]];
             ws->dact[i] = ws->dact[n->inputs[0]];
         } else {
@@ -461,8 +465,16 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
                     s.h * s.w, ws->drop_on[i]);
             break;
         case NZ_OP_ADD:
-            if (set) memcpy(din, dout, sizeof(float) * sz);
-            else if (din) add_backward(din, dout, sz);
+            if (set && ws->owns[src] && !ws->shared[src] && !ws->shared[i]) {
+                /* the add's gradient is read by nobody after this node: hand its buffer to
+                 * the input instead of copying (both are the add's shape, for max_batch) */
+                float *t = ws->dact[src];
+                ws->dact[src] = ws->dact[i];
+                ws->dact[i] = t;
+            } else if (set)
+                memcpy(din, dout, sizeof(float) * sz);
+            else if (din)
+                add_backward(din, dout, sz);
             if (n->inputs[1] != 0) {
                 if (grad_take_fresh(m, ws, n->inputs[1]))
                     memcpy(ws->dact[n->inputs[1]], dout, sizeof(float) * sz);
