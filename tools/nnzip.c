@@ -1696,7 +1696,8 @@ static const opt_def slim_opts[] = {
     {"lr", 0, 1, "X", "learning rate with the penalty (default 0.05)"},
     {"finetune-lr", 0, 1, "X", "fine-tuning learning rate (default 1e-3)"},
     {"penalize-last", 0, 0, "", "also penalize the classifier's neurons"},
-    {"uniform", 0, 0, "", "the same lambda for every layer (default: scaled by the parameters a group controls)"},
+    {"uniform", 0, 0, "", "the same lambda for every layer (= --cost uniform)"},
+    {"cost", 0, 1, "KIND", "per-layer lambda scaled by the parameters a group controls: static (default: counted on the model given), live (recounted every step over the neighbours still alive), uniform"},
     {"augment", 0, 1, "LIST", "training augmentation in both phases: cropN (pad N, random crop), flip, none (default none)"},
     {"val", 0, 1, "N", "hold out the last N training images (not trained on); fine-tuning keeps the epoch with the lowest error on them (default 0: the last epoch). The model given should not have seen them either: train it with --limit (total - N)"},
 };
@@ -1758,7 +1759,18 @@ static int cmd_slim(int argc, char **argv) {
         (rc = opt_float(&o, "finetune-lr", 0, 10, &sc.finetune.lr)))
         goto done;
     sc.penalize_last = opt_flag(&o, "penalize-last");
-    if (opt_flag(&o, "uniform")) sc.cost_weighted = 0;
+    if (opt_flag(&o, "uniform")) sc.cost_weighted = NZ_SLIM_COST_UNIFORM;
+    const char *cost = opt_get(&o, "cost");
+    if (cost) {
+        if (strcmp(cost, "static") == 0) sc.cost_weighted = NZ_SLIM_COST_STATIC;
+        else if (strcmp(cost, "live") == 0) sc.cost_weighted = NZ_SLIM_COST_LIVE;
+        else if (strcmp(cost, "uniform") == 0) sc.cost_weighted = NZ_SLIM_COST_UNIFORM;
+        else {
+            fprintf(stderr, "nnzip slim: unknown --cost '%s' (static, live, uniform)\n", cost);
+            rc = EXIT_USAGE;
+            goto done;
+        }
+    }
     const char *aug = opt_get(&o, "augment");
     if (aug && (rc = parse_augment("slim", aug, &sc.train.augment))) goto done;
     sc.finetune.augment = sc.train.augment;

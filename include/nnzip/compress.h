@@ -200,6 +200,7 @@ nz_status nz_normdir_convert(nz_model *m, nz_error *err);
 nz_status nz_normdir_restore(nz_model *m, nz_error *err);
 
 typedef enum { NZ_SLIM_PROXIMAL = 0, NZ_SLIM_SUBGRADIENT = 1 } nz_slim_method;
+enum { NZ_SLIM_COST_UNIFORM = 0, NZ_SLIM_COST_STATIC = 1, NZ_SLIM_COST_LIVE = 2 };
 
 typedef struct {
     float lambda[NZ_MAX_PASS_NODES]; /* per node; < 0: global_lambda */
@@ -213,8 +214,11 @@ typedef struct {
     float subgrad_eps;               /* subgradient: norms below this count as zero */
     int cost_weighted;               /* scale each layer's lambda by the parameters one of its
                                         groups controls (incoming + outgoing), relative to the
-                                        mean: the penalty then tracks the parameters removed
-                                        (default 1; 0 = the same lambda everywhere) */
+                                        mean: the penalty then tracks the parameters removed.
+                                        NZ_SLIM_COST_STATIC (default): the counts of the model
+                                        given; NZ_SLIM_COST_LIVE: recounted every step over the
+                                        neighbours still alive; NZ_SLIM_COST_UNIFORM (0): the
+                                        same lambda everywhere */
     const nz_dataset *val;           /* NULL (default) or held-out examples: fine-tuning then
                                         keeps the epoch (0 = right after removal) with the
                                         lowest error on them; the test set is never used to

@@ -30,7 +30,7 @@ void nz_slim_cfg_default(nz_slim_cfg *cfg) {
     nz_train_cfg_default(&cfg->finetune);
     cfg->finetune.lr = 1e-3f; /* 0.01 undid part of the converged model in 10 epochs */
     cfg->subgrad_eps = 1e-3f;
-    cfg->cost_weighted = 1;
+    cfg->cost_weighted = NZ_SLIM_COST_STATIC;
 }
 
 /* The next weighted node fed by node i through element-wise, pooling or flatten nodes. */
@@ -63,6 +63,59 @@ static double group_cost(const nz_model *m, int i) {
     double c = (double)S + 1.0;
     int j = next_weighted(m, i);
     if (j >= 0) c += (double)nz_param_numel(&m->nodes[j].params[0]) / (double)n->units;
+    return c;
+}
+
+/* The weighted node that feeds node i through element-wise, pooling or flatten nodes; -1 for
+ * the data (or anything else, e.g. an add, which mixes two sources). */
+static int prev_weighted(const nz_model *m, int i) {
+    int j = m->nodes[i].inputs[0];
+    while (j > 0) {
+        const nz_node *n = &m->nodes[j];
+        switch (n->op) {
+        case NZ_OP_RELU:
+        case NZ_OP_MAXPOOL:
+        case NZ_OP_DROPOUT:
+        case NZ_OP_FLATTEN:
+        case NZ_OP_AVGPOOL:
+        case NZ_OP_BATCHNORM: j = n->inputs[0]; break;
+        case NZ_OP_NDENSE:
+        case NZ_OP_NCONV2D: return j;
+        default: return -1;
+        }
+    }
+    return -1;
+}
+
+/* Fraction of node i's outputs still alive (a neuron with a nonzero norm; a conv channel with
+ * any nonzero kernel); 1 for nodes that are not norm x direction. */
+static double alive_frac(const nz_model *m, int i) {
+    if (i < 0) return 1.0;
+    const nz_node *n = &m->nodes[i];
+    if (n->op != NZ_OP_NDENSE && n->op != NZ_OP_NCONV2D) return 1.0;
+    const float *g = m->params + n->params[1].off;
+    const size_t per = n->params[1].n / (size_t)n->units; /* groups per output unit */
+    size_t alive = 0;
+    for (int u = 0; u < n->units; u++) {
+        size_t k = 0;
+        while (k < per && g[(size_t)u * per + k] == 0.0f) k++;
+        alive += k < per;
+    }
+    return (double)alive / (double)n->units;
+}
+
+/* group_cost counting only what is still alive: the inputs from live units of the layer
+ * before and the outgoing weights to live units of the layer after. As neighbours die, a
+ * group's removal saves less, and its penalty falls with it. */
+static double group_cost_live(const nz_model *m, int i) {
+    const nz_node *n = &m->nodes[i];
+    const size_t G = n->params[1].n, S = n->params[0].n / G;
+    if (n->op == NZ_OP_NCONV2D) return (double)S;
+    double c = (double)S * alive_frac(m, prev_weighted(m, i)) + 1.0;
+    int j = next_weighted(m, i);
+    if (j >= 0)
+        c += (double)nz_param_numel(&m->nodes[j].params[0]) / (double)n->units *
+             alive_frac(m, j);
     return c;
 }
 
@@ -207,6 +260,7 @@ nz_status nz_normdir_restore(nz_model *m, nz_error *err) {
 typedef struct {
     const nz_slim_cfg *cfg;
     float lambda[NZ_MAX_PASS_NODES];
+    float base[NZ_MAX_PASS_NODES]; /* live cost weighting: lambda / the mean cost at the start */
     float lr;
     long step, ramp_steps;
     const nz_train_hooks *outer;
@@ -219,6 +273,9 @@ static int prox_step(nz_model *m, void *user) {
     s->step++;
     double ramp = s->ramp_steps > 0 ? (double)s->step / (double)s->ramp_steps : 1.0;
     if (ramp > 1) ramp = 1;
+    if (s->cfg->cost_weighted == NZ_SLIM_COST_LIVE)
+        for (int i = 0; i < m->n_nodes; i++)
+            if (s->base[i] > 0) s->lambda[i] = s->base[i] * (float)group_cost_live(m, i);
     for (int i = 0; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
         if (!is_normdir(n)) continue;
@@ -552,8 +609,11 @@ nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
         }
     }
     if (cfg->cost_weighted && groups > 0)
-        for (int i = 0; i < m->n_nodes; i++)
-            if (s.lambda[i] > 0) s.lambda[i] *= (float)(group_cost(m, i) / (cost_sum / groups));
+        for (int i = 0; i < m->n_nodes; i++) {
+            if (s.lambda[i] <= 0) continue;
+            s.base[i] = s.lambda[i] / (float)(cost_sum / groups);
+            s.lambda[i] *= (float)(group_cost(m, i) / (cost_sum / groups));
+        }
     const long steps_per_epoch = (train->n + cfg->train.batch - 1) / cfg->train.batch;
     s.ramp_steps = (long)cfg->ramp_epochs * steps_per_epoch;
     nz_train_hooks th;
