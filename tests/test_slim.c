@@ -588,6 +588,19 @@ static int count_zero_groups(const nz_model *m, const char *node) {
     return z;
 }
 
+/* The short LeNet-300-100 slimming the end-to-end tests run: 8 penalized epochs (ramp 1) at the
+ * zoo's learning rate, batch 64, seed 1. */
+static void short_slim_cfg(nz_slim_cfg *cfg, float lambda, int finetune_epochs) {
+    nz_slim_cfg_default(cfg);
+    cfg->global_lambda = lambda;
+    cfg->epochs = 8;
+    cfg->ramp_epochs = 1;
+    cfg->finetune_epochs = finetune_epochs;
+    cfg->train.lr = nz_zoo_default_lr("lenet300");
+    cfg->train.batch = 64;
+    cfg->train.seed = 1;
+}
+
 static void test_slim_e2e(nz_slim_method method, const nz_dataset *train, const nz_dataset *test) {
     const char *mname = method == NZ_SLIM_PROXIMAL ? "proximal" : "subgradient";
     nz_model m;
@@ -600,15 +613,8 @@ static void test_slim_e2e(nz_slim_method method, const nz_dataset *train, const 
      * 28-163 of fc1's 300 neurons at 0% test error; 0.2 starts to hurt (19-40%). 0.15 x 8 epochs
      * (50 left) is in the middle. */
     nz_slim_cfg cfg;
-    nz_slim_cfg_default(&cfg);
-    cfg.global_lambda = 0.15f;
+    short_slim_cfg(&cfg, 0.15f, 1);
     cfg.method = method;
-    cfg.epochs = 8;
-    cfg.ramp_epochs = 1;
-    cfg.finetune_epochs = 1;
-    cfg.train.lr = nz_zoo_default_lr("lenet300");
-    cfg.train.batch = 64;
-    cfg.train.seed = 1;
     cfg.finetune.batch = 64;
     cfg.finetune.seed = 2;
     nz_slim_result res;
@@ -796,6 +802,48 @@ static void test_slim_val(const nz_dataset *train_all) {
 
 /* ---------------------------------------------------------------- main */
 
+/* --cost live against static on the same run. 270 of fc1's 300 neurons are dead from the
+ * start, so an fc2 neuron reads 30 live inputs: static weighting still charges it for 300 and
+ * (fc2's lambda raised to 0.3) removes about half of fc2; live weighting charges it ~10x less
+ * and keeps it whole (measured: fc1 30 in both, fc2 54 static, 100 live). Also: the default is
+ * static. */
+static void test_slim_cost_live(const nz_dataset *train, const nz_dataset *test) {
+    nz_slim_cfg cfg;
+    short_slim_cfg(&cfg, 0.05f, 0);
+    CHECK(cfg.cost_weighted == NZ_SLIM_COST_STATIC, "slim: default cost weighting %d",
+          cfg.cost_weighted);
+    int fc1[2], fc2[2];
+    for (int live = 0; live <= 1; live++) {
+        nz_model m;
+        nz_error err;
+        if (build(&m, "lenet300", 606) != 0) return;
+        cfg.cost_weighted = live ? NZ_SLIM_COST_LIVE : NZ_SLIM_COST_STATIC;
+        for (int i = 0; i < m.n_nodes; i++) {
+            if (strcmp(m.nodes[i].name, "fc2") == 0) cfg.lambda[i] = 0.3f;
+            if (strcmp(m.nodes[i].name, "fc1") == 0)
+                for (int u = 30; u < m.nodes[i].units; u++)
+                    memset(m.params + m.nodes[i].params[0].off + (size_t)u * 784, 0,
+                           sizeof(float) * 784);
+        }
+        nz_slim_result res;
+        nz_status st = nz_slim(&m, train, test, &cfg, NULL, &res, &err);
+        CHECK(st == NZ_OK, "nz_slim cost %d: %s", live, st ? err.msg : "");
+        if (st) {
+            nz_model_free(&m);
+            return;
+        }
+        fc1[live] = res.units_after[0], fc2[live] = res.units_after[1];
+        nz_model_free(&m);
+    }
+    printf("  slim cost static: fc1 %d fc2 %d; live: fc1 %d fc2 %d\n", fc1[0], fc2[0], fc1[1],
+           fc2[1]);
+    CHECK(fc1[0] <= 30 && fc1[1] <= 30, "slim cost: dead fc1 neurons came back (%d, %d)", fc1[0],
+          fc1[1]);
+    CHECK(fc2[1] >= fc2[0] + 20 && fc2[1] * 4 >= fc1[1],
+          "slim --cost live keeps fc2 %d (fc1 %d), static %d (fc1 %d)", fc2[1], fc1[1], fc2[0],
+          fc1[0]);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--child") == 0) return child_noflatten(argv[2]);
     const double t0 = now();
@@ -814,6 +862,7 @@ int main(int argc, char **argv) {
     test_slim_e2e(NZ_SLIM_PROXIMAL, &train, &test);
     test_slim_e2e(NZ_SLIM_SUBGRADIENT, &train, &test);
     test_slim_val(&train);
+    test_slim_cost_live(&train, &test);
     nz_dataset_free(&train);
     nz_dataset_free(&test);
 
