@@ -588,6 +588,87 @@ static int count_zero_groups(const nz_model *m, const char *node) {
     return z;
 }
 
+/* ---------------------------------------------------------------- rebalance */
+
+static double max_rel_diff(const float *a, const float *b, size_t n) {
+    double w = 0;
+    for (size_t i = 0; i < n; i++)
+        w = fmax(w, fabs((double)a[i] - b[i]) / fmax(fabs((double)b[i]), 1e-3));
+    return w;
+}
+
+/* L2 norms of unit u of node a (incoming weights + bias) and of what reads it in node b */
+static void unit_norms(const nz_model *m, int a, int b, int u, int span, double *in,
+                       double *out) {
+    const nz_node *na = &m->nodes[a], *nb = &m->nodes[b];
+    const size_t per = na->params[0].n / (size_t)na->units;
+    const float *Wa = m->params + na->params[0].off, *Wb = m->params + nb->params[0].off;
+    double si = (double)m->params[na->params[1].off + u] * m->params[na->params[1].off + u];
+    for (size_t q = 0; q < per; q++) si += (double)Wa[u * per + q] * Wa[u * per + q];
+    const size_t stride = nb->params[0].n / (size_t)nb->units;
+    double so = 0;
+    for (int r = 0; r < nb->units; r++)
+        for (int q = 0; q < span; q++) {
+            const float w = Wb[(size_t)r * stride + (size_t)u * span + q];
+            so += (double)w * w;
+        }
+    *in = sqrt(si), *out = sqrt(so);
+}
+
+/* nz_rebalance keeps the function and equalizes the norms of the last pair it balances (one
+ * sweep from the input: balancing a pair moves the outgoing norms of the pair before it). The
+ * scales are first pulled apart the way slimming does (a layer x 0.05, the next x 20),
+ * the check is shown to notice a scaling that forgets the bias, and a ResNet (every conv
+ * feeds a batch norm) is left bit for bit alone. */
+static void test_rebalance(void) {
+    static const struct {
+        const char *arch, *a, *b;
+        int pairs, span;
+    } cases[] = {{"lenet300", "fc2", "fc3", 2, 1}, {"lenet5", "fc1", "fc2", 3, 1}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        nz_model m;
+        if (build(&m, cases[c].arch, 77) != 0) return;
+        const int a = node_id(&m, cases[c].a), b = node_id(&m, cases[c].b);
+        const nz_node *na = &m.nodes[a], *nb = &m.nodes[b];
+        for (size_t q = 0; q < na->params[0].n; q++) m.params[na->params[0].off + q] *= 0.05f;
+        for (size_t q = 0; q < na->params[1].n; q++) m.params[na->params[1].off + q] = 0.01f;
+        for (size_t q = 0; q < nb->params[0].n; q++) m.params[nb->params[0].off + q] *= 20.0f;
+        const int B = 8;
+        float *x = random_inputs(&m, B, 5), *z0 = logits_of(&m, x, B);
+        const size_t nz = (size_t)B * 10;
+        double in0, out0, in1, out1;
+        unit_norms(&m, a, b, 3, cases[c].span, &in0, &out0);
+        const int pairs = nz_rebalance(&m);
+        float *z1 = logits_of(&m, x, B);
+        unit_norms(&m, a, b, 3, cases[c].span, &in1, &out1);
+        CHECK(pairs == cases[c].pairs, "rebalance %s: %d layer pairs, want %d", cases[c].arch,
+              pairs, cases[c].pairs);
+        CHECK(z0 && z1 && max_rel_diff(z1, z0, nz) < 1e-4,
+              "rebalance %s changed the logits (%.3g)", cases[c].arch,
+              z0 && z1 ? max_rel_diff(z1, z0, nz) : -1.0);
+        CHECK(out0 > 20 * in0 && fabs(in1 - out1) < 1e-3 * out1,
+              "rebalance %s: %s unit 3 norms in/out %.4g/%.4g -> %.4g/%.4g", cases[c].arch,
+              cases[c].a, in0, out0, in1, out1);
+        /* mutation: scale a unit's weights but not its bias -> the function changes */
+        for (size_t q = 0; q < na->params[0].n; q++) m.params[na->params[0].off + q] *= 2.0f;
+        for (size_t q = 0; q < nb->params[0].n; q++) m.params[nb->params[0].off + q] *= 0.5f;
+        float *z2 = logits_of(&m, x, B);
+        CHECK(z2 && max_rel_diff(z2, z0, nz) > 1e-3,
+              "rebalance %s: a scaling that forgets the bias goes unnoticed", cases[c].arch);
+        free(x), free(z0), free(z1), free(z2);
+        nz_model_free(&m);
+    }
+    nz_model m;
+    if (build(&m, "resnet20", 78) != 0) return;
+    float *before = malloc(sizeof(float) * m.n_params);
+    memcpy(before, m.params, sizeof(float) * m.n_params);
+    const int pairs = nz_rebalance(&m);
+    CHECK(pairs == 0 && memcmp(before, m.params, sizeof(float) * m.n_params) == 0,
+          "rebalance resnet20: %d pairs changed (batch norms follow every conv)", pairs);
+    free(before);
+    nz_model_free(&m);
+}
+
 /* The short LeNet-300-100 slimming the end-to-end tests run: 8 penalized epochs (ramp 1) at the
  * zoo's learning rate, batch 64, seed 1. */
 static void short_slim_cfg(nz_slim_cfg *cfg, float lambda, int finetune_epochs) {
@@ -855,6 +936,7 @@ int main(int argc, char **argv) {
     test_remove_whole_layer();
     test_remove_resnet();
     test_refusals();
+    test_rebalance();
 
     nz_dataset train, test;
     make_synthetic(&train, 1000, 21);

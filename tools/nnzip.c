@@ -1239,6 +1239,7 @@ static const opt_def compress_opts[] = {
     {"method", 'M', 1, "LIST", "methods in order: deep (prune, quantize, encode), slim, slim,deep"},
     {"lambda", 'l', 1, "SPEC", "slim: L1 strength on the norms (default 3e-2)"},
     {"val", 0, 1, "N", "slim: hold out the last N training images; fine-tuning keeps its best epoch on them"},
+    {"rebalance", 0, 0, "", "before pruning, rescale each relu unit's incoming and outgoing weights to equal norms (same function; evens out the scales slimming leaves)"},
     PRUNE_OPTS, QUANT_OPTS, ENCODE_OPTS, TARGET_OPTS};
 
 /* --val N: the last N training images become the validation set that picks the fine-tuning
@@ -1633,6 +1634,10 @@ static int cmd_compress(int argc, char **argv) {
         pr.test_err_before = err_before;
         pr.test_err_after = qr.test_err_after = ev.error;
         goto save;
+    }
+    if (opt_flag(&o, "rebalance")) {
+        const int pairs = nz_rebalance(&j.m);
+        if (!quiet) fprintf(stderr, "compress: rebalanced %d layer pairs\n", pairs);
     }
     if (target && (rc = plan_target("compress", &o, &j, dense, &pc, &qc, &ar, &ratio))) goto done;
     if (!quiet) fprintf(stderr, "compress: stage 1/3, pruning\n");

@@ -254,6 +254,15 @@ nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
  * dense/conv2d with relu/maxpool/dropout/flatten between. The classifier keeps all outputs. */
 nz_status nz_slim_remove(nz_model *m, nz_error *err);
 
+/* Rescales every unit (fc neuron, conv output channel) of a dense/conv layer whose outputs
+ * reach the next dense/conv layer only through relu/maxpool/avgpool/dropout/flatten: incoming
+ * weights and bias x a, the next layer's weights that read the unit x 1/a, with a chosen so
+ * the two have the same L2 norm. The function is unchanged (up to float rounding); what
+ * changes is the scale one learning rate and one per-layer pruning threshold see. Layers
+ * before a batch norm or an add, and sparse layers, are left alone. Returns the number of
+ * layer pairs balanced. */
+int nz_rebalance(nz_model *m);
+
 /* ---------------------------------------------------------------- encoding */
 
 /* Order the positions of a sparse tensor are stored in (the runtime builds whatever form its
