@@ -453,16 +453,10 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
                 for (size_t j = 0; j < sz; j++) din[j] += dout[j];
             break;
         case NZ_OP_BATCHNORM:
-            if (fused >= 0)
-                batchnorm_relu_backward(din, G + n->params[0].off, G + n->params[1].off, dout,
-                                        ws->act[fused], ws->act[src], P + n->params[0].off,
-                                        ws->bnstat[i], ws->bnstat[i] + s.c, B, s.c, s.h * s.w,
-                                        ws->drop_on[i], set);
-            else
-                (set ? batchnorm_backward_set : batchnorm_backward)(
-                    din, G + n->params[0].off, G + n->params[1].off, dout, ws->act[src],
-                    P + n->params[0].off, ws->bnstat[i], ws->bnstat[i] + s.c, B, s.c,
-                    s.h * s.w, ws->drop_on[i]);
+            batchnorm_relu_backward(din, G + n->params[0].off, G + n->params[1].off, dout,
+                                    fused >= 0 ? ws->act[fused] : NULL, ws->act[src],
+                                    P + n->params[0].off, ws->bnstat[i], ws->bnstat[i] + s.c, B,
+                                    s.c, s.h * s.w, ws->drop_on[i], set);
             break;
         case NZ_OP_ADD:
             if (set && ws->owns[src] && !ws->shared[src] && !ws->shared[i]) {

@@ -102,7 +102,7 @@ void batchnorm_relu_forward(float *out, const float *in, const float *gamma, con
                             float *run_mean, float *run_var, float *mean, float *invstd, int B,
                             int C, int HW, float momentum, float eps, int training);
 /* Backward of batchnorm_relu_forward: dout is the gradient of its output y (the relu's); din
- * += or (set) = the gradient of in. */
+ * += or (set) = the gradient of in. y == NULL: a batch norm alone (as batchnorm_backward(_set)). */
 void batchnorm_relu_backward(float *din, float *dgamma, float *dbeta, const float *dout,
                              const float *y, const float *in, const float *gamma,
                              const float *mean, const float *invstd, int B, int C, int HW,
