@@ -216,7 +216,11 @@ typedef struct {
     int rows, cols, B;
 } batch_arg;
 static void run_sparse_mat(void *p) {
-    batch_arg *a = p; /* includes the transposes the layer does */
+    batch_arg *a = p; /* what the layer does: panels, or transposes around the row kernel */
+    if (a->S->pan) {
+        nz_sparse_matmul_panels(a->S, a->x, a->B, a->y);
+        return;
+    }
     for (int n = 0; n < a->B; n++)
         for (int i = 0; i < a->cols; i++) a->xT[(size_t)i * a->B + n] = a->x[(size_t)n * a->cols + i];
     nz_sparse_matmul(a->S, a->xT, a->B, a->yT, 0);

@@ -133,6 +133,9 @@ if "$NNZ" train --model lenet300 --data mnist --epochs 1 --seed 1 --json -o "$M"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["val_images"] == 500 and 0 <= d["val_error_pct"] <= 100 and 0 <= d["finetune_kept_epoch"] <= 2, d' "$T/out" && ok || bad "slim --val: $(head -c 300 "$T/out")"
   expect 2 "slim --val too large" -- "$NNZ" slim "$M" --limit 2000 --val 2000 -o "$T/sv2.nnz"; err_names "validation" "slim --val too large"
   [ ! -e "$T/sv2.nnz" ] && ok || bad "slim --val too large left an output"
+  expect 0 "slim --distill" -- "$NNZ" slim "$M" --limit 2000 --epochs 1 --finetune-epochs 1 --lambda 1e-2 --distill 0.5 --distill-temp 3 -q --json -o "$T/sd1.nnz"
+  expect 2 "slim --distill 2" -- "$NNZ" slim "$M" --limit 2000 --distill 2 -o "$T/sd2.nnz"; err_names "distill" "slim --distill 2"
+  [ ! -e "$T/sd2.nnz" ] && ok || bad "slim --distill 2 left an output"
 
   # sensitivity analysis on a tiny LeNet-300-100 (1000 images, 1 epoch): JSON, table and plot
   S=$T/tiny.nnz

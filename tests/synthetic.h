@@ -10,6 +10,7 @@
 
 #include "nnzip/data.h"
 #include "nnzip/rng.h"
+#include "nnzip/train.h"
 
 static void make_synthetic(nz_dataset *ds, int n, uint64_t seed) {
     memset(ds, 0, sizeof *ds);
@@ -30,6 +31,32 @@ static void make_synthetic(nz_dataset *ds, int n, uint64_t seed) {
         for (int y = r0; y < r0 + 10; y++)
             for (int x = c0; x < c0 + 4; x++) im[y * 28 + x] = (uint8_t)(180 + nz_rng_below(&r, 70));
     }
+}
+
+/* Mean T^2 KL (T 2) of b's eval-mode outputs from a's on the first n images of ds: how far a
+ * student is from its teacher. -1 when out of memory. */
+static inline double outputs_kl(const nz_model *a, const nz_model *b, const nz_dataset *ds,
+                                int n) {
+    nz_error e = {0};
+    nz_ws *wa = nz_ws_new(a, n, &e), *wb = nz_ws_new(b, n, &e);
+    float *x = malloc(sizeof(float) * nz_shape_size(ds->shape) * (size_t)n);
+    uint8_t *y = malloc((size_t)n);
+    int32_t *idx = malloc(sizeof(int32_t) * (size_t)n);
+    double kl = -1;
+    if (wa && wb && x && y && idx) {
+        for (int i = 0; i < n; i++) idx[i] = i;
+        nz_batch_fill(ds, &a->pre, idx, n, x, y);
+        const float *la = nz_forward(a, wa, x, n, 0, NULL);
+        const float *lb = nz_forward(b, wb, x, n, 0, NULL);
+        nz_distill d = {a, 1.0f, 2.0f};
+        kl = nz_distill_xent(lb, la, y, n, a->n_classes, 0.0f, &d, NULL, NULL);
+    }
+    nz_ws_free(wa);
+    nz_ws_free(wb);
+    free(x);
+    free(y);
+    free(idx);
+    return kl;
 }
 
 #endif

@@ -420,6 +420,117 @@ static void test_kernels(void) {
     nz_set_threads(0);
 }
 
+/* The panel kernels (small dense layers with a codebook of <= 32 entries) against a dense
+ * reference: batch 1 on inputs with no, some and only zeros; batches that are and are not
+ * multiples of the 8-sample pass, where each sample must come out the same bits as alone and
+ * with 1 or 2 threads; codebooks that fit one register (<= 16) and two; shapes with a partial
+ * last block of rows and more columns than one list chunk. Which layers get panels, too. */
+static void test_panel_kernels(void) {
+    static const struct {
+        int rows, cols, k;
+        double density;
+    } shapes[] = {{1, 1, 2, 1.0},     {10, 100, 16, 0.25}, {16, 33, 17, 0.5}, {17, 5, 32, 0.9},
+                  {100, 300, 32, 0.09}, {128, 600, 5, 0.3}, {127, 1100, 32, 0.2}};
+    static const double zero_frac[] = {0.0, 0.5, 1.0};
+    static const int Bs[] = {64, 1, 3, 8, 13}; /* 64 first: the others compare to it */
+    nz_rng r;
+    nz_rng_seed(&r, 4242);
+    nz_error e = {0};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int rows = shapes[si].rows, cols = shapes[si].cols, k = shapes[si].k;
+        float cb[32];
+        make_codebook(cb, k, &r);
+        float *W = malloc(sizeof(float) * (size_t)rows * cols);
+        float *X = malloc(sizeof(float) * (size_t)cols * 64);
+        float *Y = malloc(sizeof(float) * (size_t)rows * 64), *Y2 = malloc(sizeof(float) * (size_t)rows * 64);
+        float *y1 = malloc(sizeof(float) * (size_t)rows), *ref = malloc(sizeof(float) * (size_t)rows * 64);
+        random_matrix(W, rows, cols, shapes[si].density, cb, k, &r);
+        nz_sparse *s = NULL, *c = NULL;
+        if (nz_sparse_from_dense(&s, W, rows, cols, cb, k, 5, &e) ||
+            nz_sparse_prepare(s, NZ_OP_DENSE, &e) || nz_sparse_clone(&c, s, &e)) {
+            CHECK(0, "panels %dx%d: %s", rows, cols, e.msg);
+            nz_sparse_free(s);
+            goto next;
+        }
+        CHECK(s->pan && s->pan_rows == (rows + 15) / 16 * 16 && c->pan &&
+                  memcmp(s->pan, c->pan, (size_t)cols * s->pan_rows) == 0,
+              "panels %dx%d: not built or not cloned", rows, cols);
+        if (!s->pan) goto done;
+        for (size_t zi = 0; zi < sizeof zero_frac / sizeof zero_frac[0]; zi++) {
+            for (size_t i = 0; i < (size_t)cols * 64; i++)
+                X[i] = nz_rng_uniform(&r) < zero_frac[zi] ? 0.0f : nz_rng_normal(&r);
+            for (int n = 0; n < 64; n++)
+                for (int i = 0; i < rows; i++) {
+                    double sum = 0;
+                    for (int j = 0; j < cols; j++)
+                        sum += (double)W[(size_t)i * cols + j] * X[(size_t)n * cols + j];
+                    ref[(size_t)n * rows + i] = (float)sum;
+                }
+            for (int i = 0; i < rows; i++) y1[i] = NAN; /* every output must be written */
+            nz_sparse_matvec(c, X, y1); /* the clone's panels */
+            double err = tl_max_rel_err(y1, ref, (size_t)rows, 1.0);
+            CHECK(err < 1e-5, "panel matvec %dx%d k=%d, zeros %.1f: err %g", rows, cols, k,
+                  zero_frac[zi], err);
+            if (zero_frac[zi] == 1.0) {
+                int all0 = 1;
+                for (int i = 0; i < rows; i++) all0 &= y1[i] == 0.0f;
+                CHECK(all0, "panel matvec %dx%d: zero input, nonzero output", rows, cols);
+            }
+            for (int th = 1; th <= 2; th++) {
+                nz_set_threads(th);
+                for (size_t bi = 0; bi < sizeof Bs / sizeof Bs[0]; bi++) {
+                    const int B = Bs[bi];
+                    for (size_t i = 0; i < (size_t)rows * B; i++) Y[i] = NAN;
+                    nz_sparse_matmul_panels(s, X, B, Y);
+                    err = tl_max_rel_err(Y, ref, (size_t)rows * B, 1.0);
+                    CHECK(err < 1e-5, "panel matmul %dx%d k=%d B=%d threads %d: err %g", rows,
+                          cols, k, B, th, err);
+                    /* each sample the same bits in any batch, with 1 or 2 threads */
+                    if (B == 64 && th == 1)
+                        memcpy(Y2, Y, sizeof(float) * (size_t)rows * 64);
+                    else
+                        CHECK(memcmp(Y, Y2, sizeof(float) * (size_t)rows * B) == 0,
+                              "panel matmul %dx%d: batch %d, %d threads changes a sample's sums",
+                              rows, cols, B, th);
+                }
+            }
+            nz_set_threads(0);
+        }
+    done:
+        nz_sparse_free(s);
+        nz_sparse_free(c);
+    next:
+        free(W);
+        free(X);
+        free(Y);
+        free(Y2);
+        free(y1);
+        free(ref);
+    }
+    /* no panels: too many rows, a codebook past 32 entries, f32 values, or too sparse */
+    static const struct {
+        int rows, cols, k;
+        double density;
+    } none[] = {{129, 10, 16, 0.5}, {20, 20, 33, 0.5}, {20, 20, 0, 0.5}, {100, 2000, 16, 0.002}};
+    for (size_t i = 0; i < sizeof none / sizeof none[0]; i++) {
+        float cb[40];
+        make_codebook(cb, none[i].k ? none[i].k : 2, &r);
+        float *W = malloc(sizeof(float) * (size_t)none[i].rows * none[i].cols);
+        random_matrix(W, none[i].rows, none[i].cols, none[i].density, none[i].k ? cb : NULL,
+                      none[i].k, &r);
+        nz_sparse *s = NULL;
+        if (nz_sparse_from_dense(&s, W, none[i].rows, none[i].cols, none[i].k ? cb : NULL,
+                                 none[i].k, 5, &e) == NZ_OK &&
+            nz_sparse_prepare(s, NZ_OP_DENSE, &e) == NZ_OK)
+            CHECK(!s->pan && s->col_ptr, "panels built for %dx%d k=%d density %g", none[i].rows,
+                  none[i].cols, none[i].k, none[i].density);
+        else
+            CHECK(0, "no-panel case %zu: %s", i, e.msg);
+        nz_sparse_free(s);
+        free(W);
+    }
+}
+
 /* The column kernel against a dense reference and the row kernel, on inputs without zeros, with
  * some or most zero (skipped columns) and all zero; the largest shape is past the threading
  * threshold. The row split of the threads keeps each output's order of terms, so 1 and 2
@@ -1738,6 +1849,7 @@ int main(void) {
     TIMED(test_roundtrips());
     TIMED(test_kernels());
     TIMED(test_csc_kernel());
+    TIMED(test_panel_kernels());
     TIMED(test_model_level("lenet300", 0, dir));
     TIMED(test_model_level("lenet300", 1, dir));
     TIMED(test_model_level("lenet5", 0, dir));

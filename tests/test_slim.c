@@ -925,6 +925,36 @@ static void test_slim_cost_live(const nz_dataset *train, const nz_dataset *test)
           fc1[0]);
 }
 
+/* --distill: the fine-tune learns the model given. With alpha 1 its outputs end closer to the
+ * original model's than a fine-tune on the labels alone leaves them. */
+static void test_slim_distill(const nz_dataset *train, const nz_dataset *test) {
+    double kl[2];
+    for (int on = 0; on <= 1; on++) {
+        nz_model m, orig;
+        nz_error err;
+        if (build(&m, "lenet300", 606) != 0) return;
+        if (nz_model_copy(&orig, &m, &err)) {
+            CHECK(0, "copy: %s", err.msg);
+            nz_model_free(&m);
+            return;
+        }
+        nz_slim_cfg cfg;
+        short_slim_cfg(&cfg, 0.15f, 3);
+        cfg.finetune.lr = 0.05f;
+        cfg.distill_alpha = on ? 1.0f : 0.0f;
+        cfg.distill_temp = 2.0f;
+        nz_slim_result res;
+        nz_status st = nz_slim(&m, train, test, &cfg, NULL, &res, &err);
+        CHECK(st == NZ_OK, "nz_slim distill %d: %s", on, st ? err.msg : "");
+        kl[on] = st ? -1 : outputs_kl(&orig, &m, test, 500);
+        nz_model_free(&m);
+        nz_model_free(&orig);
+    }
+    printf("  slim distill: KL to the original %.4f on labels, %.4f distilled\n", kl[0], kl[1]);
+    CHECK(kl[0] > 0 && kl[1] >= 0 && kl[1] < 0.7 * kl[0],
+          "slim --distill: KL to the original model %g, without %g", kl[1], kl[0]);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--child") == 0) return child_noflatten(argv[2]);
     const double t0 = now();
@@ -945,6 +975,7 @@ int main(int argc, char **argv) {
     test_slim_e2e(NZ_SLIM_SUBGRADIENT, &train, &test);
     test_slim_val(&train);
     test_slim_cost_live(&train, &test);
+    test_slim_distill(&train, &test);
     nz_dataset_free(&train);
     nz_dataset_free(&test);
 

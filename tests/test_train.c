@@ -428,6 +428,25 @@ static void test_schedules(void) {
 
 /* ---------------------------------------------------------------- label smoothing */
 
+/* Largest gap between g and central finite differences (step 1e-2) of the float loss
+ * nz_distill_xent (with d NULL: the label loss alone) at logits z [B, K] (B * K <= 64). */
+static double fd_worst(const float *z, const float *t, const uint8_t *y, int B, int K, float eps,
+                       const nz_distill *d, const float *g) {
+    float zz[64];
+    memcpy(zz, z, sizeof(float) * (size_t)(B * K));
+    double worst = 0;
+    for (int i = 0; i < B * K; i++) {
+        const float h = 1e-2f;
+        zz[i] = z[i] + h;
+        double lp = nz_distill_xent(zz, t, y, B, K, eps, d, NULL, NULL);
+        zz[i] = z[i] - h;
+        double lm = nz_distill_xent(zz, t, y, B, K, eps, d, NULL, NULL);
+        zz[i] = z[i];
+        worst = fmax(worst, fabs((lp - lm) / (2.0 * h) - g[i]));
+    }
+    return worst;
+}
+
 static void test_label_smoothing(void) {
     enum { B = 3, K = 5 };
     const float z[B * K] = {0.3f, -1.2f, 2.0f, 0.0f, 0.7f,  1.5f, 1.4f, -0.3f,
@@ -462,19 +481,103 @@ static void test_label_smoothing(void) {
     CHECK(worst < 1e-7, "gradient off by %g", worst);
     CHECK(correct == 2, "correct %d (argmax hits on examples 0 and 2)", correct);
     /* finite differences of the float loss, central, step 1e-2 */
-    float zz[B * K];
-    memcpy(zz, z, sizeof zz);
-    worst = 0;
-    for (int i = 0; i < B * K; i++) {
-        const float h = 1e-2f;
-        zz[i] = z[i] + h;
-        double lp = nz_softmax_xent_smooth(zz, y, B, K, (float)eps, NULL, NULL);
-        zz[i] = z[i] - h;
-        double lm = nz_softmax_xent_smooth(zz, y, B, K, (float)eps, NULL, NULL);
-        zz[i] = z[i];
-        worst = fmax(worst, fabs((lp - lm) / (2.0 * h) - g[i]));
-    }
+    worst = fd_worst(z, NULL, y, B, K, (float)eps, NULL, g);
     CHECK(worst < 2e-4, "finite differences off by %g", worst);
+}
+
+/* ---------------------------------------------------------------- distillation */
+
+/* T^2 KL(softmax(t/T) || softmax(z/T)), mean over the batch, and its gradient, in double. */
+static double distill_ref(const float *z, const float *t, int B, int K, double T, double *g) {
+    double kl = 0;
+    for (int b = 0; b < B; b++) {
+        double zs = 0, ts = 0;
+        for (int k = 0; k < K; k++) {
+            zs += exp(z[b * K + k] / T);
+            ts += exp(t[b * K + k] / T);
+        }
+        for (int k = 0; k < K; k++) {
+            double q = exp(z[b * K + k] / T) / zs, p = exp(t[b * K + k] / T) / ts;
+            kl += p * log(p / q);
+            g[b * K + k] = T * (q - p) / B;
+        }
+    }
+    return T * T * kl / B;
+}
+
+static void test_distill(void) {
+    enum { B = 3, K = 5 };
+    const float z[B * K] = {0.3f, -1.2f, 2.0f, 0.0f, 0.7f,  1.5f, 1.4f, -0.3f,
+                            0.2f, -2.0f, -0.5f, 0.1f, 0.2f, 3.0f, -1.0f};
+    const float t[B * K] = {1.3f, -0.2f, 0.5f, 0.4f, -0.7f, 2.5f, 0.4f, -1.3f,
+                            0.9f, 0.0f, 0.5f, -0.1f, 1.2f, 2.0f, -3.0f};
+    const uint8_t y[B] = {2, 0, 4};
+    const float eps = 0.1f, alpha = 0.6f, T = 3.0f;
+    float g0[B * K], g1[B * K];
+    int c0, c1;
+    /* alpha 0 (and no distillation at all): the label loss, bit for bit */
+    nz_distill off = {NULL, 0.0f, T};
+    float l0 = nz_softmax_xent_smooth(z, y, B, K, eps, g0, &c0);
+    float l1 = nz_distill_xent(z, t, y, B, K, eps, &off, g1, &c1);
+    CHECK(l0 == l1 && memcmp(g0, g1, sizeof g0) == 0 && c0 == c1, "alpha 0 differs");
+    l1 = nz_distill_xent(z, NULL, y, B, K, eps, NULL, g1, &c1);
+    CHECK(l0 == l1 && memcmp(g0, g1, sizeof g0) == 0, "no distillation differs");
+    /* the closed form in double */
+    nz_distill d = {NULL, alpha, T};
+    double gk[B * K];
+    const double kl = distill_ref(z, t, B, K, T, gk);
+    float g[B * K];
+    float l = nz_distill_xent(z, t, y, B, K, eps, &d, g, &c1);
+    const double want = (1 - alpha) * (double)l0 + alpha * kl;
+    CHECK(fabs(l - want) < 1e-6 * fabs(want), "loss %.9g, want %.9g", (double)l, want);
+    double worst = 0;
+    for (int i = 0; i < B * K; i++)
+        worst = fmax(worst, fabs(g[i] - ((1 - alpha) * g0[i] + alpha * gk[i])));
+    CHECK(worst < 1e-7, "gradient off by %g", worst);
+    /* finite differences of the float loss */
+    worst = fd_worst(z, t, y, B, K, eps, &d, g);
+    CHECK(worst < 2e-4, "finite differences off by %g", worst);
+    /* a teacher that agrees with the student adds nothing but the (1 - alpha) scale */
+    l = nz_distill_xent(z, z, y, B, K, eps, &d, g, NULL);
+    CHECK(fabs(l - (1 - alpha) * l0) < 1e-6, "self-distillation loss %g", (double)l);
+    worst = 0;
+    for (int i = 0; i < B * K; i++) worst = fmax(worst, fabs(g[i] - (1 - alpha) * g0[i]));
+    CHECK(worst < 1e-8, "self-distillation gradient off by %g", worst);
+
+    /* training with alpha 1 pulls the student's outputs to the teacher's */
+    nz_error e = {0};
+    nz_dataset ds;
+    make_synthetic(&ds, 200, 3);
+    nz_model teacher, student;
+    if (!build_small(&teacher, 7) || !build_small(&student, 5)) return;
+    nz_train_cfg cfg;
+    small_cfg(&cfg);
+    cfg.augment.crop_pad = 0; /* the KL below is measured on the plain images */
+    cfg.augment.flip = 0;
+    cfg.label_smoothing = 0.0f;
+    cfg.weight_decay = 0.0f;
+    cfg.epochs = 6;
+    const double before = outputs_kl(&teacher, &student, &ds, 200);
+    nz_distill dd = {&teacher, 1.0f, 2.0f};
+    nz_train_hooks h = {.distill = &dd};
+    nz_train_result r;
+    CHECK(nz_train(&student, &ds, NULL, &cfg, &h, &r, &e) == NZ_OK, "train: %s", e.msg);
+    const double after = outputs_kl(&teacher, &student, &ds, 200);
+    CHECK(before > 0 && after < 0.3 * before, "KL to the teacher %g -> %g", before, after);
+    /* a teacher for other classes is refused */
+    nz_model other;
+    CHECK(nz_model_init(&other, "other", (nz_shape){1, 28, 28}, 7, &e) == NZ_OK, "init");
+    dd.teacher = &other;
+    CHECK(nz_train(&student, &ds, NULL, &cfg, &h, &r, &e) == NZ_ERR_ARG &&
+              strstr(e.msg, "teacher"),
+          "mismatched teacher: %s", e.msg);
+    dd.teacher = &teacher;
+    dd.temperature = 0.0f;
+    CHECK(nz_train(&student, &ds, NULL, &cfg, &h, &r, &e) == NZ_ERR_ARG, "temperature 0 accepted");
+    nz_model_free(&other);
+    nz_model_free(&teacher);
+    nz_model_free(&student);
+    nz_dataset_free(&ds);
 }
 
 /* ---------------------------------------------------------------- SGD spans */
@@ -562,6 +665,7 @@ int main(void) {
     }
     test_schedules();
     test_label_smoothing();
+    test_distill();
     test_sgd_spans();
     test_checkpoint_format();
     test_checkpoint_failure();

@@ -1705,6 +1705,9 @@ static const opt_def slim_opts[] = {
     {"cost", 0, 1, "KIND", "per-layer lambda scaled by the parameters a group controls: static (default: counted on the model given), live (recounted every step over the neighbours still alive), uniform"},
     {"augment", 0, 1, "LIST", "training augmentation in both phases: cropN (pad N, random crop), flip, none (default none)"},
     {"val", 0, 1, "N", "hold out the last N training images (not trained on); fine-tuning keeps the epoch with the lowest error on them (default 0: the last epoch). The model given should not have seen them either: train it with --limit (total - N)"},
+    {"distill", 0, 1, "A", "fine-tune on the model given's outputs too (knowledge distillation): loss = (1-A) x labels + A x T^2 KL to the teacher (default 0: off)"},
+    {"distill-temp", 0, 1, "T", "distillation temperature (default 4)"},
+    {"distill-all", 0, 0, "", "distill during the penalized training too, not only the fine-tune"},
 };
 
 static int cmd_slim(int argc, char **argv) {
@@ -1779,6 +1782,10 @@ static int cmd_slim(int argc, char **argv) {
     const char *aug = opt_get(&o, "augment");
     if (aug && (rc = parse_augment("slim", aug, &sc.train.augment))) goto done;
     sc.finetune.augment = sc.train.augment;
+    if ((rc = opt_float(&o, "distill", 0, 1, &sc.distill_alpha)) ||
+        (rc = opt_float(&o, "distill-temp", 1e-3f, 100, &sc.distill_temp)))
+        goto done;
+    sc.distill_penalized = opt_flag(&o, "distill-all");
     if (nz_slim(&j.m, &j.tr, &j.te, &sc, &j.hooks, &sr, &e)) {
         rc = fail_err("slim", &e);
         goto done;

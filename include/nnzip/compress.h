@@ -58,7 +58,15 @@ struct nz_sparse {
     uint32_t *col_ptr;   /* [cols + 1] */
     uint32_t *row;       /* [nnz] row of each entry, ascending inside a column */
     float *cval;         /* [nnz] value of each entry */
+    /* Column panels, or NULL: for a dense layer of at most NZ_PANEL_MAX_ROWS rows with a
+     * codebook of at most 32 entries, the code of every (row, column) slot, column after
+     * column, each column padded to pan_rows = a multiple of 16 rows (code 0: no weight).
+     * One byte a slot and never float weights: the batch-1 kernel of small layers, where
+     * per-entry index work costs more than the zeros (nz_sparse_build_panels). */
+    uint8_t *pan;        /* [cols * pan_rows] */
+    int pan_rows;
 };
+#define NZ_PANEL_MAX_ROWS 128
 typedef struct nz_sparse nz_sparse;
 
 /* Builds the sparse form of a dense matrix [rows, cols], keeping entries != 0. codebook may be
@@ -76,6 +84,10 @@ static inline float nz_sparse_value(const nz_sparse *s, uint32_t j) {
 /* (Re)builds the column form from the rows; O(nnz + cols), 8 bytes per entry, stays sparse. */
 nz_status nz_sparse_build_csc(nz_sparse *s, nz_error *err);
 void nz_sparse_drop_csc(nz_sparse *s);
+/* (Re)builds the column panels when the layer qualifies (see pan above) and they take at most
+ * twice the bytes of the column form; else leaves pan NULL. Rebuild after changing codes. */
+nz_status nz_sparse_build_panels(nz_sparse *s, nz_error *err);
+void nz_sparse_drop_panels(nz_sparse *s);
 /* The runtime forms a weight of an op needs: NZ_OP_DENSE keeps (or builds) the column form,
  * other ops drop it. Called wherever a model's tensor becomes sparse (sparsify, load). */
 nz_status nz_sparse_prepare(nz_sparse *s, nz_op op, nz_error *err);
@@ -97,6 +109,13 @@ void nz_sparse_matvec_rows(const nz_sparse *s, const float *x, float *y);
  * ReLU outputs) cost no work (without the column form: by rows). Results do not depend on the
  * thread count. */
 void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y);
+/* From the column panels (without them: nz_sparse_matvec): codebook look-up by a vector
+ * permute, 16 rows a step, the columns of nonzero inputs only. */
+void nz_sparse_matvec_panels(const nz_sparse *s, const float *x, float *y);
+/* Y [B, rows] = X [B, cols] S^T from the column panels (s->pan must be set): the batched path
+ * of small dense layers, no transposes; each looked-up column serves several samples. A
+ * sample's sums do not depend on B or the thread count. */
+void nz_sparse_matmul_panels(const nz_sparse *s, const float *X, int B, float *Y);
 
 /* Model-level conversions. */
 /* Expands every sparse tensor to dense storage (for fine-tuning). */
@@ -225,6 +244,10 @@ typedef struct {
                                         choose. They must be images the model was not trained
                                         on, or the choice favours epoch 0 (the model right
                                         after removal still fits them) */
+    float distill_alpha;             /* > 0: the fine-tune learns the model given (the teacher)
+                                        as well as the labels (nz_distill); 0 (default): off */
+    float distill_temp;              /* its temperature (default 4) */
+    int distill_penalized;           /* 1: also during the penalized training */
 } nz_slim_cfg;
 
 void nz_slim_cfg_default(nz_slim_cfg *cfg);

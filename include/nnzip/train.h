@@ -94,6 +94,21 @@ float nz_train_lr(const nz_train_cfg *cfg, double epoch_pos);
 float nz_softmax_xent_smooth(const float *logits, const uint8_t *labels, int B, int K, float eps,
                              float *dlogits, int *n_correct);
 
+/* Knowledge distillation (Hinton, Vinyals, Dean 2015): the loss becomes
+ * (1 - alpha) * CE(z, y) + alpha * T^2 * KL(softmax(t / T) || softmax(z / T)), t the teacher's
+ * logits on the same (augmented) batch, computed in eval mode. The T^2 keeps the soft term's
+ * gradient on the scale of the hard one's. */
+typedef struct {
+    const nz_model *teacher; /* same input shape, preprocessing and classes as the student */
+    float alpha;             /* in [0, 1]; 0: plain labels */
+    float temperature;       /* > 0 */
+} nz_distill;
+
+/* nz_softmax_xent_smooth plus the distillation term of d (NULL or alpha 0: exactly the plain
+ * loss); dlogits (if non-NULL) receives the gradient divided by B. */
+float nz_distill_xent(const float *logits, const float *teacher, const uint8_t *labels, int B,
+                      int K, float eps, const nz_distill *d, float *dlogits, int *n_correct);
+
 typedef struct {
     int epoch, epochs;       /* 1-based epoch in progress */
     long step, steps;        /* step within the epoch */
@@ -158,6 +173,7 @@ typedef struct {
                                 (proximal steps scale with it) */
     nz_checkpoint_fn checkpoint; /* NULL: no checkpoints */
     void *checkpoint_user;
+    const nz_distill *distill;   /* NULL: train on the labels only */
 } nz_train_hooks;
 
 typedef struct {

@@ -31,6 +31,7 @@ void nz_slim_cfg_default(nz_slim_cfg *cfg) {
     cfg->finetune.lr = 1e-3f; /* 0.01 undid part of the converged model in 10 epochs */
     cfg->subgrad_eps = 1e-3f;
     cfg->cost_weighted = NZ_SLIM_COST_STATIC;
+    cfg->distill_temp = 4.0f;
 }
 
 /* The next weighted node fed by node i through element-wise, pooling or flatten nodes. */
@@ -561,6 +562,13 @@ static nz_status keep_best_epoch(const nz_model *m, const nz_train_state *st, vo
     return NZ_OK;
 }
 
+static nz_status slim_run(nz_model *m, const nz_dataset *train, const nz_dataset *test,
+                          const nz_slim_cfg *cfg, const nz_train_hooks *hooks,
+                          nz_slim_result *res, const nz_distill *dist,
+                          const int *units0, const size_t *kern0,
+                          char (*names0)[NZ_NAME_MAX], const nz_op *ops0, int n0,
+                          nz_error *err);
+
 nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
                   const nz_slim_cfg *cfg, const nz_train_hooks *hooks, nz_slim_result *res,
                   nz_error *err) {
@@ -588,6 +596,27 @@ nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
         ops0[i] = m->nodes[i].op;
     }
 
+    /* the teacher is the model as given: a copy before any change */
+    nz_model teacher;
+    memset(&teacher, 0, sizeof teacher);
+    nz_distill dist = {&teacher, cfg->distill_alpha, cfg->distill_temp};
+    if (cfg->distill_alpha > 0 && (st = nz_model_copy(&teacher, m, err))) return st;
+    st = slim_run(m, train, test, cfg, hooks, res, cfg->distill_alpha > 0 ? &dist : NULL, units0,
+                  kern0, names0, ops0, n0, err);
+    nz_model_free(&teacher);
+    if (!st) res->seconds = nz_now_s() - t0;
+    return st;
+}
+
+/* nz_slim after its bookkeeping: convert, penalized training, removal, fine-tune, report. */
+static nz_status slim_run(nz_model *m, const nz_dataset *train, const nz_dataset *test,
+                          const nz_slim_cfg *cfg, const nz_train_hooks *hooks,
+                          nz_slim_result *res, const nz_distill *dist,
+                          const int *units0, const size_t *kern0,
+                          char (*names0)[NZ_NAME_MAX], const nz_op *ops0, int n0,
+                          nz_error *err) {
+    nz_status st;
+    nz_eval_result ev;
     if ((st = nz_normdir_convert(m, err))) return st;
     slim_state s;
     memset(&s, 0, sizeof s);
@@ -622,6 +651,7 @@ nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
     th.after_step = prox_step;
     th.hook_user = &s;
     th.lr_out = &s.lr;
+    if (cfg->distill_penalized) th.distill = dist;
     nz_train_cfg tc = cfg->train;
     tc.epochs = cfg->epochs;
     tc.eval_every = 0;
@@ -655,6 +685,7 @@ nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
         /* fine-tuning keeps removed conv kernels (inside surviving channels) at zero */
         nz_mask_hold h = {mask, hooks};
         nz_train_hooks fh = nz_mask_hold_hooks(&h);
+        fh.distill = dist;
         keep_best kb = {cfg->val, NULL, 0.0f, 0, hooks};
         if (cfg->val) {
             kb.best = malloc(sizeof(float) * (m->n_params ? m->n_params : 1));
@@ -700,6 +731,5 @@ nz_status nz_slim(nz_model *m, const nz_dataset *train, const nz_dataset *test,
         res->kernels_before[r] = kern0[i];
         res->kernels_after[r] = kern1[i];
     }
-    res->seconds = nz_now_s() - t0;
     return NZ_OK;
 }

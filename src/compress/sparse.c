@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 #include "compress/huffman.h"
 #include "core/half.h"
 #include "nnzip/compress.h"
@@ -28,9 +32,16 @@ void nz_sparse_drop_csc(nz_sparse *s) {
     s->cval = NULL;
 }
 
+void nz_sparse_drop_panels(nz_sparse *s) {
+    free(s->pan);
+    s->pan = NULL;
+    s->pan_rows = 0;
+}
+
 void nz_sparse_free(nz_sparse *s) {
     if (!s) return;
     nz_sparse_drop_csc(s);
+    nz_sparse_drop_panels(s);
     free(s->row_ptr);
     free(s->col);
     free(s->codebook);
@@ -107,9 +118,28 @@ nz_status nz_sparse_build_csc(nz_sparse *s, nz_error *err) {
     return NZ_OK;
 }
 
+nz_status nz_sparse_build_panels(nz_sparse *s, nz_error *err) {
+    nz_sparse_drop_panels(s);
+    if (s->rows > NZ_PANEL_MAX_ROWS || s->n_codebook < 1 || s->n_codebook > 32) return NZ_OK;
+    const int pr = (s->rows + 15) / 16 * 16;
+    const size_t bytes = (size_t)s->cols * (size_t)pr;
+    if (bytes > 16u * (size_t)s->nnz + 4096) return NZ_OK; /* too sparse: the columns win */
+    s->pan = calloc(bytes, 1);
+    if (!s->pan) return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    s->pan_rows = pr;
+    for (int r = 0; r < s->rows; r++)
+        for (uint32_t j = s->row_ptr[r]; j < s->row_ptr[r + 1]; j++)
+            s->pan[(size_t)s->col[j] * pr + r] = s->code[j];
+    return NZ_OK;
+}
+
 nz_status nz_sparse_prepare(nz_sparse *s, nz_op op, nz_error *err) {
-    if (op == NZ_OP_DENSE) return nz_sparse_build_csc(s, err);
+    if (op == NZ_OP_DENSE) {
+        nz_status st = nz_sparse_build_csc(s, err);
+        return st ? st : nz_sparse_build_panels(s, err);
+    }
     nz_sparse_drop_csc(s); /* conv layers compute from the rows only (im2col matmul) */
+    nz_sparse_drop_panels(s);
     return NZ_OK;
 }
 
@@ -180,6 +210,14 @@ nz_status nz_sparse_clone(nz_sparse **out, const nz_sparse *s, nz_error *err) {
     c->code = code;
     c->col_ptr = c->row = NULL;
     c->cval = NULL;
+    c->pan = s->pan ? malloc((size_t)s->cols * (size_t)s->pan_rows) : NULL;
+    if (s->pan && !c->pan) {
+        c->pan_rows = 0;
+        nz_sparse_free(c);
+        *out = NULL;
+        return nz_fail(err, NZ_ERR_NOMEM, "out of memory");
+    }
+    if (c->pan) memcpy(c->pan, s->pan, (size_t)s->cols * (size_t)s->pan_rows);
     if (s->col_ptr && csc_alloc(c)) {
         nz_sparse_free(c);
         *out = NULL;
@@ -288,6 +326,30 @@ static inline uint32_t lower_row(const uint32_t *row, uint32_t lo, uint32_t hi, 
     return lo;
 }
 
+/* Writes the nonzero inputs' columns to list (no branch per column: zero and nonzero inputs
+ * alternate unpredictably); returns how many. */
+static int nonzero_columns(const float *x, int cols, int *list) {
+    int n = 0, c = 0;
+#ifdef __AVX512F__
+    /* 16 at a time: compare, compress the indices of the nonzeros, store all 16 (list has room:
+     * callers size it by cols) and advance by the count */
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (; c + 16 <= cols; c += 16) {
+        const __mmask16 nz =
+            _mm512_cmp_ps_mask(_mm512_loadu_ps(x + c), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+        _mm512_storeu_si512(list + n, _mm512_maskz_compress_epi32(nz, idx));
+        n += __builtin_popcount(nz);
+        idx = _mm512_add_epi32(idx, step);
+    }
+#endif
+    for (; c < cols; c++) {
+        list[n] = c;
+        n += x[c] != 0.0f;
+    }
+    return n;
+}
+
 /* Columns are listed this many at a time: a fixed stack buffer, no allocation per call. */
 #define COL_CHUNK 1024
 
@@ -308,11 +370,8 @@ static void matvec_cols_range(const nz_sparse *s, const float *x, float *y, int 
     int list[COL_CHUNK];
     for (int c0 = 0; c0 < s->cols; c0 += COL_CHUNK) {
         const int c1 = s->cols - c0 < COL_CHUNK ? s->cols : c0 + COL_CHUNK;
-        int n = 0;
-        for (int c = c0; c < c1; c++) {
-            list[n] = c;
-            n += x[c] != 0.0f;
-        }
+        const int n = nonzero_columns(x + c0, c1 - c0, list);
+        for (int t = 0; t < n; t++) list[t] += c0;
         /* the start of every listed column requested at once: from a cold cache the misses
          * overlap instead of coming one column at a time (the hardware prefetcher follows
          * each column from there) */
@@ -367,6 +426,194 @@ void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y) {
     }
 }
 
+#ifdef __AVX512F__
+
+/* y = S x over the listed columns from the panels: per column, 16 codes at a time widen to
+ * lanes, one permute looks all 16 up in the codebook (32 entries in two registers, entry 0 the
+ * zero), one FMA adds them times x[c]. NB blocks of 16 rows stay in registers; U interleaved
+ * columns with their own accumulators hide the FMA latency when NB is small. Inlined with
+ * constant NB and U, the loops unroll fully. */
+static inline __attribute__((always_inline)) void panels_avx512(
+    const uint8_t *pan, const float *cb, int n_cb, const int *list, int n, const float *x,
+    float *y, int rows, const int NB, const int U, const int CB16) {
+    /* the codebook's up to 32 entries, zeros past its end (codes never point there) */
+    const __m512 lo = _mm512_maskz_loadu_ps((__mmask16)(n_cb >= 16 ? 0xFFFFu : (1u << n_cb) - 1u), cb);
+    const __m512 hi = _mm512_maskz_loadu_ps(
+        (__mmask16)(n_cb >= 32 ? 0xFFFFu : n_cb <= 16 ? 0u : (1u << (n_cb - 16)) - 1u), cb + 16);
+    __m512 acc[4][NZ_PANEL_MAX_ROWS / 16];
+#pragma GCC unroll 4
+    for (int u = 0; u < U; u++)
+#pragma GCC unroll 8
+        for (int b = 0; b < NB; b++) acc[u][b] = _mm512_setzero_ps();
+    int t = 0;
+    for (; t + U <= n; t += U) {
+#pragma GCC unroll 4
+        for (int u = 0; u < U; u++) {
+            const int c = list[t + u];
+            const __m512 xv = _mm512_set1_ps(x[c]);
+            const uint8_t *p = pan + (size_t)c * (size_t)(NB * 16);
+#pragma GCC unroll 8
+            for (int b = 0; b < NB; b++) {
+                const __m512i k =
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * b)));
+                const __m512 w = CB16 ? _mm512_permutexvar_ps(k, lo) : _mm512_permutex2var_ps(lo, k, hi);
+                acc[u][b] = _mm512_fmadd_ps(w, xv, acc[u][b]);
+            }
+        }
+    }
+    for (; t < n; t++) {
+        const int c = list[t];
+        const __m512 xv = _mm512_set1_ps(x[c]);
+        const uint8_t *p = pan + (size_t)c * (size_t)(NB * 16);
+#pragma GCC unroll 8
+        for (int b = 0; b < NB; b++) {
+            const __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * b)));
+            const __m512 w = CB16 ? _mm512_permutexvar_ps(k, lo) : _mm512_permutex2var_ps(lo, k, hi);
+            acc[0][b] = _mm512_fmadd_ps(w, xv, acc[0][b]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; b++) {
+        __m512 a = acc[0][b];
+#pragma GCC unroll 4
+        for (int u = 1; u < U; u++) a = _mm512_add_ps(a, acc[u][b]);
+        const int left = rows - 16 * b;
+        if (left >= 16)
+            _mm512_storeu_ps(y + 16 * b, a);
+        else
+            _mm512_mask_storeu_ps(y + 16 * b, (__mmask16)((1u << left) - 1u), a);
+    }
+}
+
+/* Y [S, rows] = X [S, cols] S^T for S samples at once from the panels, every column, one
+ * block of 16 rows at a time: each column's 16 weights are looked up once (a widening load and
+ * a permute, the shuffle unit's work) and serve S samples (S FMAs), so with S = 8 the FMAs,
+ * not the look-ups, set the pace. */
+static inline __attribute__((always_inline)) void panels_batch_avx512(
+    const nz_sparse *s, const float *X, float *Y, const int S, const int CB16) {
+    const int n_cb = s->n_codebook, cols = s->cols, rows = s->rows, pr = s->pan_rows;
+    const float *cb = s->codebook;
+    const __m512 lo = _mm512_maskz_loadu_ps((__mmask16)(n_cb >= 16 ? 0xFFFFu : (1u << n_cb) - 1u), cb);
+    const __m512 hi = _mm512_maskz_loadu_ps(
+        (__mmask16)(n_cb >= 32 ? 0xFFFFu : n_cb <= 16 ? 0u : (1u << (n_cb - 16)) - 1u), cb + 16);
+    for (int b = 0; b < pr / 16; b++) {
+        __m512 acc[8];
+#pragma GCC unroll 8
+        for (int q = 0; q < S; q++) acc[q] = _mm512_setzero_ps();
+        const uint8_t *p = s->pan + 16 * b;
+        for (int c = 0; c < cols; c++, p += pr) {
+            const __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+            const __m512 w = CB16 ? _mm512_permutexvar_ps(k, lo) : _mm512_permutex2var_ps(lo, k, hi);
+#pragma GCC unroll 8
+            for (int q = 0; q < S; q++)
+                acc[q] = _mm512_fmadd_ps(w, _mm512_set1_ps(X[(size_t)q * cols + c]), acc[q]);
+        }
+        const int left = rows - 16 * b;
+        const __mmask16 m = (__mmask16)(left >= 16 ? 0xFFFFu : (1u << left) - 1u);
+#pragma GCC unroll 8
+        for (int q = 0; q < S; q++) _mm512_mask_storeu_ps(Y + (size_t)q * rows + 16 * b, m, acc[q]);
+    }
+}
+
+/* Samples [n0, n1) of nz_sparse_matmul_panels: passes of 8, then one at a time (a sample's
+ * sums are the same either way). */
+static void panels_batch_range(const nz_sparse *s, const float *X, float *Y, int n0, int n1) {
+    const int cb16 = s->n_codebook <= 16;
+    for (int n = n0; n < n1;) {
+        const int S = n1 - n >= 8 ? 8 : 1;
+        const float *x = X + (size_t)n * s->cols;
+        float *y = Y + (size_t)n * s->rows;
+        if (S == 8)
+            cb16 ? panels_batch_avx512(s, x, y, 8, 1) : panels_batch_avx512(s, x, y, 8, 0);
+        else
+            cb16 ? panels_batch_avx512(s, x, y, 1, 1) : panels_batch_avx512(s, x, y, 1, 0);
+        n += S;
+    }
+}
+#endif
+
+/* Columns of the panel kernel listed at a time (a stack buffer). */
+#define PAN_CHUNK 512
+
+void nz_sparse_matvec_panels(const nz_sparse *s, const float *x, float *y) {
+    if (!s->pan) {
+        nz_sparse_matvec(s, x, y);
+        return;
+    }
+    const int pr = s->pan_rows;
+    int list[PAN_CHUNK];
+    float part[NZ_PANEL_MAX_ROWS];
+    for (int c0 = 0; c0 < s->cols; c0 += PAN_CHUNK) {
+        const int nc = s->cols - c0 < PAN_CHUNK ? s->cols - c0 : PAN_CHUNK;
+        const int n = nonzero_columns(x + c0, nc, list);
+        float *out = c0 == 0 ? y : part; /* later chunks add their part */
+        const uint8_t *pan = s->pan + (size_t)c0 * (size_t)pr;
+#ifdef __AVX512F__
+        /* a codebook of up to 16 entries fits one register: a one-source permute (cheaper) */
+        const float *cb = s->codebook;
+        const int ncb = s->n_codebook, nr = s->rows;
+        const int *l = list;
+        const float *xc = x + c0;
+#define PAN_CASE(NB, U)                                                                      \
+    case NB:                                                                                 \
+        if (ncb <= 16)                                                                       \
+            panels_avx512(pan, cb, ncb, l, n, xc, out, nr, NB, U, 1);                         \
+        else                                                                                 \
+            panels_avx512(pan, cb, ncb, l, n, xc, out, nr, NB, U, 0);                         \
+        break
+        switch (pr / 16) {
+            PAN_CASE(1, 4);
+            PAN_CASE(2, 2);
+            PAN_CASE(3, 2);
+            PAN_CASE(4, 1);
+            PAN_CASE(5, 1);
+            PAN_CASE(6, 1);
+            PAN_CASE(7, 1);
+            PAN_CASE(8, 1);
+        }
+#undef PAN_CASE
+#else
+        /* portable: the same sums column by column */
+        memset(out, 0, sizeof(float) * (size_t)s->rows);
+        for (int t = 0; t < n; t++) {
+            const int c = list[t];
+            const float xc = x[c0 + c];
+            const uint8_t *p = pan + (size_t)c * (size_t)pr;
+            for (int r = 0; r < s->rows; r++) out[r] += s->codebook[p[r]] * xc;
+        }
+#endif
+        if (c0 > 0)
+            for (int r = 0; r < s->rows; r++) y[r] += part[r];
+    }
+}
+
+void nz_sparse_matmul_panels(const nz_sparse *s, const float *X, int B, float *Y) {
+#ifdef __AVX512F__
+    if ((double)B * s->cols * s->pan_rows > 1048576.0 && !omp_in_parallel()) {
+        /* a thread's share in whole passes of 8 samples, so the split never changes a sum */
+#pragma omp parallel
+        {
+            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            const int groups = (B + 7) / 8;
+            const int n0 = groups * t / nt * 8, n1 = groups * (t + 1) / nt * 8;
+            panels_batch_range(s, X, Y, n0, n1 < B ? n1 : B);
+        }
+    } else {
+        panels_batch_range(s, X, Y, 0, B);
+    }
+#else
+    for (int n = 0; n < B; n++) {
+        float *y = Y + (size_t)n * s->rows;
+        const float *x = X + (size_t)n * s->cols;
+        memset(y, 0, sizeof(float) * (size_t)s->rows);
+        for (int c = 0; c < s->cols; c++) {
+            const uint8_t *p = s->pan + (size_t)c * (size_t)s->pan_rows;
+            for (int r = 0; r < s->rows; r++) y[r] += s->codebook[p[r]] * x[c];
+        }
+    }
+#endif
+}
+
 /* Per nonzero input column the column kernel pays about this many entries' worth of fixed cost
  * (listing, the loop's unpredictable exit), measured on x86-64 against the row kernel: LeNet-300's
  * fc1 on MNIST pixels (42% of its entries under nonzero inputs, 55 per column) runs 2x faster by
@@ -374,6 +621,10 @@ void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y) {
 #define COL_OVERHEAD_ENTRIES 24u
 
 void nz_sparse_matvec(const nz_sparse *s, const float *x, float *y) {
+    if (s->pan) {
+        nz_sparse_matvec_panels(s, x, y);
+        return;
+    }
     if (s->col_ptr) {
         /* the cheaper kernel for this input: a function of x and the structure only, so the
          * result stays deterministic */

@@ -172,6 +172,12 @@ static void sparse_dense_forward(float *out, const float *in, const nz_sparse *S
         for (int o = 0; o < n_out; o++) out[o] += b[o];
         return;
     }
+    if (S->pan) { /* small layer: straight from the row-major batch */
+        nz_sparse_matmul_panels(S, in, B, out);
+        for (int n = 0; n < B; n++)
+            for (int o = 0; o < n_out; o++) out[(size_t)n * n_out + o] += b[o];
+        return;
+    }
     float *inT = scratch, *outT = scratch + (size_t)n_in * B;
     for (int n = 0; n < B; n++)
         for (int i = 0; i < n_in; i++) inT[(size_t)i * B + n] = in[(size_t)n * n_in + i];

@@ -253,17 +253,30 @@ nz_status nz_train_resume(nz_model *m, const nz_dataset *train, const nz_dataset
                 return nz_fail(err, NZ_ERR_ARG,
                                "layer '%s' is stored sparse: expand it (nz_model_densify) to train",
                                m->nodes[i].name);
+    const nz_distill *dist = hooks->distill && hooks->distill->alpha > 0 ? hooks->distill : NULL;
+    if (dist) {
+        const nz_model *t = dist->teacher;
+        if (!t || t->in.c != m->in.c || t->in.h != m->in.h || t->in.w != m->in.w ||
+            t->n_classes != m->n_classes || memcmp(&t->pre, &m->pre, sizeof m->pre))
+            return nz_fail(err, NZ_ERR_ARG,
+                           "the distillation teacher does not take the student's inputs or give "
+                           "its classes");
+        if (!(dist->alpha <= 1.0f) || !(dist->temperature > 0.0f && dist->temperature <= 100.0f))
+            return nz_fail(err, NZ_ERR_ARG, "bad distillation (alpha %g, temperature %g)",
+                           (double)dist->alpha, (double)dist->temperature);
+    }
     const int batch = cfg->batch;
     const long steps = (train->n + batch - 1) / batch;
     if (from && (st = check_resume(m, train, cfg, from, steps, err))) return st;
     nz_sgd opt;
     memset(&opt, 0, sizeof opt);
     nz_ws *ws = nz_ws_new(m, batch, err);
+    nz_ws *tws = dist && ws ? nz_ws_new(dist->teacher, batch, err) : NULL;
     float *x = malloc(sizeof(float) * nz_shape_size(m->in) * (size_t)batch);
     float *dlogits = malloc(sizeof(float) * (size_t)m->n_classes * (size_t)batch);
     uint8_t *y = malloc((size_t)batch);
     int32_t *order = malloc(sizeof(int32_t) * (size_t)(train->n ? train->n : 1));
-    if (!ws) {
+    if (!ws || (dist && !tws)) {
         st = err->code;
         goto done;
     }
@@ -354,8 +367,10 @@ nz_status nz_train_resume(nz_model *m, const nz_dataset *train, const nz_dataset
             nz_ws_zero_grads(ws);
             const float *logits = nz_forward(m, ws, x, B, 1, &run.drop_rng);
             int c;
-            float loss = nz_softmax_xent_smooth(logits, y, B, m->n_classes, cfg->label_smoothing,
-                                                dlogits, &c);
+            /* the teacher runs in eval mode on the same augmented batch */
+            const float *tlogits = dist ? nz_forward(dist->teacher, tws, x, B, 0, NULL) : NULL;
+            float loss = nz_distill_xent(logits, tlogits, y, B, m->n_classes,
+                                         cfg->label_smoothing, dist, dlogits, &c);
             if (!isfinite(loss)) {
                 st = nz_fail(err, NZ_ERR_ARG,
                              "training diverged (loss %g at epoch %d step %ld); lower --lr",
@@ -428,6 +443,7 @@ nz_status nz_train_resume(nz_model *m, const nz_dataset *train, const nz_dataset
 done:
     nz_sgd_free(&opt);
     nz_ws_free(ws);
+    nz_ws_free(tws);
     free(x);
     free(dlogits);
     free(y);
