@@ -424,13 +424,14 @@ static void test_kernels(void) {
  * reference: batch 1 on inputs with no, some and only zeros; batches that are and are not
  * multiples of the 8-sample pass, where each sample must come out the same bits as alone and
  * with 1 or 2 threads; codebooks that fit one register (<= 16) and two; shapes with a partial
- * last block of rows and more columns than one list chunk. Which layers get panels, too. */
+ * last block of rows, more than one strip of 8 blocks, and more columns than one list chunk. Which layers get panels, too. */
 static void test_panel_kernels(void) {
     static const struct {
         int rows, cols, k;
         double density;
     } shapes[] = {{1, 1, 2, 1.0},     {10, 100, 16, 0.25}, {16, 33, 17, 0.5}, {17, 5, 32, 0.9},
-                  {100, 300, 32, 0.09}, {128, 600, 5, 0.3}, {127, 1100, 32, 0.2}};
+                  {100, 300, 32, 0.09}, {128, 600, 5, 0.3}, {127, 1100, 32, 0.2},
+                  {300, 784, 32, 0.08}, {145, 60, 16, 0.5}, {512, 40, 9, 0.4}};
     static const double zero_frac[] = {0.0, 0.5, 1.0};
     static const int Bs[] = {64, 1, 3, 8, 13}; /* 64 first: the others compare to it */
     nz_rng r;
@@ -511,7 +512,7 @@ static void test_panel_kernels(void) {
     static const struct {
         int rows, cols, k;
         double density;
-    } none[] = {{129, 10, 16, 0.5}, {20, 20, 33, 0.5}, {20, 20, 0, 0.5}, {100, 2000, 16, 0.002}};
+    } none[] = {{513, 10, 16, 0.5}, {20, 20, 33, 0.5}, {20, 20, 0, 0.5}, {100, 2000, 16, 0.002}};
     for (size_t i = 0; i < sizeof none / sizeof none[0]; i++) {
         float cb[40];
         make_codebook(cb, none[i].k ? none[i].k : 2, &r);

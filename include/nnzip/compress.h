@@ -61,12 +61,13 @@ struct nz_sparse {
     /* Column panels, or NULL: for a dense layer of at most NZ_PANEL_MAX_ROWS rows with a
      * codebook of at most 32 entries, the code of every (row, column) slot, column after
      * column, each column padded to pan_rows = a multiple of 16 rows (code 0: no weight).
-     * One byte a slot and never float weights: the batch-1 kernel of small layers, where
-     * per-entry index work costs more than the zeros (nz_sparse_build_panels). */
+     * One byte a slot and never float weights: with AVX-512, what nz_sparse_matvec and the
+     * batched dense path compute from, 16 rows a vector step, where per-entry index work
+     * would cost more than the zero slots (nz_sparse_build_panels). */
     uint8_t *pan;        /* [cols * pan_rows] */
     int pan_rows;
 };
-#define NZ_PANEL_MAX_ROWS 128
+#define NZ_PANEL_MAX_ROWS 512
 typedef struct nz_sparse nz_sparse;
 
 /* Builds the sparse form of a dense matrix [rows, cols], keeping entries != 0. codebook may be

@@ -428,19 +428,20 @@ void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y) {
 
 #ifdef __AVX512F__
 
-/* y = S x over the listed columns from the panels: per column, 16 codes at a time widen to
- * lanes, one permute looks all 16 up in the codebook (32 entries in two registers, entry 0 the
- * zero), one FMA adds them times x[c]. NB blocks of 16 rows stay in registers; U interleaved
- * columns with their own accumulators hide the FMA latency when NB is small. Inlined with
- * constant NB and U, the loops unroll fully. */
+/* y = S x over the listed columns from the panels, for a strip of NB <= 8 blocks of 16 rows
+ * (pan and y start at the strip, columns are stride bytes apart, rows counts from the strip's
+ * first row): per column, 16 codes at a time widen to lanes, one permute looks all 16 up in
+ * the codebook (32 entries in two registers, entry 0 the zero), one FMA adds them times x[c].
+ * The strip's blocks stay in registers; U interleaved columns with their own accumulators hide
+ * the FMA latency when NB is small. Inlined with constant NB and U, the loops unroll fully. */
 static inline __attribute__((always_inline)) void panels_avx512(
-    const uint8_t *pan, const float *cb, int n_cb, const int *list, int n, const float *x,
-    float *y, int rows, const int NB, const int U, const int CB16) {
+    const uint8_t *pan, int stride, const float *cb, int n_cb, const int *list, int n,
+    const float *x, float *y, int rows, const int NB, const int U, const int CB16) {
     /* the codebook's up to 32 entries, zeros past its end (codes never point there) */
     const __m512 lo = _mm512_maskz_loadu_ps((__mmask16)(n_cb >= 16 ? 0xFFFFu : (1u << n_cb) - 1u), cb);
     const __m512 hi = _mm512_maskz_loadu_ps(
         (__mmask16)(n_cb >= 32 ? 0xFFFFu : n_cb <= 16 ? 0u : (1u << (n_cb - 16)) - 1u), cb + 16);
-    __m512 acc[4][NZ_PANEL_MAX_ROWS / 16];
+    __m512 acc[4][8];
 #pragma GCC unroll 4
     for (int u = 0; u < U; u++)
 #pragma GCC unroll 8
@@ -451,7 +452,7 @@ static inline __attribute__((always_inline)) void panels_avx512(
         for (int u = 0; u < U; u++) {
             const int c = list[t + u];
             const __m512 xv = _mm512_set1_ps(x[c]);
-            const uint8_t *p = pan + (size_t)c * (size_t)(NB * 16);
+            const uint8_t *p = pan + (size_t)c * (size_t)stride;
 #pragma GCC unroll 8
             for (int b = 0; b < NB; b++) {
                 const __m512i k =
@@ -464,7 +465,7 @@ static inline __attribute__((always_inline)) void panels_avx512(
     for (; t < n; t++) {
         const int c = list[t];
         const __m512 xv = _mm512_set1_ps(x[c]);
-        const uint8_t *p = pan + (size_t)c * (size_t)(NB * 16);
+        const uint8_t *p = pan + (size_t)c * (size_t)stride;
 #pragma GCC unroll 8
         for (int b = 0; b < NB; b++) {
             const __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * b)));
@@ -551,27 +552,33 @@ void nz_sparse_matvec_panels(const nz_sparse *s, const float *x, float *y) {
 #ifdef __AVX512F__
         /* a codebook of up to 16 entries fits one register: a one-source permute (cheaper) */
         const float *cb = s->codebook;
-        const int ncb = s->n_codebook, nr = s->rows;
+        const int ncb = s->n_codebook;
         const int *l = list;
         const float *xc = x + c0;
+        for (int b0 = 0; b0 < pr / 16; b0 += 8) { /* strips of up to 8 blocks */
+            const uint8_t *ps = pan + 16 * b0;
+            float *ys = out + 16 * b0;
+            const int nr = s->rows - 16 * b0;
+            const int nb = pr / 16 - b0 < 8 ? pr / 16 - b0 : 8;
 #define PAN_CASE(NB, U)                                                                      \
     case NB:                                                                                 \
         if (ncb <= 16)                                                                       \
-            panels_avx512(pan, cb, ncb, l, n, xc, out, nr, NB, U, 1);                         \
+            panels_avx512(ps, pr, cb, ncb, l, n, xc, ys, nr, NB, U, 1);                      \
         else                                                                                 \
-            panels_avx512(pan, cb, ncb, l, n, xc, out, nr, NB, U, 0);                         \
+            panels_avx512(ps, pr, cb, ncb, l, n, xc, ys, nr, NB, U, 0);                      \
         break
-        switch (pr / 16) {
-            PAN_CASE(1, 4);
-            PAN_CASE(2, 2);
-            PAN_CASE(3, 2);
-            PAN_CASE(4, 1);
-            PAN_CASE(5, 1);
-            PAN_CASE(6, 1);
-            PAN_CASE(7, 1);
-            PAN_CASE(8, 1);
-        }
+            switch (nb) {
+                PAN_CASE(1, 4);
+                PAN_CASE(2, 2);
+                PAN_CASE(3, 2);
+                PAN_CASE(4, 1);
+                PAN_CASE(5, 1);
+                PAN_CASE(6, 1);
+                PAN_CASE(7, 1);
+                PAN_CASE(8, 1);
+            }
 #undef PAN_CASE
+        }
 #else
         /* portable: the same sums column by column */
         memset(out, 0, sizeof(float) * (size_t)s->rows);
