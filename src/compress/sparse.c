@@ -428,6 +428,14 @@ void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y) {
 
 #ifdef __AVX512F__
 
+/* Entries [from, from + 16) of a codebook of n_cb <= 32 entries, zeros past its end (codes never
+ * point there): the permute tables of the panel kernels. */
+static inline __m512 codebook_half(const float *cb, int n_cb, int from) {
+    const int n = n_cb - from;
+    return _mm512_maskz_loadu_ps((__mmask16)(n >= 16 ? 0xFFFFu : n <= 0 ? 0u : (1u << n) - 1u),
+                                 cb + from);
+}
+
 /* y = S x over the listed columns from the panels, for a strip of NB <= 8 blocks of 16 rows
  * (pan and y start at the strip, columns are stride bytes apart, rows counts from the strip's
  * first row): per column, 16 codes at a time widen to lanes, one permute looks all 16 up in
@@ -437,10 +445,7 @@ void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y) {
 static inline __attribute__((always_inline)) void panels_avx512(
     const uint8_t *pan, int stride, const float *cb, int n_cb, const int *list, int n,
     const float *x, float *y, int rows, const int NB, const int U, const int CB16) {
-    /* the codebook's up to 32 entries, zeros past its end (codes never point there) */
-    const __m512 lo = _mm512_maskz_loadu_ps((__mmask16)(n_cb >= 16 ? 0xFFFFu : (1u << n_cb) - 1u), cb);
-    const __m512 hi = _mm512_maskz_loadu_ps(
-        (__mmask16)(n_cb >= 32 ? 0xFFFFu : n_cb <= 16 ? 0u : (1u << (n_cb - 16)) - 1u), cb + 16);
+    const __m512 lo = codebook_half(cb, n_cb, 0), hi = codebook_half(cb, n_cb, 16);
     __m512 acc[4][8];
 #pragma GCC unroll 4
     for (int u = 0; u < U; u++)
@@ -494,9 +499,7 @@ static inline __attribute__((always_inline)) void panels_batch_avx512(
     const nz_sparse *s, const float *X, float *Y, const int S, const int CB16) {
     const int n_cb = s->n_codebook, cols = s->cols, rows = s->rows, pr = s->pan_rows;
     const float *cb = s->codebook;
-    const __m512 lo = _mm512_maskz_loadu_ps((__mmask16)(n_cb >= 16 ? 0xFFFFu : (1u << n_cb) - 1u), cb);
-    const __m512 hi = _mm512_maskz_loadu_ps(
-        (__mmask16)(n_cb >= 32 ? 0xFFFFu : n_cb <= 16 ? 0u : (1u << (n_cb - 16)) - 1u), cb + 16);
+    const __m512 lo = codebook_half(cb, n_cb, 0), hi = codebook_half(cb, n_cb, 16);
     for (int b = 0; b < pr / 16; b++) {
         __m512 acc[8];
 #pragma GCC unroll 8
