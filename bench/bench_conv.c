@@ -6,7 +6,9 @@
  * layer (the graph computes no gradient for the data). Bias work is not counted. The last column
  * names the kernel conv2d_forward / conv2d_backward pick for the layer (direct 3x3 or im2col +
  * GEMM, see conv_algo_pick in src/core/layers.c).
- * Usage: bench_conv [BATCH] [THREADS]   (default 128 2). Prints a table; appends one JSON line
+ * GFLOP/s count the direct convolution's multiply-adds whatever the kernel (Winograd does fewer).
+ * Usage: bench_conv [BATCH] [THREADS] [ALGO]   (default 128 2 auto; ALGO im2col, direct or
+ * winograd forces that kernel where the shape allows it). Prints a table; appends one JSON line
  * per layer group, per model and for the sgemm reference to bench/out/conv.jsonl (when run from
  * the repository root, as the Makefile and scripts do). */
 #include <cblas.h>
@@ -119,11 +121,18 @@ static int collect(const nz_model *m, conv_group *g, int cap) {
 
 typedef struct {
     timing fwd, bwd;
-    int fwd_direct, bwd_direct; /* kernel conv2d_forward/backward picked (conv_uses_direct) */
+    const char *fwd_kernel, *bwd_kernel; /* what conv2d_forward/backward picked */
 } conv_result;
 
-static conv_result time_conv(const conv_group *g, int B, int threads) {
+static const char *kernel_name(const conv_dims *d, int backward) {
+    return conv_uses_winograd(d, backward) ? "winograd"
+           : conv_uses_direct(d, backward) ? "direct"
+                                           : "im2col";
+}
+
+static conv_result time_conv(const conv_group *g, int B, int threads, int algo) {
     conv_dims d = conv_dims_make(g->C, g->H, g->W, g->OC, g->K, g->stride, g->pad);
+    d.algo = algo;
     if (d.threads > threads) d.threads = threads; /* as node_conv_dims: scratch sized for ws->threads */
     const size_t in_n = (size_t)B * g->C * g->H * g->W, out_n = (size_t)B * g->OC * d.OH * d.OW;
     const size_t wn = (size_t)g->OC * g->C * g->K * g->K;
@@ -144,8 +153,8 @@ static conv_result time_conv(const conv_group *g, int B, int threads) {
     memset(db, 0, sizeof(float) * (size_t)g->OC);
     double t[MAX_REPS];
     conv_result r;
-    r.fwd_direct = conv_uses_direct(&d, 0);
-    r.bwd_direct = conv_uses_direct(&d, 1);
+    r.fwd_kernel = kernel_name(&d, 0);
+    r.bwd_kernel = kernel_name(&d, 1);
     for (int pass = 0; pass < 2; pass++) {
         double total = 0;
         int n = 0;
@@ -197,8 +206,15 @@ static void cpu_model(char *buf, size_t cap) {
 
 int main(int argc, char **argv) {
     int B = argc > 1 ? atoi(argv[1]) : 128, threads = argc > 2 ? atoi(argv[2]) : 2;
-    if (argc > 3 || B <= 0 || threads <= 0) {
-        fprintf(stderr, "usage: bench_conv [BATCH] [THREADS]   (default 128 2)\n");
+    const char *an = argc > 3 ? argv[3] : "auto";
+    int algo = -1;
+    if (!strcmp(an, "auto")) algo = CONV_ALGO_AUTO;
+    else if (!strcmp(an, "im2col")) algo = CONV_ALGO_IM2COL;
+    else if (!strcmp(an, "direct")) algo = CONV_ALGO_DIRECT;
+    else if (!strcmp(an, "winograd")) algo = CONV_ALGO_WINOGRAD;
+    if (argc > 4 || B <= 0 || threads <= 0 || algo < 0) {
+        fprintf(stderr, "usage: bench_conv [BATCH] [THREADS] [auto|im2col|direct|winograd]   "
+                        "(default 128 2 auto)\n");
         return 2;
     }
     nz_set_threads(threads);
@@ -253,7 +269,7 @@ int main(int argc, char **argv) {
         conv_result res[64];
         double fl_f = 0, fl_b = 0, t_f = 0, t_b = 0;
         for (int i = 0; i < ng; i++) {
-            res[i] = time_conv(&g[i], B, threads);
+            res[i] = time_conv(&g[i], B, threads, algo);
             const double macs = (double)g[i].OC * g[i].C * g[i].K * g[i].K * g[i].OH * g[i].OW;
             fl_f += g[i].count * 2.0 * macs * B;
             fl_b += g[i].count * 2.0 * macs * B * (g[i].din ? 2 : 1);
@@ -273,8 +289,7 @@ int main(int argc, char **argv) {
                    "%s/%s%s\n",
                    c->name, c->count, shape, c->K, c->stride, 2.0 * macs * 1e-9,
                    res[i].fwd.best * 1e3, gf, gf / peak, res[i].bwd.best * 1e3, gb, gb / peak,
-                   share, res[i].fwd_direct ? "direct" : "im2col",
-                   res[i].bwd_direct ? "direct" : "im2col", c->din ? "" : "  (no din)");
+                   share, res[i].fwd_kernel, res[i].bwd_kernel, c->din ? "" : "  (no din)");
             if (js)
                 fprintf(js,
                         "{\"bench\": \"conv\", \"kind\": \"layer\", \"date\": \"%s\", \"cpu\": "
@@ -290,8 +305,7 @@ int main(int argc, char **argv) {
                         c->W, c->OC, c->OH, c->OW, c->K, c->stride, c->pad, c->din, ff * 1e-9,
                         fb * 1e-9, res[i].fwd.best * 1e3, res[i].fwd.median * 1e3,
                         res[i].bwd.best * 1e3, res[i].bwd.median * 1e3, gf, gb, peak, gf / peak,
-                        gb / peak, res[i].fwd_direct ? "direct" : "im2col",
-                        res[i].bwd_direct ? "direct" : "im2col");
+                        gb / peak, res[i].fwd_kernel, res[i].bwd_kernel);
         }
         const double gf = fl_f / t_f * 1e-9, gb = fl_b / t_b * 1e-9,
                      ga = (fl_f + fl_b) / (t_f + t_b) * 1e-9;

@@ -459,7 +459,8 @@ static void check_conv(int k, int s, int pad, int threads, int algo, const int s
     nz_set_threads(threads);
     char S[96];
     snprintf(S, sizeof S, "conv2d k%d s%d p%d %dx%dx%dx%d->%d %s", k, s, pad, sz[0], sz[1], sz[2],
-             sz[3], sz[4], algo == CONV_ALGO_DIRECT ? "direct" : "im2col");
+             sz[3], sz[4],
+             algo == CONV_ALGO_DIRECT ? "direct" : algo == CONV_ALGO_WINOGRAD ? "winograd" : "im2col");
     const int lt = layers_threads();
     CHECK(lt == threads, "%s: nz_set_threads(%d) gives %d kernel threads", S, threads, lt);
     const size_t T = lt > 0 && lt < 256 ? (size_t)lt : 1;
@@ -468,7 +469,10 @@ static void check_conv(int k, int s, int pad, int threads, int algo, const int s
     c.d = conv_dims_make(sz[1], sz[2], sz[3], sz[4], k, s, pad);
     c.d.algo = algo;
     CHECK(conv_uses_direct(&c.d, 0) == (algo == CONV_ALGO_DIRECT) &&
-              conv_uses_direct(&c.d, 1) == (algo == CONV_ALGO_DIRECT), "%s: path not taken", S);
+              conv_uses_direct(&c.d, 1) == (algo == CONV_ALGO_DIRECT) &&
+              conv_uses_winograd(&c.d, 0) == (algo == CONV_ALGO_WINOGRAD) &&
+              conv_uses_winograd(&c.d, 1) == (algo == CONV_ALGO_WINOGRAD),
+          "%s: path not taken", S);
     const conv_dims *d = &c.d;
     const size_t nx = (size_t)c.B * d->C * d->H * d->W, nw = (size_t)d->OC * d->C * d->KH * d->KW,
                  nb = (size_t)d->OC, no = (size_t)c.B * d->OC * d->OH * d->OW;
@@ -486,7 +490,9 @@ static void check_conv(int k, int s, int pad, int threads, int algo, const int s
 
     conv_loss(&c);
     double fe = conv_forward_err(&c);
-    CHECK(fe < 1e-5, "%s (%d threads) forward vs direct double convolution: %.3g", S, threads, fe);
+    /* Winograd's transforms cost a few more ulps (see check_conv_fast_vs_im2col) */
+    const double ftol = algo == CONV_ALGO_WINOGRAD ? 5e-5 : 1e-5;
+    CHECK(fe < ftol, "%s (%d threads) forward vs direct double convolution: %.3g", S, threads, fe);
     section_record("conv2d forward vs direct", fe);
 
     float *dx = galloc(nx), *dW = galloc(nw), *db = galloc(nb);
@@ -534,14 +540,20 @@ static void check_conv(int k, int s, int pad, int threads, int algo, const int s
     gfree(c.x), gfree(c.W), gfree(c.b), gfree(c.R), gfree(c.out), gfree(c.scratch);
 }
 
-/* The direct 3x3 kernels (src/core/conv_direct.c, pad 1, stride 1 and 2) against im2col + GEMM
- * on fixed and random shapes (1 channel, channel counts off the register block, H and W off the
- * vector width and odd, 1x1 to 40x40 maps, batch 1..4), at 1 and 2 threads: forward with the
- * fused relu; backward adding into a nonzero din, overwriting a NaN-filled din (din_set), and
- * with din = NULL; dW and db accumulated onto nonzero values. Both paths' buffers carry guards.
- * The paths sum in different orders: max|direct - im2col| / max|im2col| <= 1e-5 per tensor. */
+/* The fast 3x3 kernels against im2col + GEMM: direct (src/core/conv_direct.c, pad 1, stride 1
+ * and 2) and Winograd (src/core/conv_winograd.c, stride 1 only), on fixed and random shapes (1
+ * channel, channel counts off the register block and the vector, H and W off the vector width
+ * and the Winograd tile and odd, 1x1 to 40x40 maps, batch 1..4 and batches over several blocks),
+ * at 1 and 2 threads: forward with the fused relu; backward adding into a nonzero din,
+ * overwriting a NaN-filled din (din_set), and with din = NULL; dW and db accumulated onto
+ * nonzero values. Both paths' buffers carry guards. The paths sum in different orders:
+ * max|fast - im2col| / max|im2col| <= 1e-5 per tensor for direct; Winograd's transforms scale
+ * partial sums by up to 8 and 1/24 before they cancel, so it gets 3e-5 (measured worst 1.5e-5). */
 #define DIRECT_TOL 1e-5
-static void check_conv_direct_vs_im2col(void) {
+#define WINOGRAD_TOL 3e-5
+static void check_conv_fast_vs_im2col(int algo) {
+    const int wino = algo == CONV_ALGO_WINOGRAD;
+    const double tol = wino ? WINOGRAD_TOL : DIRECT_TOL;
     /* B, C, H, W, OC, stride */
     static const int fixed[][6] = {
         {1, 1, 1, 1, 1, 1},    {2, 16, 32, 32, 16, 1}, {3, 8, 16, 15, 24, 1}, {1, 20, 4, 4, 9, 1},
@@ -549,7 +561,9 @@ static void check_conv_direct_vs_im2col(void) {
         {2, 32, 16, 16, 32, 1}, {3, 1, 28, 28, 6, 1},  {1, 1, 1, 1, 1, 2},    {2, 16, 32, 32, 32, 2},
         {2, 32, 16, 16, 64, 2}, {3, 7, 9, 13, 9, 2},   {1, 4, 2, 3, 5, 2},    {2, 5, 35, 34, 3, 2},
         /* batches over several backward groups of samples, and a partial one */
-        {20, 6, 5, 5, 7, 1},    {19, 3, 9, 9, 5, 2},    {37, 2, 2, 3, 3, 1}};
+        {20, 6, 5, 5, 7, 1},    {19, 3, 9, 9, 5, 2},    {37, 2, 2, 3, 3, 1},
+        /* Winograd: blocks of images over 4x4, 2x2 and 1x1 maps, channels past a vector */
+        {70, 17, 4, 4, 33, 1},  {140, 20, 2, 2, 18, 1}, {3, 40, 1, 1, 24, 1}, {2, 19, 12, 10, 40, 1}};
     const int nfixed = (int)(sizeof fixed / sizeof fixed[0]), nrand = 40;
     nz_rng r;
     nz_rng_seed(&r, 4242);
@@ -564,17 +578,20 @@ static void check_conv_direct_vs_im2col(void) {
             for (int k = 1; k < 5; k++) sz[k] = 1 + (int)nz_rng_below(&r, 40);
             sz[5] = 1 + (int)nz_rng_below(&r, 2);
         }
+        if (wino) sz[5] = 1;
         const int threads = 1 + it % 2, B = sz[0];
         nz_set_threads(threads);
         const size_t T = (size_t)layers_threads();
         conv_dims da = conv_dims_make(sz[1], sz[2], sz[3], sz[4], 3, sz[5], 1), dd = da;
         da.algo = CONV_ALGO_IM2COL;
-        dd.algo = CONV_ALGO_DIRECT;
-        n_direct += conv_uses_direct(&dd, 0) && conv_uses_direct(&dd, 1) &&
-                    !conv_uses_direct(&da, 0) && !conv_uses_direct(&da, 1);
+        dd.algo = algo;
+        n_direct += (wino ? conv_uses_winograd(&dd, 0) && conv_uses_winograd(&dd, 1)
+                          : conv_uses_direct(&dd, 0) && conv_uses_direct(&dd, 1)) &&
+                    !conv_uses_direct(&da, 0) && !conv_uses_direct(&da, 1) &&
+                    !conv_uses_winograd(&da, 0) && !conv_uses_winograd(&da, 1);
         char S[80];
-        snprintf(S, sizeof S, "conv direct vs im2col %dx%dx%dx%d->%d s%d %dt", B, sz[1], sz[2],
-                 sz[3], sz[4], sz[5], threads);
+        snprintf(S, sizeof S, "conv %s vs im2col %dx%dx%dx%d->%d s%d %dt",
+                 wino ? "winograd" : "direct", B, sz[1], sz[2], sz[3], sz[4], sz[5], threads);
         const size_t nx = (size_t)B * da.C * da.H * da.W, nw = (size_t)da.OC * da.C * 9,
                      nb = (size_t)da.OC, no = (size_t)B * da.OC * da.OH * da.OW,
                      ns = conv_scratch_per_thread(&da) * T, np = (nw + nb) * T;
@@ -629,7 +646,7 @@ static void check_conv_direct_vs_im2col(void) {
         double w = 0;
         for (int k = 0; k < 9; k++)
             if (e[k] > w || e[k] != e[k]) w = e[k] != e[k] ? INFINITY : e[k];
-        CHECK(w <= DIRECT_TOL,
+        CHECK(w <= tol,
               "%s: out %.2g relu %.2g dx %.2g dW %.2g db %.2g; din_set dx %.2g dW %.2g; "
               "din NULL dW %.2g db %.2g",
               S, e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]);
@@ -646,9 +663,9 @@ static void check_conv_direct_vs_im2col(void) {
         for (int a = 0; a < 2; a++)
             gfree(o[a]), gfree(dx[a]), gfree(dW[a]), gfree(db[a]), gfree(scr[a]), gfree(part[a]);
     }
-    CHECK(n_direct == nfixed + nrand, "direct vs im2col: only %d of %d cases compared two paths",
-          n_direct, nfixed + nrand);
-    section_record("conv2d direct vs im2col", worst);
+    CHECK(n_direct == nfixed + nrand, "%s vs im2col: only %d of %d cases compared two paths",
+          wino ? "winograd" : "direct", n_direct, nfixed + nrand);
+    section_record(wino ? "conv2d winograd vs im2col" : "conv2d direct vs im2col", worst);
     nz_set_threads(2);
 }
 
@@ -2932,7 +2949,12 @@ int main(void) {
         for (int s = 1; s <= 2; s++)
             for (size_t i = 0; i < sizeof direct / sizeof direct[0]; i++)
                 check_conv(3, s, 1, t, CONV_ALGO_DIRECT, direct[i]);
-    check_conv_direct_vs_im2col();
+    check_conv_fast_vs_im2col(CONV_ALGO_DIRECT);
+    /* Winograd: finite differences on the odd shapes at stride 1, then against im2col */
+    for (int t = 1; t <= 2; t++)
+        for (size_t i = 0; i < sizeof direct / sizeof direct[0]; i++)
+            check_conv(3, 1, 1, t, CONV_ALGO_WINOGRAD, direct[i]);
+    check_conv_fast_vs_im2col(CONV_ALGO_WINOGRAD);
     nz_set_threads(2);
     check_maxpool(2, 2);
     check_maxpool(3, 2);

@@ -361,10 +361,13 @@ static void check_conv(const char *prefix, int i, int threads) {
     float *scratch = zalloc(conv_scratch_per_thread(&d) * T);
     float *partial = zalloc((W->n + b->n) * T); /* |W| + OC per thread, see conv2d_backward */
     float *y = zalloc(out->n), *gx = zalloc(x->n), *gW = zalloc(W->n), *gb = zalloc(b->n);
-    static const int algos[2] = {CONV_ALGO_IM2COL, CONV_ALGO_DIRECT};
-    for (int a = 0; a < 2; a++) {
+    static const int algos[3] = {CONV_ALGO_IM2COL, CONV_ALGO_DIRECT, CONV_ALGO_WINOGRAD};
+    static const char *const algo_names[3] = {"im2col", "direct", "winograd"};
+    for (int a = 0; a < 3; a++) {
         d.algo = algos[a];
-        if (a == 1 && !conv_uses_direct(&d, 0)) continue; /* shape the direct kernels do not take */
+        /* shapes the direct / Winograd kernels do not take */
+        if (a == 1 && !conv_uses_direct(&d, 0)) continue;
+        if (a == 2 && !conv_uses_winograd(&d, 0)) continue;
         memset(gx, 0, sizeof(float) * x->n);
         memset(gW, 0, sizeof(float) * W->n);
         memset(gb, 0, sizeof(float) * b->n);
@@ -376,7 +379,7 @@ static void check_conv(const char *prefix, int i, int threads) {
         const ref_tensor *refs[4] = {out, dx, dW, db};
         for (int k = 0; k < 4; k++) {
             snprintf(label, sizeof label, "%s.%s %dx%dx%dx%d->%d k%d s%d p%d %dt %s", p, names[k],
-                     B, d.C, d.H, d.W, d.OC, c[4], c[5], c[6], threads, a ? "direct" : "im2col");
+                     B, d.C, d.H, d.W, d.OC, c[4], c[5], c[6], threads, algo_names[a]);
             compare(label, got[k], refs[k], refs[k]->n);
         }
     }

@@ -27,51 +27,25 @@
  * works on; backward over samples, dW and db into per-thread partials reduced in a fixed order
  * (as the im2col path does), so a given thread count always gives the same bits.
  *
- * The kernels are written with GCC vector extensions; FMA comes from intrinsics under
- * __AVX512F__ (16 lanes) or __AVX2__ + __FMA__ (8 lanes), else plain multiply-add on 4 lanes
- * (the portable build: same results up to rounding). */
+ * The kernels are written with the vector type of core/simd.h (AVX-512, AVX2 + FMA or portable
+ * code from the same source). */
 #include "core/conv_direct.h"
 
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-#include <immintrin.h>
-#endif
+#include "core/simd.h"
 
-#if defined(__AVX512F__)
-#define VL 16 /* floats per vector */
+#if VL == 16
 #define OCB 8 /* output channels per register tile */
 #define NV 3  /* pixel vectors per forward tile: OCB * NV = 24 of 32 registers accumulate */
-typedef float vf __attribute__((vector_size(64)));
-static inline vf vfma(vf a, vf b, vf c) {
-    return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-}
-static inline vf vset1(float s) { return (vf)_mm512_set1_ps(s); }
-static inline float vhsum(vf v) { return _mm512_reduce_add_ps((__m512)v); }
-#elif defined(__AVX2__) && defined(__FMA__)
-#define VL 8
+#elif VL == 8
 #define OCB 4
 #define NV 3 /* 12 accumulators of 16 registers */
-typedef float vf __attribute__((vector_size(32)));
-static inline vf vfma(vf a, vf b, vf c) {
-    return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-}
-static inline vf vset1(float s) { return (vf)_mm256_set1_ps(s); }
-static inline float vhsum(vf v) {
-    float s = 0;
-    for (int l = 0; l < VL; l++) s += v[l];
-    return s;
-}
 #else
-#define VL 4
 #define OCB 4
 #define NV 2
-typedef float vf __attribute__((vector_size(16)));
-static inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
-static inline vf vset1(float s) { return (vf){s, s, s, s}; }
-static inline float vhsum(vf v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 #endif
 
 /* lane patterns for shuffles of two vectors a, b (lanes 0..VL-1 of a, VL.. of b) */
@@ -104,18 +78,6 @@ static inline vf vshuffle2(vf a, vf b, vi m) {
 #else
 #define VSHUFFLE(a, b, m) __builtin_shuffle(a, b, m)
 #endif
-
-/* an empty asm that makes GCC keep v in a register (x86; elsewhere nothing) */
-#if defined(__x86_64__) || defined(__i386__)
-#define KEEP_IN_REG(v) __asm__("" : "+v"(v))
-#else
-#define KEEP_IN_REG(v) ((void)0)
-#endif
-
-/* unaligned, aliasing-safe vector access to float arrays */
-typedef float vfu __attribute__((vector_size(VL * 4), aligned(4), may_alias));
-static inline vf vload(const float *p) { return *(const vfu *)p; }
-static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
 
 /* Samples per backward group: dW accumulates over every pixel of a group before its horizontal
  * sums, so small maps (8x8: 80 lanes) still run long loops; the group's OCB dout planes, which

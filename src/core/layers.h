@@ -30,12 +30,16 @@ typedef struct {
 } conv_dims;
 
 /* Which kernel conv2d_forward/backward run: AUTO picks by shape (conv_algo_pick in layers.c);
- * DIRECT (3x3, pad 1, stride 1 or 2 only; other shapes fall back to IM2COL) and IM2COL force
- * one. */
-enum { CONV_ALGO_AUTO, CONV_ALGO_IM2COL, CONV_ALGO_DIRECT };
+ * DIRECT (3x3, pad 1, stride 1 or 2 only), WINOGRAD (3x3, pad 1, stride 1 only; the weight
+ * gradient then comes from the direct kernels) and IM2COL force one; a forced path the shape
+ * does not allow falls back to IM2COL. */
+enum { CONV_ALGO_AUTO, CONV_ALGO_IM2COL, CONV_ALGO_DIRECT, CONV_ALGO_WINOGRAD };
 /* 1 if conv2d_forward (backward 0) / conv2d_backward (1) would run the direct kernels
- * (src/core/conv_direct.c) on d */
+ * (src/core/conv_direct.c) on d; in backward, for the input gradient */
 int conv_uses_direct(const conv_dims *d, int backward);
+/* 1 if they would run the Winograd kernels (src/core/conv_winograd.c): the forward, or in
+ * backward the input gradient */
+int conv_uses_winograd(const conv_dims *d, int backward);
 
 conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad);
 /* threads = layers_threads() at the time of the call; callers whose scratch was sized for fewer

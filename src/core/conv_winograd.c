@@ -1,0 +1,423 @@
+/* Winograd convolution F(m x m, 3 x 3), stride 1, pad 1 (see conv_winograd.h; Lavin and Gray,
+ * "Fast Algorithms for Convolutional Neural Networks", 2016).
+ *
+ * The output is cut into m x m tiles; tile (i, j) reads the a x a input patch (a = m + 2) at
+ * rows i m - 1 .., columns j m - 1 .. of the image (zeros outside). For one channel pair,
+ *   y = A^T [ (G g G^T) .* (B^T d B) ] A,
+ * so with U = G g G^T per kernel and V = B^T d B per patch and input channel, each of the a^2
+ * transform points xi is an ordinary matrix product over channels:
+ *   M[xi][tile][k] = sum_c V[xi][tile][c] U[xi][c][k],
+ * and the outputs are A^T M A per tile and output channel. F(4,3) (a = 6, points 0, +-1, +-2,
+ * infinity) does 36 multiplies for 16 outputs where the direct conv does 144; F(2,3) (a = 4)
+ * serves maps of at most 2x2, where a 4x4 tile would be mostly padding.
+ *
+ * Layout: every vector runs over channels. Each image is copied into a zero-bordered
+ * channel-last buffer X[h][w][c] (c padded to a whole vector), so a tile's patch for VL channels
+ * is a^2 vector loads and the input transform is vector arithmetic. The products run over a
+ * block of tiles (several images when the maps are small, ~128 tiles) with a register tile of
+ * TB tiles x KV vectors of output channels; the output transform writes a channel-last image
+ * Y[h][w][k], with the bias and relu, which is then copied out to NCHW.
+ *
+ * Threads: over blocks of images, each with its own buffers; U is built once per call, shared.
+ * Results do not depend on the thread count (each output is computed by one thread, in one
+ * order). Rounding differs from the direct conv by a few ulps of the largest partial sums: the
+ * transforms scale by up to 8 (A) and 1/24 (G). */
+#include "core/conv_winograd.h"
+
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "core/simd.h"
+
+/* register tile of the products: ACC accumulators = TB(kv) tiles x kv vectors, kv <= KVMAX */
+#if VL == 16
+#define ACC 24
+#define KVMAX 4
+#elif VL == 8
+#define ACC 12
+#define KVMAX 2
+#else
+#define ACC 8
+#define KVMAX 2
+#endif
+
+#define TILES_PER_BLOCK 128 /* product rows per block: U (C x Kp per point) is reused that often */
+
+typedef struct {
+    int m, a, A2;      /* output tile side, patch side, transform points */
+    int C, K, H, W;    /* input channels, output channels, map (same in and out) */
+    int TH, TW, Timg;  /* tiles per column, per row, per image */
+    int Cp, Kp;        /* channels rounded up to whole vectors */
+    int Hp, Wp;        /* the zero-bordered input: TH m + 2 rows of TW m + 2 */
+    int nb, NTp;       /* images per block and product rows per block (a multiple of ACC) */
+} wplan;
+
+static int round_up(int n, int m) { return (n + m - 1) / m * m; }
+
+static wplan wplan_of(int C, int K, int H, int W) {
+    wplan p;
+    p.m = H <= 2 && W <= 2 ? 2 : 4;
+    p.a = p.m + 2;
+    p.A2 = p.a * p.a;
+    p.C = C, p.K = K, p.H = H, p.W = W;
+    p.TH = (H + p.m - 1) / p.m;
+    p.TW = (W + p.m - 1) / p.m;
+    p.Timg = p.TH * p.TW;
+    p.Cp = round_up(C, VL);
+    p.Kp = round_up(K, VL);
+    p.Hp = p.TH * p.m + 2;
+    p.Wp = p.TW * p.m + 2;
+    p.nb = (TILES_PER_BLOCK + p.Timg - 1) / p.Timg;
+    if (p.nb > 64) p.nb = 64;
+    p.NTp = round_up(p.nb * p.Timg, ACC);
+    return p;
+}
+
+int conv_winograd_supported(const conv_dims *d) {
+    return d->KH == 3 && d->KW == 3 && d->stride == 1 && d->pad == 1 && d->OH == d->H &&
+           d->OW == d->W && d->C >= 1 && d->OC >= 1 && d->H >= 1 && d->W >= 1;
+}
+
+/* the transformed kernels and the padded bias, shared by the threads */
+static size_t shared_floats(const wplan *p) { return (size_t)p->A2 * p->C * p->Kp + p->Kp + VL; }
+
+/* one thread: X (one image), V and M (a block), Y (one image), each aligned */
+static size_t thread_floats(const wplan *p) {
+    return (size_t)p->Hp * p->Wp * p->Cp + (size_t)p->A2 * p->NTp * (p->Cp + p->Kp) +
+           (size_t)p->TH * p->m * p->TW * p->m * p->Kp + 5 * VL;
+}
+
+size_t conv_winograd_scratch_per_thread(const conv_dims *d) {
+    if (!conv_winograd_supported(d)) return 0;
+    /* both directions: forward C -> OC, input gradient OC -> C */
+    const wplan f = wplan_of(d->C, d->OC, d->H, d->W), b = wplan_of(d->OC, d->C, d->H, d->W);
+    const size_t sf = shared_floats(&f) + thread_floats(&f);
+    const size_t sb = shared_floats(&b) + thread_floats(&b);
+    return sf > sb ? sf : sb;
+}
+
+static float *align_up(float *p) {
+    const uintptr_t a = VL * sizeof(float);
+    return (float *)(((uintptr_t)p + a - 1) & ~(a - 1));
+}
+
+/* ---------------------------------------------------------------- the three transforms */
+
+/* F(4,3): o[i * so] = (B^T d)[i], d[i * sd], 6 points */
+static inline __attribute__((always_inline)) void bt6(vf *o, int so, const vf *d, int sd) {
+    const vf d0 = d[0], d1 = d[sd], d2 = d[2 * sd], d3 = d[3 * sd], d4 = d[4 * sd],
+             d5 = d[5 * sd];
+    const vf four = vset1(4.0f), m5 = vset1(-5.0f), two = vset1(2.0f);
+    const vf s12 = d1 + d2, s34 = d3 + d4, t12 = d1 - d2, t43 = d4 - d3;
+    const vf u = d4 - d2, w = d3 - d1;
+    o[0] = vfma(four, d0, vfma(m5, d2, d4));
+    o[so] = s34 - four * s12;
+    o[2 * so] = vfma(four, t12, t43);
+    o[3 * so] = vfma(two, w, u);
+    o[4 * so] = u - two * w;
+    o[5 * so] = vfma(four, d1, vfma(m5, d3, d5));
+}
+
+/* F(4,3): o[i * so] = (A^T m)[i], 4 outputs from 6 points */
+static inline __attribute__((always_inline)) void at6(vf *o, int so, const vf *x, int sx) {
+    const vf m0 = x[0], m1 = x[sx], m2 = x[2 * sx], m3 = x[3 * sx], m4 = x[4 * sx],
+             m5 = x[5 * sx];
+    const vf p12 = m1 + m2, q12 = m1 - m2, p34 = m3 + m4, q34 = m3 - m4;
+    const vf two = vset1(2.0f), four = vset1(4.0f), eight = vset1(8.0f);
+    o[0] = m0 + p12 + p34;
+    o[so] = vfma(two, q34, q12);
+    o[2 * so] = vfma(four, p34, p12);
+    o[3 * so] = vfma(eight, q34, q12) + m5;
+}
+
+/* F(2,3): B^T d, 4 points */
+static inline __attribute__((always_inline)) void bt4(vf *o, int so, const vf *d, int sd) {
+    const vf d0 = d[0], d1 = d[sd], d2 = d[2 * sd], d3 = d[3 * sd];
+    o[0] = d0 - d2;
+    o[so] = d1 + d2;
+    o[2 * so] = d2 - d1;
+    o[3 * so] = d1 - d3;
+}
+
+/* F(2,3): A^T m, 2 outputs from 4 points */
+static inline __attribute__((always_inline)) void at4(vf *o, int so, const vf *x, int sx) {
+    const vf m0 = x[0], m1 = x[sx], m2 = x[2 * sx], m3 = x[3 * sx];
+    o[0] = m0 + m1 + m2;
+    o[so] = m1 - m2 - m3;
+}
+
+/* G g for one column of 3 kernel taps g[0], g[gs], g[2 gs] -> a values o[i * os] */
+static inline __attribute__((always_inline)) void gk(vf *o, int os, const vf *g, int gs, int a) {
+    const vf g0 = g[0], g1 = g[gs], g2 = g[2 * gs];
+    if (a == 4) {
+        const vf h = vset1(0.5f), s = g0 + g2;
+        o[0] = g0;
+        o[os] = h * (s + g1);
+        o[2 * os] = h * (s - g1);
+        o[3 * os] = g2;
+        return;
+    }
+    const vf q = vset1(0.25f), sx = vset1(-1.0f / 6.0f);
+    const vf c24 = vset1(1.0f / 24.0f), c12 = vset1(1.0f / 12.0f), c6 = vset1(1.0f / 6.0f);
+    const vf s = g0 + g2;
+    const vf e = vfma(c24, g0, c6 * g2);
+    o[0] = q * g0;
+    o[os] = sx * (s + g1);
+    o[2 * os] = sx * (s - g1);
+    o[3 * os] = vfma(c12, g1, e);
+    o[4 * os] = e - c12 * g1;
+    o[5 * os] = g2;
+}
+
+/* U[xi][c][k] (k < Kp; zeros past K) for input channels c < C of the plan, kernels from W:
+ * forward (swap 0) g(k, c) = W[k][c], backward data (swap 1) g(k, c) = W[c][k] flipped, W then
+ * being (C_plan, K_plan, 3, 3) i.e. (OC, C) of the layer. Vectors over k. */
+static void pack_kernels(float *U, const float *W, const wplan *p, int swap, int threads) {
+    const int C = p->C, K = p->K, Kp = p->Kp, a = p->a;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int c = 0; c < C; c++)
+        for (int k0 = 0; k0 < Kp; k0 += VL) {
+            vf g[9], t[18], u[36];
+            for (int tp = 0; tp < 9; tp++) {
+                float lane[VL];
+                for (int l = 0; l < VL; l++) {
+                    const int k = k0 + l;
+                    lane[l] = k >= K ? 0.0f
+                              : swap ? W[((size_t)c * K + k) * 9 + 8 - tp]
+                                     : W[((size_t)k * C + c) * 9 + tp];
+                }
+                g[tp] = vload(lane);
+            }
+            for (int j = 0; j < 3; j++) gk(t + j, 3, g + j, 3, a); /* G g: a x 3 */
+            for (int i = 0; i < a; i++) gk(u + i * a, 1, t + i * 3, 1, a); /* (G g) G^T */
+            for (int x = 0; x < a * a; x++) vstore(U + ((size_t)x * C + c) * Kp + k0, u[x]);
+        }
+}
+
+/* X[(h + 1)][(w + 1)][c] = in[c][h][w], zeros elsewhere (the border, the rows and columns past
+ * the last whole tile, channels past C) */
+static void to_tiles_layout(float *X, const float *in, const wplan *p) {
+    const int Cp = p->Cp, Wp = p->Wp;
+    memset(X, 0, sizeof(float) * (size_t)p->Hp * Wp * Cp);
+    for (int h = 0; h < p->H; h++)
+        for (int c = 0; c < p->C; c++) {
+            const float *src = in + ((size_t)c * p->H + h) * p->W;
+            float *dst = X + ((size_t)(h + 1) * Wp + 1) * Cp + c;
+            for (int w = 0; w < p->W; w++) dst[(size_t)w * Cp] = src[w];
+        }
+}
+
+/* V rows t0 .. t0 + Timg - 1 of every point, from one image in X */
+static inline __attribute__((always_inline)) void input_transform_m(float *V, const float *X,
+                                                                     const wplan *p, int t0,
+                                                                     const int m) {
+    const int a = m + 2, Cp = p->Cp;
+    const size_t pstride = (size_t)p->NTp * Cp;
+    for (int ti = 0; ti < p->TH; ti++)
+        for (int tj = 0; tj < p->TW; tj++) {
+            const int t = t0 + ti * p->TW + tj;
+            for (int cv = 0; cv < Cp; cv += VL) {
+                vf d[36], e[36], v[36];
+                const float *x = X + ((size_t)ti * m * p->Wp + (size_t)tj * m) * Cp + cv;
+                for (int r = 0; r < a; r++)
+                    for (int s = 0; s < a; s++) d[r * a + s] = vload(x + ((size_t)r * p->Wp + s) * Cp);
+                for (int s = 0; s < a; s++) {
+                    if (a == 6) bt6(e + s, a, d + s, a);
+                    else bt4(e + s, a, d + s, a);
+                }
+                for (int r = 0; r < a; r++) {
+                    if (a == 6) bt6(v + r * a, 1, e + r * a, 1);
+                    else bt4(v + r * a, 1, e + r * a, 1);
+                }
+                float *o = V + (size_t)t * Cp + cv;
+                for (int xi = 0; xi < a * a; xi++) vstore(o + xi * pstride, v[xi]);
+            }
+        }
+}
+
+static void input_transform(float *V, const float *X, const wplan *p, int t0) {
+    if (p->m == 4) input_transform_m(V, X, p, t0, 4);
+    else input_transform_m(V, X, p, t0, 2);
+}
+
+enum { OUT_BIAS, OUT_BIAS_RELU, OUT_SET, OUT_ADD };
+
+/* Y[h][w][k] (rows of TW m) for one image from M rows t0 .., + bias (Kp), relu when asked */
+static inline __attribute__((always_inline)) void output_transform_m(float *Y, const float *M,
+                                                                      const float *bias,
+                                                                      const wplan *p, int t0,
+                                                                      int relu, const int m) {
+    const int a = m + 2, Kp = p->Kp;
+    const size_t pstride = (size_t)p->NTp * Kp, yw = (size_t)p->TW * m;
+    for (int ti = 0; ti < p->TH; ti++)
+        for (int tj = 0; tj < p->TW; tj++) {
+            const int t = t0 + ti * p->TW + tj;
+            for (int kv = 0; kv < Kp; kv += VL) {
+                vf x[36], e[24], y[16];
+                const float *mp = M + (size_t)t * Kp + kv;
+                for (int xi = 0; xi < a * a; xi++) x[xi] = vload(mp + xi * pstride);
+                for (int s = 0; s < a; s++) { /* columns: e (m x a) */
+                    if (a == 6) at6(e + s, a, x + s, a);
+                    else at4(e + s, a, x + s, a);
+                }
+                for (int r = 0; r < m; r++) { /* rows: y (m x m) */
+                    if (a == 6) at6(y + r * m, 1, e + r * a, 1);
+                    else at4(y + r * m, 1, e + r * a, 1);
+                }
+                const vf bv = vload(bias + kv);
+                float *o = Y + ((size_t)ti * m * yw + (size_t)tj * m) * Kp + kv;
+                for (int r = 0; r < m; r++)
+                    for (int s = 0; s < m; s++) {
+                        vf v = y[r * m + s] + bv;
+                        if (relu) v = vrelu(v);
+                        vstore(o + ((size_t)r * yw + s) * Kp, v);
+                    }
+            }
+        }
+}
+
+static void output_transform(float *Y, const float *M, const float *bias, const wplan *p, int t0,
+                             int relu) {
+    if (p->m == 4) {
+        if (relu) output_transform_m(Y, M, bias, p, t0, 1, 4);
+        else output_transform_m(Y, M, bias, p, t0, 0, 4);
+    } else {
+        if (relu) output_transform_m(Y, M, bias, p, t0, 1, 2);
+        else output_transform_m(Y, M, bias, p, t0, 0, 2);
+    }
+}
+
+/* out[k][h][w] = (or +=) Y[h][w][k] */
+static void from_tiles_layout(float *out, const float *Y, const wplan *p, int add) {
+    const size_t yw = (size_t)p->TW * p->m;
+    for (int k = 0; k < p->K; k++)
+        for (int h = 0; h < p->H; h++) {
+            float *dst = out + ((size_t)k * p->H + h) * p->W;
+            const float *src = Y + (size_t)h * yw * p->Kp + k;
+            if (add)
+                for (int w = 0; w < p->W; w++) dst[w] += src[(size_t)w * p->Kp];
+            else
+                for (int w = 0; w < p->W; w++) dst[w] = src[(size_t)w * p->Kp];
+        }
+}
+
+/* ---------------------------------------------------------------- the products */
+
+/* Mo[i * ldm + j VL ..] = sum_c V[i * ldv + c] U[c * ldu + j VL ..], i < tb, j < kv */
+static inline __attribute__((always_inline)) void mtile(float *Mo, size_t ldm, const float *V,
+                                                        size_t ldv, const float *U, size_t ldu,
+                                                        int C, const int tb, const int kv) {
+    vf acc[ACC];
+    const vf z = vset1(0.0f);
+    for (int i = 0; i < tb * kv; i++) acc[i] = z;
+    for (int c = 0; c < C; c++, U += ldu) {
+        vf u[KVMAX];
+        for (int j = 0; j < kv; j++) u[j] = vload(U + j * VL);
+        for (int i = 0; i < tb; i++) {
+            const vf v = vset1(V[i * ldv + c]);
+            for (int j = 0; j < kv; j++) acc[i * kv + j] = vfma(v, u[j], acc[i * kv + j]);
+        }
+    }
+    for (int i = 0; i < tb; i++)
+        for (int j = 0; j < kv; j++) vstore(Mo + i * ldm + (size_t)j * VL, acc[i * kv + j]);
+}
+
+static void mtile_kvmax(float *Mo, size_t ldm, const float *V, size_t ldv, const float *U,
+                        size_t ldu, int C) {
+    mtile(Mo, ldm, V, ldv, U, ldu, C, ACC / KVMAX, KVMAX);
+}
+
+#if KVMAX > 2
+static void mtile_kv2(float *Mo, size_t ldm, const float *V, size_t ldv, const float *U,
+                      size_t ldu, int C) {
+    mtile(Mo, ldm, V, ldv, U, ldu, C, ACC / 2, 2);
+}
+#endif
+
+static void mtile_kv1(float *Mo, size_t ldm, const float *V, size_t ldv, const float *U,
+                      size_t ldu, int C) {
+    mtile(Mo, ldm, V, ldv, U, ldu, C, ACC, 1);
+}
+
+/* M[xi] = V[xi] U[xi] for every point, rows < nt (a multiple of ACC) */
+static void products(float *M, const float *V, const float *U, const wplan *p, int nt) {
+    const size_t ldv = (size_t)p->Cp, ldm = (size_t)p->Kp, ldu = (size_t)p->Kp;
+    const int nkv = p->Kp / VL;
+    for (int xi = 0; xi < p->A2; xi++) {
+        const float *Vx = V + (size_t)xi * p->NTp * ldv, *Ux = U + (size_t)xi * p->C * ldu;
+        float *Mx = M + (size_t)xi * p->NTp * ldm;
+        int j = 0;
+        for (; j + KVMAX <= nkv; j += KVMAX)
+            for (int t = 0; t < nt; t += ACC / KVMAX)
+                mtile_kvmax(Mx + t * ldm + j * VL, ldm, Vx + t * ldv, ldv, Ux + j * VL, ldu, p->C);
+#if KVMAX > 2
+        for (; j + 2 <= nkv; j += 2)
+            for (int t = 0; t < nt; t += ACC / 2)
+                mtile_kv2(Mx + t * ldm + j * VL, ldm, Vx + t * ldv, ldv, Ux + j * VL, ldu, p->C);
+#endif
+        for (; j < nkv; j++)
+            for (int t = 0; t < nt; t += ACC)
+                mtile_kv1(Mx + t * ldm + j * VL, ldm, Vx + t * ldv, ldv, Ux + j * VL, ldu, p->C);
+    }
+}
+
+/* ---------------------------------------------------------------- driver */
+
+/* out (B, K, H, W) from in (B, C, H, W), U and bias already in shared (U then Kp bias) */
+static void run(float *out, const float *in, const float *U, const float *bias, int B,
+                const wplan *p, int mode, int threads, float *tscratch, size_t per) {
+    int T = threads < 1 ? 1 : threads;
+    if (T > B) T = B;
+    const size_t in_sz = (size_t)p->C * p->H * p->W, out_sz = (size_t)p->K * p->H * p->W;
+#pragma omp parallel num_threads(T)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int lo = (int)((long)B * t / nt), hi = (int)((long)B * (t + 1) / nt);
+        float *X = align_up(tscratch + per * (size_t)t);
+        float *V = align_up(X + (size_t)p->Hp * p->Wp * p->Cp);
+        float *M = align_up(V + (size_t)p->A2 * p->NTp * p->Cp);
+        float *Y = align_up(M + (size_t)p->A2 * p->NTp * p->Kp);
+        for (int n0 = lo; n0 < hi; n0 += p->nb) {
+            const int nb = hi - n0 < p->nb ? hi - n0 : p->nb;
+            const int nt_used = nb * p->Timg, ntr = round_up(nt_used, ACC);
+            for (int j = 0; j < nb; j++) {
+                to_tiles_layout(X, in + in_sz * (size_t)(n0 + j), p);
+                input_transform(V, X, p, j * p->Timg);
+            }
+            if (ntr > nt_used) /* rows the register tiles compute and nobody reads */
+                for (int xi = 0; xi < p->A2; xi++)
+                    memset(V + ((size_t)xi * p->NTp + nt_used) * p->Cp, 0,
+                           sizeof(float) * (size_t)(ntr - nt_used) * p->Cp);
+            products(M, V, U, p, ntr);
+            for (int j = 0; j < nb; j++) {
+                output_transform(Y, M, bias, p, j * p->Timg, mode == OUT_BIAS_RELU);
+                from_tiles_layout(out + out_sz * (size_t)(n0 + j), Y, p, mode == OUT_ADD);
+            }
+        }
+    }
+}
+
+void conv_winograd_forward(float *out, const float *in, const float *W, const float *b, int B,
+                           const conv_dims *d, float *scratch) {
+    const wplan p = wplan_of(d->C, d->OC, d->H, d->W);
+    float *U = align_up(scratch), *bias = align_up(U + (size_t)p.A2 * p.C * p.Kp);
+    const int T = d->threads < 1 ? 1 : d->threads;
+    pack_kernels(U, W, &p, 0, T);
+    for (int k = 0; k < p.Kp; k++) bias[k] = k < p.K ? b[k] : 0.0f;
+    const size_t per = conv_winograd_scratch_per_thread(d) - (shared_floats(&p) + VL);
+    run(out, in, U, bias, B, &p, d->out_relu ? OUT_BIAS_RELU : OUT_BIAS, T,
+        scratch + shared_floats(&p) + VL, per);
+}
+
+void conv_winograd_backward_data(float *din, const float *dout, const float *W, int B,
+                                 const conv_dims *d, float *scratch) {
+    const wplan p = wplan_of(d->OC, d->C, d->H, d->W);
+    float *U = align_up(scratch), *zero = align_up(U + (size_t)p.A2 * p.C * p.Kp);
+    const int T = d->threads < 1 ? 1 : d->threads;
+    pack_kernels(U, W, &p, 1, T);
+    memset(zero, 0, sizeof(float) * (size_t)p.Kp);
+    const size_t per = conv_winograd_scratch_per_thread(d) - (shared_floats(&p) + VL);
+    run(din, dout, U, zero, B, &p, d->din_set ? OUT_SET : OUT_ADD, T,
+        scratch + shared_floats(&p) + VL, per);
+}

@@ -1,0 +1,56 @@
+/* One vector type for the hand-written float kernels (conv_direct.c, conv_winograd.c): GCC
+ * vector extensions of VL floats, FMA from intrinsics under __AVX512F__ (16 lanes) or __AVX2__
+ * + __FMA__ (8 lanes), else plain multiply-add on 4 lanes (the portable build: same results up
+ * to rounding). Private to the library. */
+#ifndef NNZIP_SIMD_H
+#define NNZIP_SIMD_H
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+#define VL 16 /* floats per vector */
+typedef float vf __attribute__((vector_size(64)));
+static inline vf vfma(vf a, vf b, vf c) {
+    return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+}
+static inline vf vset1(float s) { return (vf)_mm512_set1_ps(s); }
+static inline float vhsum(vf v) { return _mm512_reduce_add_ps((__m512)v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define VL 8
+typedef float vf __attribute__((vector_size(32)));
+static inline vf vfma(vf a, vf b, vf c) {
+    return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+}
+static inline vf vset1(float s) { return (vf)_mm256_set1_ps(s); }
+static inline float vhsum(vf v) {
+    float s = 0;
+    for (int l = 0; l < VL; l++) s += v[l];
+    return s;
+}
+#else
+#define VL 4
+typedef float vf __attribute__((vector_size(16)));
+static inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
+static inline vf vset1(float s) { return (vf){s, s, s, s}; }
+static inline float vhsum(vf v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+#endif
+
+/* an empty asm that makes GCC keep v in a register (x86; elsewhere nothing) */
+#if defined(__x86_64__) || defined(__i386__)
+#define KEEP_IN_REG(v) __asm__("" : "+v"(v))
+#else
+#define KEEP_IN_REG(v) ((void)0)
+#endif
+
+/* max(v, 0) lane by lane: the comparison's all-ones mask keeps the positive lanes */
+typedef int vmask __attribute__((vector_size(VL * 4)));
+static inline vf vrelu(vf v) { return (vf)((vmask)v & (v > vset1(0.0f))); }
+
+/* unaligned, aliasing-safe vector access to float arrays */
+typedef float vfu __attribute__((vector_size(VL * 4), aligned(4), may_alias));
+static inline vf vload(const float *p) { return *(const vfu *)p; }
+static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
+
+#endif
