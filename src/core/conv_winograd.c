@@ -88,13 +88,25 @@ static size_t thread_floats(const wplan *p) {
            (size_t)p->TH * p->m * p->TW * p->m * p->Kp + 5 * VL;
 }
 
+/* weight gradient: dU and one block's V and dM shared; per thread an input image in X and an
+ * output-gradient image in the Y layout */
+static size_t dw_shared_floats(const wplan *p) {
+    return (size_t)p->A2 * p->Cp * p->Kp + (size_t)p->A2 * p->NTp * (p->Cp + p->Kp) + 4 * VL;
+}
+
+static size_t dw_thread_floats(const wplan *p) {
+    return (size_t)p->Hp * p->Wp * p->Cp + (size_t)p->TH * p->m * p->TW * p->m * p->Kp + 3 * VL;
+}
+
 size_t conv_winograd_scratch_per_thread(const conv_dims *d) {
     if (!conv_winograd_supported(d)) return 0;
-    /* both directions: forward C -> OC, input gradient OC -> C */
+    /* all three: forward C -> OC, input gradient OC -> C, weight gradient */
     const wplan f = wplan_of(d->C, d->OC, d->H, d->W), b = wplan_of(d->OC, d->C, d->H, d->W);
     const size_t sf = shared_floats(&f) + thread_floats(&f);
     const size_t sb = shared_floats(&b) + thread_floats(&b);
-    return sf > sb ? sf : sb;
+    const size_t sw = dw_shared_floats(&f) + dw_thread_floats(&f);
+    const size_t m = sf > sb ? sf : sb;
+    return m > sw ? m : sw;
 }
 
 static float *align_up(float *p) {
@@ -145,6 +157,47 @@ static inline __attribute__((always_inline)) void at4(vf *o, int so, const vf *x
     const vf m0 = x[0], m1 = x[sx], m2 = x[2 * sx], m3 = x[3 * sx];
     o[0] = m0 + m1 + m2;
     o[so] = m1 - m2 - m3;
+}
+
+/* F(4,3): o[i * so] = (A y)[i], 6 points from 4 output-gradient values (the transpose of at6) */
+static inline __attribute__((always_inline)) void a6(vf *o, int so, const vf *y, int sy) {
+    const vf y0 = y[0], y1 = y[sy], y2 = y[2 * sy], y3 = y[3 * sy];
+    const vf two = vset1(2.0f), four = vset1(4.0f), eight = vset1(8.0f);
+    const vf e = y0 + y2, f = y1 + y3, g = vfma(four, y2, y0), h = vfma(eight, y3, two * y1);
+    o[0] = y0;
+    o[so] = e + f;
+    o[2 * so] = e - f;
+    o[3 * so] = g + h;
+    o[4 * so] = g - h;
+    o[5 * so] = y3;
+}
+
+/* F(2,3): A y, 4 points from 2 values */
+static inline __attribute__((always_inline)) void a4(vf *o, int so, const vf *y, int sy) {
+    const vf y0 = y[0], y1 = y[sy];
+    o[0] = y0;
+    o[so] = y0 + y1;
+    o[2 * so] = y0 - y1;
+    o[3 * so] = vset1(0.0f) - y1;
+}
+
+/* G^T h: 3 kernel-tap gradients from a transform points (the transpose of gk) */
+static inline __attribute__((always_inline)) void gkt(vf *o, int os, const vf *h, int hs, int a) {
+    if (a == 4) {
+        const vf half = vset1(0.5f), s = half * (h[hs] + h[2 * hs]);
+        o[0] = h[0] + s;
+        o[os] = half * (h[hs] - h[2 * hs]);
+        o[2 * os] = s + h[3 * hs];
+        return;
+    }
+    const vf h0 = h[0], h1 = h[hs], h2 = h[2 * hs], h3 = h[3 * hs], h4 = h[4 * hs],
+             h5 = h[5 * hs];
+    const vf c4 = vset1(0.25f), c6 = vset1(1.0f / 6.0f), c12 = vset1(1.0f / 12.0f),
+             c24 = vset1(1.0f / 24.0f);
+    const vf p12 = h1 + h2, q12 = h2 - h1, p34 = h3 + h4, q34 = h3 - h4;
+    o[0] = vfma(c4, h0, vfma(c24, p34, (vset1(0.0f) - c6) * p12));
+    o[os] = vfma(c6, q12, c12 * q34);
+    o[2 * os] = vfma(c6, p34 - p12, h5);
 }
 
 /* G g for one column of 3 kernel taps g[0], g[gs], g[2 gs] -> a values o[i * os] */
@@ -304,40 +357,46 @@ static void from_tiles_layout(float *out, const float *Y, const wplan *p, int ad
 
 /* ---------------------------------------------------------------- the products */
 
-/* Mo[i * ldm + j VL ..] = sum_c V[i * ldv + c] U[c * ldu + j VL ..], i < tb, j < kv */
+/* Mo[i * ldm + j VL ..] (+)= sum over r < n of V[i * si + r * sr] U[r * ldu + j VL ..], for
+ * i < tb, j < kv: forward rows are tiles (si = row length, sr = 1, r runs over channels); the
+ * weight gradient's rows are input channels (si = 1, sr = row length, r runs over tiles) */
 static inline __attribute__((always_inline)) void mtile(float *Mo, size_t ldm, const float *V,
-                                                        size_t ldv, const float *U, size_t ldu,
-                                                        int C, const int tb, const int kv) {
+                                                        size_t si, size_t sr, const float *U,
+                                                        size_t ldu, int n, const int tb,
+                                                        const int kv, const int add) {
     vf acc[ACC];
     const vf z = vset1(0.0f);
     for (int i = 0; i < tb * kv; i++) acc[i] = z;
-    for (int c = 0; c < C; c++, U += ldu) {
+    for (int r = 0; r < n; r++, U += ldu, V += sr) {
         vf u[KVMAX];
         for (int j = 0; j < kv; j++) u[j] = vload(U + j * VL);
         for (int i = 0; i < tb; i++) {
-            const vf v = vset1(V[i * ldv + c]);
+            const vf v = vset1(V[i * si]);
             for (int j = 0; j < kv; j++) acc[i * kv + j] = vfma(v, u[j], acc[i * kv + j]);
         }
     }
     for (int i = 0; i < tb; i++)
-        for (int j = 0; j < kv; j++) vstore(Mo + i * ldm + (size_t)j * VL, acc[i * kv + j]);
+        for (int j = 0; j < kv; j++) {
+            float *o = Mo + i * ldm + (size_t)j * VL;
+            vstore(o, add ? vload(o) + acc[i * kv + j] : acc[i * kv + j]);
+        }
 }
 
 static void mtile_kvmax(float *Mo, size_t ldm, const float *V, size_t ldv, const float *U,
                         size_t ldu, int C) {
-    mtile(Mo, ldm, V, ldv, U, ldu, C, ACC / KVMAX, KVMAX);
+    mtile(Mo, ldm, V, ldv, 1, U, ldu, C, ACC / KVMAX, KVMAX, 0);
 }
 
 #if KVMAX > 2
 static void mtile_kv2(float *Mo, size_t ldm, const float *V, size_t ldv, const float *U,
                       size_t ldu, int C) {
-    mtile(Mo, ldm, V, ldv, U, ldu, C, ACC / 2, 2);
+    mtile(Mo, ldm, V, ldv, 1, U, ldu, C, ACC / 2, 2, 0);
 }
 #endif
 
 static void mtile_kv1(float *Mo, size_t ldm, const float *V, size_t ldv, const float *U,
                       size_t ldu, int C) {
-    mtile(Mo, ldm, V, ldv, U, ldu, C, ACC, 1);
+    mtile(Mo, ldm, V, ldv, 1, U, ldu, C, ACC, 1, 0);
 }
 
 /* M[xi] = V[xi] U[xi] for every point, rows < nt (a multiple of ACC) */
@@ -420,4 +479,161 @@ void conv_winograd_backward_data(float *din, const float *dout, const float *W, 
     const size_t per = conv_winograd_scratch_per_thread(d) - (shared_floats(&p) + VL);
     run(din, dout, U, zero, B, &p, d->din_set ? OUT_SET : OUT_ADD, T,
         scratch + shared_floats(&p) + VL, per);
+}
+
+/* ---------------------------------------------------------------- weight gradient */
+
+/* Y-layout image (rows of TW m, zeros past H and W) of one sample's output gradient */
+static void grad_to_tiles_layout(float *Yg, const float *dout, const wplan *p) {
+    const size_t yw = (size_t)p->TW * p->m;
+    memset(Yg, 0, sizeof(float) * (size_t)p->TH * p->m * yw * p->Kp);
+    for (int h = 0; h < p->H; h++)
+        for (int k = 0; k < p->K; k++) {
+            const float *src = dout + ((size_t)k * p->H + h) * p->W;
+            float *dst = Yg + (size_t)h * yw * p->Kp + k;
+            for (int w = 0; w < p->W; w++) dst[(size_t)w * p->Kp] = src[w];
+        }
+}
+
+/* dM[xi][t][k] = (A dY A^T)[xi] of each tile's m x m output gradient, rows t0 .. */
+static inline __attribute__((always_inline)) void grad_transform_m(float *dM, const float *Yg,
+                                                                    const wplan *p, int t0,
+                                                                    const int m) {
+    const int a = m + 2, Kp = p->Kp;
+    const size_t pstride = (size_t)p->NTp * Kp, yw = (size_t)p->TW * m;
+    for (int ti = 0; ti < p->TH; ti++)
+        for (int tj = 0; tj < p->TW; tj++) {
+            const int t = t0 + ti * p->TW + tj;
+            for (int kv = 0; kv < Kp; kv += VL) {
+                vf y[16], e[24], x[36];
+                const float *yp = Yg + ((size_t)ti * m * yw + (size_t)tj * m) * Kp + kv;
+                for (int r = 0; r < m; r++)
+                    for (int c = 0; c < m; c++) y[r * m + c] = vload(yp + ((size_t)r * yw + c) * Kp);
+                for (int c = 0; c < m; c++) { /* columns: e (a x m) */
+                    if (a == 6) a6(e + c, m, y + c, m);
+                    else a4(e + c, m, y + c, m);
+                }
+                for (int r = 0; r < a; r++) { /* rows: x (a x a) */
+                    if (a == 6) a6(x + r * a, 1, e + r * m, 1);
+                    else a4(x + r * a, 1, e + r * m, 1);
+                }
+                float *o = dM + (size_t)t * Kp + kv;
+                for (int xi = 0; xi < a * a; xi++) vstore(o + xi * pstride, x[xi]);
+            }
+        }
+}
+
+static void grad_transform(float *dM, const float *Yg, const wplan *p, int t0) {
+    if (p->m == 4) grad_transform_m(dM, Yg, p, t0, 4);
+    else grad_transform_m(dM, Yg, p, t0, 2);
+}
+
+/* register tile of the weight-gradient products: DACC accumulators = tb input channels x kv
+ * vectors of output channels with tb = DACC / kv dividing Cp (a whole number of vectors) */
+#if VL == 16
+#define DACC 16
+#elif VL == 8
+#define DACC 8
+#else
+#define DACC 4
+#endif
+
+static void dutile_kvmax(float *dU, size_t ldu, const float *V, size_t ldv, const float *dM,
+                         size_t ldm, int nt) {
+    mtile(dU, ldu, V, 1, ldv, dM, ldm, nt, DACC / KVMAX, KVMAX, 1);
+}
+
+#if KVMAX > 2
+static void dutile_kv2(float *dU, size_t ldu, const float *V, size_t ldv, const float *dM,
+                       size_t ldm, int nt) {
+    mtile(dU, ldu, V, 1, ldv, dM, ldm, nt, DACC / 2, 2, 1);
+}
+#endif
+
+static void dutile_kv1(float *dU, size_t ldu, const float *V, size_t ldv, const float *dM,
+                       size_t ldm, int nt) {
+    mtile(dU, ldu, V, 1, ldv, dM, ldm, nt, DACC, 1, 1);
+}
+
+/* dU[xi] (Cp x Kp) += V[xi]^T dM[xi] over tiles < nt */
+static void dw_products(float *dU, const float *V, const float *dM, const wplan *p, int xi,
+                        int nt) {
+    const size_t ldv = (size_t)p->Cp, ldm = (size_t)p->Kp, ldu = (size_t)p->Kp;
+    const float *Vx = V + (size_t)xi * p->NTp * ldv, *Mx = dM + (size_t)xi * p->NTp * ldm;
+    float *Ux = dU + (size_t)xi * p->Cp * ldu;
+    const int nkv = p->Kp / VL;
+    int j = 0;
+    for (; j + KVMAX <= nkv; j += KVMAX)
+        for (int c = 0; c < p->Cp; c += DACC / KVMAX)
+            dutile_kvmax(Ux + c * ldu + j * VL, ldu, Vx + c, ldv, Mx + j * VL, ldm, nt);
+#if KVMAX > 2
+    for (; j + 2 <= nkv; j += 2)
+        for (int c = 0; c < p->Cp; c += DACC / 2)
+            dutile_kv2(Ux + c * ldu + j * VL, ldu, Vx + c, ldv, Mx + j * VL, ldm, nt);
+#endif
+    for (; j < nkv; j++)
+        for (int c = 0; c < p->Cp; c += DACC)
+            dutile_kv1(Ux + c * ldu + j * VL, ldu, Vx + c, ldv, Mx + j * VL, ldm, nt);
+}
+
+/* dW[k][c] += G^T dU[.][c][k] G (3 x 3 of each a x a), vectors over k */
+static void unpack_gradients(float *dW, const float *dU, const wplan *p, int threads) {
+    const int C = p->C, K = p->K, Kp = p->Kp, Cp = p->Cp, a = p->a;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int c = 0; c < C; c++)
+        for (int k0 = 0; k0 < Kp; k0 += VL) {
+            vf u[36], t[18], g[9];
+            for (int x = 0; x < a * a; x++) u[x] = vload(dU + ((size_t)x * Cp + c) * Kp + k0);
+            for (int j = 0; j < a; j++) gkt(t + j, a, u + j, a, a);      /* G^T dU: 3 x a */
+            for (int i = 0; i < 3; i++) gkt(g + i * 3, 1, t + i * a, 1, a); /* (G^T dU) G */
+            for (int tp = 0; tp < 9; tp++)
+                for (int l = 0; l < VL && k0 + l < K; l++)
+                    dW[((size_t)(k0 + l) * C + c) * 9 + tp] += g[tp][l];
+        }
+}
+
+void conv_winograd_backward_weights(float *dW, float *db, const float *dout, const float *in,
+                                    int B, const conv_dims *d, float *scratch) {
+    const wplan p = wplan_of(d->C, d->OC, d->H, d->W);
+    float *dU = align_up(scratch);
+    float *V = align_up(dU + (size_t)p.A2 * p.Cp * p.Kp);
+    float *dM = align_up(V + (size_t)p.A2 * p.NTp * p.Cp);
+    float *tbase = scratch + dw_shared_floats(&p);
+    const size_t per = conv_winograd_scratch_per_thread(d) - dw_shared_floats(&p);
+    const int T = d->threads < 1 ? 1 : d->threads;
+    const size_t in_sz = (size_t)p.C * p.H * p.W, plane = (size_t)p.H * p.W;
+    const size_t out_sz = (size_t)p.K * plane;
+    memset(dU, 0, sizeof(float) * (size_t)p.A2 * p.Cp * p.Kp);
+#pragma omp parallel num_threads(T)
+    {
+        const int t = omp_get_thread_num();
+        float *X = align_up(tbase + per * (size_t)t);
+        float *Yg = align_up(X + (size_t)p.Hp * p.Wp * p.Cp);
+        for (int n0 = 0; n0 < B; n0 += p.nb) {
+            const int nb = B - n0 < p.nb ? B - n0 : p.nb;
+#pragma omp for schedule(static)
+            for (int j = 0; j < nb; j++) {
+                to_tiles_layout(X, in + in_sz * (size_t)(n0 + j), &p);
+                input_transform(V, X, &p, j * p.Timg);
+                grad_to_tiles_layout(Yg, dout + out_sz * (size_t)(n0 + j), &p);
+                grad_transform(dM, Yg, &p, j * p.Timg);
+            }
+            /* each point's products on one thread, in tile order: the same bits for any count */
+#pragma omp for schedule(static)
+            for (int xi = 0; xi < p.A2; xi++) dw_products(dU, V, dM, &p, xi, nb * p.Timg);
+        }
+        /* db: per channel over the batch, in sample order */
+#pragma omp for schedule(static)
+        for (int k = 0; k < p.K; k++) {
+            float s = 0;
+            for (int n = 0; n < B; n++) {
+                const float *g = dout + out_sz * (size_t)n + (size_t)k * plane;
+                float sn = 0;
+                for (size_t i = 0; i < plane; i++) sn += g[i];
+                s += sn;
+            }
+            db[k] += s;
+        }
+    }
+    unpack_gradients(dW, dU, &p, T);
 }

@@ -22,4 +22,10 @@ void conv_winograd_forward(float *out, const float *in, const float *W, const fl
 void conv_winograd_backward_data(float *din, const float *dout, const float *W, int B,
                                  const conv_dims *d, float *scratch);
 
+/* dW (OC, C, 3, 3) += and db (OC) += the weight and bias gradients: the products run on the
+ * transformed input and output gradient (dU = V^T dM per point, dW = G^T dU G); the same bits
+ * for any thread count */
+void conv_winograd_backward_weights(float *dW, float *db, const float *dout, const float *in,
+                                    int B, const conv_dims *d, float *scratch);
+
 #endif

@@ -262,10 +262,8 @@ void conv2d_backward(float *din, float *dW, float *db, const float *dout, const 
                      const float *W, int B, const conv_dims *d, float *scratch,
                      float *dW_partial) {
     if (conv_uses_winograd(d, 1)) {
-        /* input gradient by Winograd, weight gradient by whichever kernel the shape picks */
-        conv_dims dw = *d;
-        dw.algo = conv_algo_pick(d, 1) ? CONV_ALGO_DIRECT : CONV_ALGO_IM2COL;
-        conv2d_backward(NULL, dW, db, dout, in, W, B, &dw, scratch, dW_partial);
+        (void)dW_partial; /* the weight gradient reduces in its own scratch */
+        conv_winograd_backward_weights(dW, db, dout, in, B, d, scratch);
         if (din) conv_winograd_backward_data(din, dout, W, B, d, scratch);
         return;
     }
