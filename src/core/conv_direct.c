@@ -49,7 +49,6 @@
 #endif
 
 /* lane patterns for shuffles of two vectors a, b (lanes 0..VL-1 of a, VL.. of b) */
-typedef int vi __attribute__((vector_size(VL * 4)));
 #if VL == 16
 #define SH_EVEN {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
 #define SH_ODD {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}
@@ -65,18 +64,6 @@ typedef int vi __attribute__((vector_size(VL * 4)));
 #define SH_ODD {1, 3, 5, 7}
 #define SH_LO {0, 4, 1, 5}
 #define SH_HI {2, 6, 3, 7}
-#endif
-#if defined(__clang__)
-/* clang has no __builtin_shuffle (its __builtin_shufflevector wants constant lane lists); the
- * fuzz targets are built with clang, so a lane loop serves there */
-static inline vf vshuffle2(vf a, vf b, vi m) {
-    vf r;
-    for (int i = 0; i < VL; i++) r[i] = m[i] < VL ? a[m[i]] : b[m[i] - VL];
-    return r;
-}
-#define VSHUFFLE(a, b, m) vshuffle2(a, b, m)
-#else
-#define VSHUFFLE(a, b, m) __builtin_shuffle(a, b, m)
 #endif
 
 /* Samples per backward group: dW accumulates over every pixel of a group before its horizontal
@@ -216,7 +203,7 @@ static void pad_input(float *dst, const float *src, int n, const plan *g) {
     /* input row h goes to phase row i = (h + 1) / 2 of phases a = (h + 1) % 2: its even
      * columns w = 2k to phase (a, 1) at j = k, its odd ones w = 2k + 1 to (a, 0) at j = k + 1 */
     const int H = g->H, W = g->W, R = g->R;
-    const vi even = SH_EVEN, odd = SH_ODD;
+    const vmask even = SH_EVEN, odd = SH_ODD;
     for (int c = 0; c < n; c++, src += (size_t)H * W, dst += g->cs) {
         memset(dst, 0, sizeof(float) * g->cs);
         for (int h = 0; h < H; h++) {
@@ -360,7 +347,7 @@ static void emit(float *y, const float *o, int H, int W, int R, int mode, float 
  * (odd w = 2k + 1: j = k + 1), both at row i. */
 static void emit_phases(float *y, const float *o, size_t ph_stride, const plan *g, int mode) {
     const int W = g->W;
-    const vi lo_m = SH_LO, hi_m = SH_HI;
+    const vmask lo_m = SH_LO, hi_m = SH_HI;
     for (int h = 0; h < g->H; h++, y += W) {
         const int a = (h + 1) & 1, i = (h + 1) >> 1;
         const float *p0 = o + (size_t)(2 * a) * ph_stride + (size_t)i * g->R + 1;

@@ -248,17 +248,58 @@ static void pack_kernels(float *U, const float *W, const wplan *p, int swap, int
         }
 }
 
-/* X[(h + 1)][(w + 1)][c] = in[c][h][w], zeros elsewhere (the border, the rows and columns past
- * the last whole tile, channels past C) */
-static void to_tiles_layout(float *X, const float *in, const wplan *p) {
-    const int Cp = p->Cp, Wp = p->Wp;
-    memset(X, 0, sizeof(float) * (size_t)p->Hp * Wp * Cp);
-    for (int h = 0; h < p->H; h++)
-        for (int c = 0; c < p->C; c++) {
-            const float *src = in + ((size_t)c * p->H + h) * p->W;
-            float *dst = X + ((size_t)(h + 1) * Wp + 1) * Cp + c;
-            for (int w = 0; w < p->W; w++) dst[(size_t)w * Cp] = src[w];
+/* r[0 .. VL) rows of a VL x VL block -> its transpose: log2(VL) rounds of swapping the
+ * off-diagonal blocks (of VL/2, then VL/4 .. lanes), two two-vector shuffles per row pair */
+static inline __attribute__((always_inline)) void transpose_block(vf *r) {
+    for (int bs = VL / 2; bs >= 1; bs /= 2) {
+        vmask lo, hi;
+        for (int k = 0; k < VL; k++) {
+            lo[k] = k & bs ? VL + k - bs : k;
+            hi[k] = k & bs ? VL + k : k + bs;
         }
+        for (int i = 0; i < VL; i++)
+            if (!(i & bs)) {
+                const vf x = r[i], y = r[i + bs];
+                r[i] = VSHUFFLE(x, y, lo);
+                r[i + bs] = VSHUFFLE(x, y, hi);
+            }
+    }
+}
+
+/* X[(h + 1)][(w + 1)][c] = in[c][h][w], zeros elsewhere (the border, the rows and columns past
+ * the last whole tile, channels past C). Pixels are taken VL at a time in plane order (across
+ * rows when W < VL), VL channels by VL pixels transposed in registers. */
+static void to_tiles_layout(float *X, const float *in, const wplan *p) {
+    const int Cp = p->Cp, Wp = p->Wp, C = p->C, H = p->H, W = p->W, HW = H * W;
+    const size_t row = (size_t)Wp * Cp;
+    memset(X, 0, sizeof(float) * row);
+    memset(X + (size_t)(H + 1) * row, 0, sizeof(float) * (size_t)(p->Hp - H - 1) * row);
+    for (int h = 0; h < H; h++) {
+        float *x = X + (size_t)(h + 1) * row;
+        memset(x, 0, sizeof(float) * (size_t)Cp);
+        memset(x + (size_t)(W + 1) * Cp, 0, sizeof(float) * (size_t)(Wp - W - 1) * Cp);
+    }
+    const vf z = vset1(0.0f);
+    for (int cb = 0; cb < Cp; cb += VL) {
+        int q = 0;
+        for (; q + VL <= HW; q += VL) {
+            vf r[VL];
+            for (int i = 0; i < VL; i++)
+                r[i] = cb + i < C ? vload(in + (size_t)(cb + i) * HW + q) : z;
+            transpose_block(r);
+            float *x = X + (size_t)(q / W + 1) * row + (size_t)(q % W + 1) * Cp + cb;
+            for (int i = 0, w = q % W; i < VL; i++) {
+                vstore(x, r[i]);
+                x += Cp;
+                if (++w == W) w = 0, x += (size_t)(Wp - W) * Cp; /* next row */
+            }
+        }
+        for (; q < HW; q++) {
+            const int h = q / W, w = q % W;
+            float *x = X + (size_t)(h + 1) * row + (size_t)(w + 1) * Cp + cb;
+            for (int i = 0; i < VL; i++) x[i] = cb + i < C ? in[(size_t)(cb + i) * HW + q] : 0.0f;
+        }
+    }
 }
 
 /* V rows t0 .. t0 + Timg - 1 of every point, from one image in X */
@@ -341,18 +382,36 @@ static void output_transform(float *Y, const float *M, const float *bias, const 
     }
 }
 
-/* out[k][h][w] = (or +=) Y[h][w][k] */
+/* out[k][h][w] = (or +=) Y[h][w][k], VL pixels (in plane order) by VL channels transposed in
+ * registers */
 static void from_tiles_layout(float *out, const float *Y, const wplan *p, int add) {
+    const int K = p->K, Kp = p->Kp, H = p->H, W = p->W, HW = H * W;
     const size_t yw = (size_t)p->TW * p->m;
-    for (int k = 0; k < p->K; k++)
-        for (int h = 0; h < p->H; h++) {
-            float *dst = out + ((size_t)k * p->H + h) * p->W;
-            const float *src = Y + (size_t)h * yw * p->Kp + k;
-            if (add)
-                for (int w = 0; w < p->W; w++) dst[w] += src[(size_t)w * p->Kp];
-            else
-                for (int w = 0; w < p->W; w++) dst[w] = src[(size_t)w * p->Kp];
+    for (int kb = 0; kb < K; kb += VL) {
+        const int nk = K - kb < VL ? K - kb : VL;
+        int q = 0;
+        for (; q + VL <= HW; q += VL) {
+            vf r[VL];
+            const float *y = Y + ((size_t)(q / W) * yw + q % W) * Kp + kb;
+            for (int i = 0, w = q % W; i < VL; i++) {
+                r[i] = vload(y);
+                y += Kp;
+                if (++w == W) w = 0, y += (yw - (size_t)W) * Kp; /* next row */
+            }
+            transpose_block(r);
+            for (int j = 0; j < nk; j++) {
+                float *o = out + (size_t)(kb + j) * HW + q;
+                vstore(o, add ? vload(o) + r[j] : r[j]);
+            }
         }
+        for (; q < HW; q++) {
+            const float *y = Y + ((size_t)(q / W) * yw + q % W) * Kp + kb;
+            for (int j = 0; j < nk; j++) {
+                float *o = out + (size_t)(kb + j) * HW + q;
+                *o = add ? *o + y[j] : y[j];
+            }
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- the products */
@@ -429,18 +488,25 @@ static void run(float *out, const float *in, const float *U, const float *bias, 
     int T = threads < 1 ? 1 : threads;
     if (T > B) T = B;
     const size_t in_sz = (size_t)p->C * p->H * p->W, out_sz = (size_t)p->K * p->H * p->W;
+    /* Blocks handed out as threads come free: the two cores of the machine this was tuned on
+     * run at different speeds (a static half each left one idle ~15% of the time). At least
+     * 4 blocks per thread where that keeps >= 64 tiles per block (U's reuse). */
+    int nb = p->nb;
+    const int want = (B + 4 * T - 1) / (4 * T), floor_nb = (64 + p->Timg - 1) / p->Timg;
+    if (want < nb) nb = want > floor_nb ? want : floor_nb < nb ? floor_nb : nb;
+    const int nblocks = (B + nb - 1) / nb;
 #pragma omp parallel num_threads(T)
     {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const int lo = (int)((long)B * t / nt), hi = (int)((long)B * (t + 1) / nt);
+        const int t = omp_get_thread_num();
         float *X = align_up(tscratch + per * (size_t)t);
         float *V = align_up(X + (size_t)p->Hp * p->Wp * p->Cp);
         float *M = align_up(V + (size_t)p->A2 * p->NTp * p->Cp);
         float *Y = align_up(M + (size_t)p->A2 * p->NTp * p->Kp);
-        for (int n0 = lo; n0 < hi; n0 += p->nb) {
-            const int nb = hi - n0 < p->nb ? hi - n0 : p->nb;
-            const int nt_used = nb * p->Timg, ntr = round_up(nt_used, ACC);
-            for (int j = 0; j < nb; j++) {
+#pragma omp for schedule(dynamic, 1)
+        for (int blk = 0; blk < nblocks; blk++) {
+            const int n0 = blk * nb, m = B - n0 < nb ? B - n0 : nb;
+            const int nt_used = m * p->Timg, ntr = round_up(nt_used, ACC);
+            for (int j = 0; j < m; j++) {
                 to_tiles_layout(X, in + in_sz * (size_t)(n0 + j), p);
                 input_transform(V, X, p, j * p->Timg);
             }
@@ -449,7 +515,7 @@ static void run(float *out, const float *in, const float *U, const float *bias, 
                     memset(V + ((size_t)xi * p->NTp + nt_used) * p->Cp, 0,
                            sizeof(float) * (size_t)(ntr - nt_used) * p->Cp);
             products(M, V, U, p, ntr);
-            for (int j = 0; j < nb; j++) {
+            for (int j = 0; j < m; j++) {
                 output_transform(Y, M, bias, p, j * p->Timg, mode == OUT_BIAS_RELU);
                 from_tiles_layout(out + out_sz * (size_t)(n0 + j), Y, p, mode == OUT_ADD);
             }
@@ -483,16 +549,33 @@ void conv_winograd_backward_data(float *din, const float *dout, const float *W, 
 
 /* ---------------------------------------------------------------- weight gradient */
 
-/* Y-layout image (rows of TW m, zeros past H and W) of one sample's output gradient */
+/* Y-layout image (rows of TW m, zeros past H and W and channels past K) of one sample's output
+ * gradient, transposed as in to_tiles_layout */
 static void grad_to_tiles_layout(float *Yg, const float *dout, const wplan *p) {
+    const int Kp = p->Kp, K = p->K, H = p->H, W = p->W, HW = H * W;
     const size_t yw = (size_t)p->TW * p->m;
-    memset(Yg, 0, sizeof(float) * (size_t)p->TH * p->m * yw * p->Kp);
-    for (int h = 0; h < p->H; h++)
-        for (int k = 0; k < p->K; k++) {
-            const float *src = dout + ((size_t)k * p->H + h) * p->W;
-            float *dst = Yg + (size_t)h * yw * p->Kp + k;
-            for (int w = 0; w < p->W; w++) dst[(size_t)w * p->Kp] = src[w];
+    if ((size_t)W < yw || H < p->TH * p->m)
+        memset(Yg, 0, sizeof(float) * (size_t)p->TH * p->m * yw * Kp);
+    const vf z = vset1(0.0f);
+    for (int kb = 0; kb < Kp; kb += VL) {
+        int q = 0;
+        for (; q + VL <= HW; q += VL) {
+            vf r[VL];
+            for (int i = 0; i < VL; i++)
+                r[i] = kb + i < K ? vload(dout + (size_t)(kb + i) * HW + q) : z;
+            transpose_block(r);
+            float *y = Yg + ((size_t)(q / W) * yw + q % W) * Kp + kb;
+            for (int i = 0, w = q % W; i < VL; i++) {
+                vstore(y, r[i]);
+                y += Kp;
+                if (++w == W) w = 0, y += (yw - (size_t)W) * Kp; /* next row */
+            }
         }
+        for (; q < HW; q++) {
+            float *y = Yg + ((size_t)(q / W) * yw + q % W) * Kp + kb;
+            for (int i = 0; i < VL; i++) y[i] = kb + i < K ? dout[(size_t)(kb + i) * HW + q] : 0.0f;
+        }
+    }
 }
 
 /* dM[xi][t][k] = (A dY A^T)[xi] of each tile's m x m output gradient, rows t0 .. */
@@ -619,7 +702,7 @@ void conv_winograd_backward_weights(float *dW, float *db, const float *dout, con
                 grad_transform(dM, Yg, &p, j * p.Timg);
             }
             /* each point's products on one thread, in tile order: the same bits for any count */
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
             for (int xi = 0; xi < p.A2; xi++) dw_products(dU, V, dM, &p, xi, nb * p.Timg);
         }
         /* db: per channel over the batch, in sample order */

@@ -104,15 +104,16 @@ static int conv_algo_pick(const conv_dims *d, int backward) {
     return !backward || (d->stride == 1 && cc <= 128L * 128);
 }
 
-/* Winograd (stride 1 only) against the pick above, measured per layer of ResNet-20 and VGG-16
- * (`build/bench/bench_conv 128 2 winograd` vs `direct`/auto, 2 threads, quiet machine, ms;
- * backward = input gradient by Winograd + weight gradient by the kernel conv_algo_pick names):
- *  - forward: 16x32x32 2.53 vs 1.98 (direct wins), 32x16x16 1.58 vs 1.98, 64x8x8 1.42 vs 2.12,
- *    64x32x32 20.2 vs 27.4, 128x16x16 14.0 vs 28.5, 256x8x8 12.1 vs 31.8, 512x4x4 12.7 vs
- *    51.2, 512x2x2 6.0 vs 18.4 (im2col); 3 input channels: 7.0 vs 2.1.
- *  - backward: 16x32x32 6.1 vs 4.4, 32x16x16 4.50 vs 4.49, 64x8x8 4.6 vs 5.1, 64x32x32 50 vs
- *    59, 512x4x4 75 vs 126.
- * So from 32 channels on forward and from 48 backward, at any map size. */
+/* Winograd (stride 1 only) against the direct kernels, per layer of ResNet-20 and VGG-16
+ * (`build/bench/bench_conv 128 2 winograd` vs `... direct`, 2 threads, quiet machine,
+ * 2026-11-25; ms, forward / backward with din):
+ *  - 16x32x32: 2.60 / 8.70 vs 1.72 / 4.12 (direct wins: the transforms cost as much as the
+ *    products at 16 channels); 3 input channels: 1.72 / 5.84 vs 0.43 / 0.50;
+ *  - 32x16x16: 1.37 / 4.68 vs 1.74 / 4.19 (Winograd forward only);
+ *  - 64x8x8: 1.11 / 3.38 vs 1.95 / 4.71; 64x32x32 15.6 / 49 vs 26.1 / 55; 128x16x16 13.0 / 35
+ *    vs 27.1 / 60; 256x8x8 11.9 / 28 vs 30.1 / 74; 512x4x4 12.9 / 31 vs 48.7 / 145 (im2col:
+ *    51 / 126); 512x2x2 6.2 / 13 vs 31.9 / 98 (im2col: 18 / 39).
+ * So Winograd from 32 channels (in and out) forward and from 48 backward, at any map size. */
 static int winograd_pick(const conv_dims *d, int backward) {
     const int lo = d->C < d->OC ? d->C : d->OC;
     return lo >= (backward ? 48 : 32);

@@ -48,6 +48,20 @@ static inline float vhsum(vf v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 typedef int vmask __attribute__((vector_size(VL * 4)));
 static inline vf vrelu(vf v) { return (vf)((vmask)v & (v > vset1(0.0f))); }
 
+/* VSHUFFLE(a, b, m): lane i of the result is lane m[i] of a (m[i] < VL) or m[i] - VL of b */
+#if defined(__clang__)
+/* clang has no __builtin_shuffle (its __builtin_shufflevector wants constant lane lists); the
+ * fuzz targets are built with clang, so a lane loop serves there */
+static inline vf vshuffle2(vf a, vf b, vmask m) {
+    vf r;
+    for (int i = 0; i < VL; i++) r[i] = m[i] < VL ? a[m[i]] : b[m[i] - VL];
+    return r;
+}
+#define VSHUFFLE(a, b, m) vshuffle2(a, b, m)
+#else
+#define VSHUFFLE(a, b, m) __builtin_shuffle(a, b, m)
+#endif
+
 /* unaligned, aliasing-safe vector access to float arrays */
 typedef float vfu __attribute__((vector_size(VL * 4), aligned(4), may_alias));
 static inline vf vload(const float *p) { return *(const vfu *)p; }
