@@ -18,10 +18,15 @@
  * TB tiles x KV vectors of output channels; the output transform writes a channel-last image
  * Y[h][w][k], with the bias and relu, which is then copied out to NCHW.
  *
- * Threads: over blocks of images, each with its own buffers; U is built once per call, shared.
- * Results do not depend on the thread count (each output is computed by one thread, in one
- * order). Rounding differs from the direct conv by a few ulps of the largest partial sums: the
- * transforms scale by up to 8 (A) and 1/24 (G). */
+ * The input gradient is the same computation on dout (W's taps flipped, channels swapped). The
+ * weight gradient transforms dout by A (dM = A dY A^T per tile), takes dU[xi] = V[xi]^T dM[xi]
+ * summed over the tiles, and maps back with dW = G^T dU G.
+ *
+ * Threads: blocks of images go to whichever thread is free, each with its own buffers; U is
+ * built once per call, shared. The weight gradient's blocks are transformed by all threads,
+ * then each transform point's product is summed by one thread in tile order. So no result
+ * depends on the thread count. Rounding differs from the direct conv by a few ulps of the
+ * largest partial sums: the transforms scale by up to 8 (A) and 1/24 (G). */
 #include "core/conv_winograd.h"
 
 #include <omp.h>
