@@ -124,10 +124,9 @@ typedef struct {
     const char *fwd_kernel, *bwd_kernel; /* what conv2d_forward/backward picked */
 } conv_result;
 
-static const char *kernel_name(const conv_dims *d, int backward) {
-    return conv_uses_winograd(d, backward) ? "winograd"
-           : conv_uses_direct(d, backward) ? "direct"
-                                           : "im2col";
+static const char *kernel_name(const conv_dims *d, int backward, int B) {
+    const int k = conv_kernel(d, backward, B);
+    return k == CONV_ALGO_WINOGRAD ? "winograd" : k == CONV_ALGO_DIRECT ? "direct" : "im2col";
 }
 
 static conv_result time_conv(const conv_group *g, int B, int threads, int algo) {
@@ -153,8 +152,8 @@ static conv_result time_conv(const conv_group *g, int B, int threads, int algo) 
     memset(db, 0, sizeof(float) * (size_t)g->OC);
     double t[MAX_REPS];
     conv_result r;
-    r.fwd_kernel = kernel_name(&d, 0);
-    r.bwd_kernel = kernel_name(&d, 1);
+    r.fwd_kernel = kernel_name(&d, 0, B);
+    r.bwd_kernel = kernel_name(&d, 1, B);
     for (int pass = 0; pass < 2; pass++) {
         double total = 0;
         int n = 0;

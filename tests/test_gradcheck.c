@@ -669,6 +669,34 @@ static void check_conv_fast_vs_im2col(int algo) {
     nz_set_threads(2);
 }
 
+/* conv_kernel's automatic choice (rule in src/core/layers.c): Winograd for wide stride-1
+ * layers at batches that give it >= 64 tiles, direct for narrow ones and for stride 2, im2col
+ * for shapes neither takes; a forced kernel regardless of the batch */
+static void check_conv_picks(void) {
+    const conv_dims wide = conv_dims_make(512, 4, 4, 512, 3, 1, 1),
+                    narrow = conv_dims_make(16, 32, 32, 16, 3, 1, 1),
+                    s2 = conv_dims_make(64, 16, 16, 128, 3, 2, 1),
+                    k5 = conv_dims_make(8, 12, 12, 8, 5, 1, 0);
+    CHECK(conv_kernel(&wide, 0, 128) == CONV_ALGO_WINOGRAD &&
+              conv_kernel(&wide, 1, 128) == CONV_ALGO_WINOGRAD,
+          "512x4x4 at batch 128 should run Winograd");
+    CHECK(conv_kernel(&wide, 0, 1) != CONV_ALGO_WINOGRAD &&
+              conv_kernel(&wide, 0, 63) != CONV_ALGO_WINOGRAD &&
+              conv_kernel(&wide, 0, 64) == CONV_ALGO_WINOGRAD,
+          "512x4x4: Winograd from 64 tiles (batch 64) only");
+    CHECK(conv_kernel(&narrow, 0, 128) == CONV_ALGO_DIRECT, "16 channels should run direct");
+    CHECK(conv_kernel(&s2, 0, 128) == CONV_ALGO_DIRECT &&
+              conv_kernel(&s2, 1, 128) != CONV_ALGO_WINOGRAD,
+          "stride 2 never runs Winograd");
+    CHECK(conv_kernel(&k5, 0, 128) == CONV_ALGO_IM2COL, "5x5 runs im2col");
+    conv_dims f = wide;
+    f.algo = CONV_ALGO_WINOGRAD;
+    CHECK(conv_kernel(&f, 0, 1) == CONV_ALGO_WINOGRAD, "a forced Winograd ignores the batch");
+    f = s2;
+    f.algo = CONV_ALGO_WINOGRAD;
+    CHECK(conv_kernel(&f, 0, 128) == CONV_ALGO_IM2COL, "a forced Winograd on stride 2 falls back");
+}
+
 /* ---------------------------------------------------------------- maxpool */
 
 typedef struct {
@@ -2955,6 +2983,7 @@ int main(void) {
         for (size_t i = 0; i < sizeof direct / sizeof direct[0]; i++)
             check_conv(3, 1, 1, t, CONV_ALGO_WINOGRAD, direct[i]);
     check_conv_fast_vs_im2col(CONV_ALGO_WINOGRAD);
+    check_conv_picks();
     nz_set_threads(2);
     check_maxpool(2, 2);
     check_maxpool(3, 2);

@@ -9,6 +9,7 @@
 
 #include <cblas.h>
 #include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -113,24 +114,34 @@ static int conv_algo_pick(const conv_dims *d, int backward) {
  *  - 64x8x8: 1.11 / 3.38 vs 1.95 / 4.71; 64x32x32 15.6 / 49 vs 26.1 / 55; 128x16x16 13.0 / 35
  *    vs 27.1 / 60; 256x8x8 11.9 / 28 vs 30.1 / 74; 512x4x4 12.9 / 31 vs 48.7 / 145 (im2col:
  *    51 / 126); 512x2x2 6.2 / 13 vs 31.9 / 98 (im2col: 18 / 39).
- * So Winograd from 32 channels (in and out) forward and from 48 backward, at any map size. */
-static int winograd_pick(const conv_dims *d, int backward) {
+ * So Winograd from 32 channels (in and out) forward and from 48 backward, at any map size.
+ * Small batches stay off Winograd: its products run over blocks padded to 24 tiles and it
+ * transforms every kernel per call, so it needs >= 64 tiles per call (batch 1 at 32x32, 64 at
+ * 4x4 and 2x2 maps) to pay. */
+static int winograd_pick(const conv_dims *d, int backward, int B) {
     const int lo = d->C < d->OC ? d->C : d->OC;
-    return lo >= (backward ? 48 : 32);
+    const long tiles = (long)B * ((d->OH + 3) / 4) * ((d->OW + 3) / 4);
+    return lo >= (backward ? 48 : 32) && tiles >= 64;
+}
+
+int conv_kernel(const conv_dims *d, int backward, int B) {
+    const int forced = d->algo;
+    if (forced == CONV_ALGO_IM2COL) return CONV_ALGO_IM2COL;
+    if (forced == CONV_ALGO_WINOGRAD)
+        return conv_winograd_supported(d) ? CONV_ALGO_WINOGRAD : CONV_ALGO_IM2COL;
+    if (forced == CONV_ALGO_DIRECT)
+        return conv_direct_supported(d) ? CONV_ALGO_DIRECT : CONV_ALGO_IM2COL;
+    if (conv_winograd_supported(d) && winograd_pick(d, backward, B)) return CONV_ALGO_WINOGRAD;
+    if (conv_direct_supported(d) && conv_algo_pick(d, backward)) return CONV_ALGO_DIRECT;
+    return CONV_ALGO_IM2COL;
 }
 
 int conv_uses_winograd(const conv_dims *d, int backward) {
-    if (d->algo == CONV_ALGO_IM2COL || d->algo == CONV_ALGO_DIRECT ||
-        !conv_winograd_supported(d))
-        return 0;
-    return d->algo == CONV_ALGO_WINOGRAD || winograd_pick(d, backward);
+    return conv_kernel(d, backward, INT_MAX) == CONV_ALGO_WINOGRAD;
 }
 
 int conv_uses_direct(const conv_dims *d, int backward) {
-    if (d->algo == CONV_ALGO_IM2COL || d->algo == CONV_ALGO_WINOGRAD ||
-        !conv_direct_supported(d) || conv_uses_winograd(d, backward))
-        return 0;
-    return d->algo == CONV_ALGO_DIRECT || conv_algo_pick(d, backward);
+    return conv_kernel(d, backward, INT_MAX) == CONV_ALGO_DIRECT;
 }
 
 /* Samples one GEMM covers: enough columns (~2048) that the GEMM runs near OpenBLAS's peak even
@@ -216,11 +227,12 @@ static void col2im_add(float *din, const float *dcols, size_t ld, const conv_dim
  * with the bias. Per-sample GEMMs were 3-4x slower on ResNet-20's 16-channel layers. */
 void conv2d_forward(float *out, const float *in, const float *W, const float *b, int B,
                     const conv_dims *d, float *scratch) {
-    if (conv_uses_winograd(d, 0)) {
+    const int kernel = conv_kernel(d, 0, B);
+    if (kernel == CONV_ALGO_WINOGRAD) {
         conv_winograd_forward(out, in, W, b, B, d, scratch);
         return;
     }
-    if (conv_uses_direct(d, 0)) {
+    if (kernel == CONV_ALGO_DIRECT) {
         conv_direct_forward(out, in, W, b, B, d, scratch);
         return;
     }
@@ -262,13 +274,14 @@ void conv2d_forward(float *out, const float *in, const float *W, const float *b,
 void conv2d_backward(float *din, float *dW, float *db, const float *dout, const float *in,
                      const float *W, int B, const conv_dims *d, float *scratch,
                      float *dW_partial) {
-    if (conv_uses_winograd(d, 1)) {
+    const int kernel = conv_kernel(d, 1, B);
+    if (kernel == CONV_ALGO_WINOGRAD) {
         (void)dW_partial; /* the weight gradient reduces in its own scratch */
         conv_winograd_backward_weights(dW, db, dout, in, B, d, scratch);
         if (din) conv_winograd_backward_data(din, dout, W, B, d, scratch);
         return;
     }
-    if (conv_uses_direct(d, 1)) {
+    if (kernel == CONV_ALGO_DIRECT) {
         conv_direct_backward(din, dW, db, dout, in, W, B, d, scratch, dW_partial);
         return;
     }

@@ -34,11 +34,12 @@ typedef struct {
  * gradient then comes from the direct kernels) and IM2COL force one; a forced path the shape
  * does not allow falls back to IM2COL. */
 enum { CONV_ALGO_AUTO, CONV_ALGO_IM2COL, CONV_ALGO_DIRECT, CONV_ALGO_WINOGRAD };
-/* 1 if conv2d_forward (backward 0) / conv2d_backward (1) would run the direct kernels
- * (src/core/conv_direct.c) on d; in backward, for the input gradient */
+/* The kernel (CONV_ALGO_IM2COL, DIRECT or WINOGRAD) conv2d_forward (backward 0) /
+ * conv2d_backward (1) run on d for a batch of B */
+int conv_kernel(const conv_dims *d, int backward, int B);
+/* 1 if they would run the direct kernels (src/core/conv_direct.c) / the Winograd kernels
+ * (src/core/conv_winograd.c) on d at a large batch */
 int conv_uses_direct(const conv_dims *d, int backward);
-/* 1 if they would run the Winograd kernels (src/core/conv_winograd.c): the forward, or in
- * backward the input gradient */
 int conv_uses_winograd(const conv_dims *d, int backward);
 
 conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad);
