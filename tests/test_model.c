@@ -444,10 +444,22 @@ static void test_tiny_resnet_training(void) {
         /* stem_bn feeds only stem_relu: they ran as one kernel and the bn output was not kept;
          * keeping every activation runs them apart, with the same logits bit for bit */
         CHECK(nz_ws_act(ws, bn) == NULL, "tiny resnet: stem_bn + stem_relu did not run fused");
+        /* so did each residual add and the relu reading it */
+        const int add = find_node(&m, "b1_add");
+        CHECK(add > 0 && nz_ws_act(ws, add) == NULL,
+              "tiny resnet: b1_add + its relu did not run fused");
         nz_ws_keep_acts(ws, 1);
         const float *zk = nz_forward(&m, ws, x, B, 0, NULL);
         CHECK(nz_ws_act(ws, bn) != NULL && memcmp(zk, ze, sizeof(float) * 10 * B) == 0,
               "tiny resnet: logits with every activation kept differ from the fused run");
+        if (add > 0) {
+            /* kept apart: the add's output, and the relu's equal to max(add, 0) */
+            const float *a = nz_ws_act(ws, add), *ra = nz_ws_act(ws, add + 1);
+            const size_t na = nz_shape_size(m.nodes[add].out) * (size_t)B;
+            int same = a && ra && m.nodes[add + 1].op == NZ_OP_RELU;
+            for (size_t i = 0; same && i < na; i++) same = ra[i] == (a[i] > 0.0f ? a[i] : 0.0f);
+            CHECK(same, "tiny resnet: b1_add kept apart is not the relu's input");
+        }
         double mu, var;
         bn_input_stats(&m, ws, bn, 0, B, &mu, &var);
         const double e_run = bn_channel_err(&m, ws, bn, 0, B, rm, rv);

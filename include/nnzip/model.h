@@ -161,8 +161,9 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err);
 void nz_ws_free(nz_ws *ws);
 float *nz_ws_grads(nz_ws *ws);   /* [model->n_params] */
 void nz_ws_zero_grads(nz_ws *ws);
-/* node's output of the last forward; NULL for a batch norm whose only reader is a relu: the
- * two run as one kernel that stores only the relu's output, unless nz_ws_keep_acts(ws, 1) */
+/* node's output of the last forward; NULL for a batch norm or an add whose only reader is a
+ * relu: the two run as one kernel that stores only the relu's output, unless
+ * nz_ws_keep_acts(ws, 1) */
 const float *nz_ws_act(const nz_ws *ws, int node);
 void nz_ws_keep_acts(nz_ws *ws, int keep);
 

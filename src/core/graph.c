@@ -29,6 +29,7 @@ struct nz_ws {
     int *consumers;   /* per node: how many nodes read its output */
     float *fold;      /* nz_infer: a conv's weights and bias with its batch norm folded in */
     unsigned char *bnrelu; /* batch-norm nodes whose only reader is the relu right after them */
+    unsigned char *addrelu; /* the same for adds (fused in the forward pass only) */
     unsigned char *shared; /* nodes whose buffers another node aliases (flatten) */
     int keep_acts;    /* 1: every node's output is stored (no batch norm + relu fusion) */
     int threads;
@@ -65,6 +66,7 @@ void nz_ws_free(nz_ws *ws) {
     free(ws->dw_partial);
     free(ws->sp_scratch);
     free(ws->bnrelu);
+    free(ws->addrelu);
     free(ws->shared);
     free(ws);
 }
@@ -86,11 +88,12 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     ws->drop_on = calloc((size_t)m->n_nodes, 1);
     ws->fresh = calloc((size_t)m->n_nodes, 1);
     ws->bnrelu = calloc((size_t)m->n_nodes, 1);
+    ws->addrelu = calloc((size_t)m->n_nodes, 1);
     ws->shared = calloc((size_t)m->n_nodes, 1);
     ws->n_params = m->n_params;
     ws->grads = calloc(m->n_params ? m->n_params : 1, sizeof(float));
     if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->fresh || !ws->weff || !ws->bnstat || !ws->consumers ||
-        !ws->bnrelu || !ws->shared || !ws->grads)
+        !ws->bnrelu || !ws->addrelu || !ws->shared || !ws->grads)
         goto oom;
     size_t scratch = 0, partial = 0, sp = 0, fold = 0;
     for (int i = 1; i < m->n_nodes; i++) {
@@ -129,9 +132,12 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
             if (c > sp) sp = c;
         }
     }
-    for (int i = 1; i + 1 < m->n_nodes; i++)
-        ws->bnrelu[i] = m->nodes[i].op == NZ_OP_BATCHNORM && m->nodes[i + 1].op == NZ_OP_RELU &&
-                        m->nodes[i + 1].inputs[0] == i && ws->consumers[i] == 1;
+    for (int i = 1; i + 1 < m->n_nodes; i++) {
+        const int relu_next = m->nodes[i + 1].op == NZ_OP_RELU && m->nodes[i + 1].inputs[0] == i &&
+                              ws->consumers[i] == 1;
+        ws->bnrelu[i] = relu_next && m->nodes[i].op == NZ_OP_BATCHNORM;
+        ws->addrelu[i] = relu_next && m->nodes[i].op == NZ_OP_ADD;
+    }
     if (scratch && !(ws->scratch = malloc(sizeof(float) * scratch * (size_t)ws->threads))) goto oom;
     if (sp && !(ws->sp_scratch = malloc(sizeof(float) * sp))) goto oom;
     if (fold && !(ws->fold = malloc(sizeof(float) * fold))) goto oom;
@@ -149,7 +155,7 @@ float *nz_ws_grads(nz_ws *ws) { return ws->grads; }
 void nz_ws_zero_grads(nz_ws *ws) { memset(ws->grads, 0, sizeof(float) * ws->n_params); }
 
 const float *nz_ws_act(const nz_ws *ws, int node) {
-    return ws->bnrelu[node] && !ws->keep_acts ? NULL : ws->act[node];
+    return (ws->bnrelu[node] || ws->addrelu[node]) && !ws->keep_acts ? NULL : ws->act[node];
 }
 
 void nz_ws_keep_acts(nz_ws *ws, int keep) { ws->keep_acts = keep != 0; }
@@ -211,6 +217,10 @@ static void sparse_conv2d_forward(float *out, const float *in, const nz_sparse *
 /* Node i + 1 if node i is a batch norm whose only reader is the relu i + 1, else -1. The two
  * then run as one kernel, forward and backward: the batch norm's output and the gradient that
  * the relu would pass back are never stored (two full passes over memory saved). */
+static int add_relu_fused(const nz_ws *ws, int i) {
+    return i > 0 && ws->addrelu[i] && !ws->keep_acts ? i + 1 : -1;
+}
+
 static int bn_relu_fused(const nz_ws *ws, int i) {
     return i > 0 && ws->bnrelu[i] && !ws->keep_acts ? i + 1 : -1;
 }
@@ -262,8 +272,9 @@ static void nz_forward_range(const nz_model *m, nz_ws *ws, int B, int training, 
                             n->out.h, n->out.w);
             break;
         case NZ_OP_RELU:
-            if (bn_relu_fused(ws, n->inputs[0]) < 0) relu_forward(out, in, sz);
-            break; /* else the batch norm wrote it */
+            if (bn_relu_fused(ws, n->inputs[0]) < 0 && add_relu_fused(ws, n->inputs[0]) < 0)
+                relu_forward(out, in, sz);
+            break; /* else the batch norm or the add wrote it */
         case NZ_OP_DROPOUT:
             ws->drop_on[i] = training && n->p > 0.0f;
             if (ws->drop_on[i])
@@ -285,9 +296,12 @@ static void nz_forward_range(const nz_model *m, nz_ws *ws, int B, int training, 
                 B, s.c, s.h * s.w, n->p, NZ_BN_EPS, training);
             break;
         }
-        case NZ_OP_ADD:
-            add_forward(out, in, ws->act[n->inputs[1]], sz);
+        case NZ_OP_ADD: {
+            const int r = add_relu_fused(ws, i); /* backward runs the relu as usual */
+            if (r < 0) add_forward(out, in, ws->act[n->inputs[1]], sz);
+            else add_relu_forward(ws->act[r], in, ws->act[n->inputs[1]], sz);
             break;
+        }
         case NZ_OP_AVGPOOL:
             avgpool_forward(out, in, B, s.c, s.h, s.w, n->kh, n->kw, n->stride, n->out.h,
                             n->out.w);

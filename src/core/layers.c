@@ -678,6 +678,14 @@ void add_forward(float *out, const float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
+void add_relu_forward(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        const float v = a[i] + b[i];
+        out[i] = v > 0.0f ? v : 0.0f; /* not fmaxf: GCC calls libm for it */
+    }
+}
+
 void add_backward(float *d, const float *dout, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) d[i] += dout[i];

@@ -128,6 +128,8 @@ void shortcut_backward(float *din, const float *dout, int B, int C, int H, int W
 
 /* out = a + b */
 void add_forward(float *out, const float *a, const float *b, size_t n);
+/* out = max(a + b, 0): an add whose only reader is a relu, in one pass */
+void add_relu_forward(float *out, const float *a, const float *b, size_t n);
 /* d += dout */
 void add_backward(float *d, const float *dout, size_t n);
 
