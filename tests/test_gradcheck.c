@@ -563,7 +563,9 @@ static void check_conv_fast_vs_im2col(int algo) {
         /* batches over several backward groups of samples, and a partial one */
         {20, 6, 5, 5, 7, 1},    {19, 3, 9, 9, 5, 2},    {37, 2, 2, 3, 3, 1},
         /* Winograd: blocks of images over 4x4, 2x2 and 1x1 maps, channels past a vector */
-        {70, 17, 4, 4, 33, 1},  {140, 20, 2, 2, 18, 1}, {3, 40, 1, 1, 24, 1}, {2, 19, 12, 10, 40, 1}};
+        {70, 17, 4, 4, 33, 1},  {140, 20, 2, 2, 18, 1}, {3, 40, 1, 1, 24, 1}, {2, 19, 12, 10, 40, 1},
+        /* ... and over enough blocks that each thread takes whole ones */
+        {18, 8, 30, 31, 9, 1}};
     const int nfixed = (int)(sizeof fixed / sizeof fixed[0]), nrand = 40;
     nz_rng r;
     nz_rng_seed(&r, 4242);
@@ -666,6 +668,50 @@ static void check_conv_fast_vs_im2col(int algo) {
     CHECK(n_direct == nfixed + nrand, "%s vs im2col: only %d of %d cases compared two paths",
           wino ? "winograd" : "direct", n_direct, nfixed + nrand);
     section_record(wino ? "conv2d winograd vs im2col" : "conv2d direct vs im2col", worst);
+    nz_set_threads(2);
+}
+
+/* Winograd's results do not depend on the thread count: the same bits at 1 and 2 threads for
+ * the forward pass, the input gradient and the weight and bias gradients, on a shape each
+ * thread takes whole blocks of and two where the threads share each block */
+static void check_winograd_threads(void) {
+    static const int shapes[][5] = {{18, 8, 30, 31, 9}, {70, 17, 4, 4, 33}, {140, 20, 2, 2, 18}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const int *sz = shapes[k], B = sz[0];
+        conv_dims d = conv_dims_make(sz[1], sz[2], sz[3], sz[4], 3, 1, 1);
+        d.algo = CONV_ALGO_WINOGRAD;
+        const size_t nx = (size_t)B * d.C * d.H * d.W, nw = (size_t)d.OC * d.C * 9,
+                     no = (size_t)B * d.OC * d.H * d.W, nb = (size_t)d.OC;
+        nz_rng r;
+        nz_rng_seed(&r, 99u + (unsigned)k);
+        float *x = galloc(nx), *W = galloc(nw), *b = galloc(nb), *dout = galloc(no);
+        fill_normal(x, nx, &r, 1.0f);
+        fill_normal(W, nw, &r, 0.5f);
+        fill_normal(b, nb, &r, 0.5f);
+        fill_normal(dout, no, &r, 1.0f);
+        float *o[2], *dx[2], *dW[2], *db[2];
+        for (int t = 0; t < 2; t++) {
+            nz_set_threads(t + 1);
+            d.threads = layers_threads();
+            d.din_set = 1;
+            float *scr = galloc(conv_scratch_per_thread(&d) * (size_t)d.threads);
+            float *part = galloc((nw + nb) * (size_t)d.threads);
+            o[t] = galloc(no), dx[t] = galloc(nx), dW[t] = galloc(nw), db[t] = galloc(nb);
+            memset(dW[t], 0, sizeof(float) * nw);
+            memset(db[t], 0, sizeof(float) * nb);
+            conv2d_forward(o[t], x, W, b, B, &d, scr);
+            conv2d_backward(dx[t], dW[t], db[t], dout, x, W, B, &d, scr, part);
+            gfree(scr), gfree(part);
+        }
+        CHECK(memcmp(o[0], o[1], sizeof(float) * no) == 0 &&
+                  memcmp(dx[0], dx[1], sizeof(float) * nx) == 0 &&
+                  memcmp(dW[0], dW[1], sizeof(float) * nw) == 0 &&
+                  memcmp(db[0], db[1], sizeof(float) * nb) == 0,
+              "winograd %dx%dx%dx%d->%d: 1 and 2 threads give different bits", B, sz[1], sz[2],
+              sz[3], sz[4]);
+        for (int t = 0; t < 2; t++) gfree(o[t]), gfree(dx[t]), gfree(dW[t]), gfree(db[t]);
+        gfree(x), gfree(W), gfree(b), gfree(dout);
+    }
     nz_set_threads(2);
 }
 
@@ -2984,6 +3030,7 @@ int main(void) {
             check_conv(3, 1, 1, t, CONV_ALGO_WINOGRAD, direct[i]);
     check_conv_fast_vs_im2col(CONV_ALGO_WINOGRAD);
     check_conv_picks();
+    check_winograd_threads();
     nz_set_threads(2);
     check_maxpool(2, 2);
     check_maxpool(3, 2);
