@@ -26,7 +26,8 @@
  * built once per call, shared. The weight gradient's blocks are transformed by all threads,
  * then each transform point's product is summed by one thread in tile order. So no result
  * depends on the thread count. Rounding differs from the direct conv by a few ulps of the
- * largest partial sums: the transforms scale by up to 8 (A) and 1/24 (G). */
+ * largest partial sums: the transforms scale by up to 8 (A) and 1/24 (G). An infinite input
+ * turns its whole tile into NaN (inf - inf in the transform) where the direct conv gives inf. */
 #include "core/conv_winograd.h"
 
 #include <omp.h>
@@ -486,7 +487,6 @@ static void products_part(float *M, const float *V, const float *U, const wplan 
 
 /* ---------------------------------------------------------------- driver */
 
-/* out (B, K, H, W) from in (B, C, H, W), U and bias already in shared (U then Kp bias) */
 /* zero the rows nt_used .. ntr - 1 of point xi of V: the register tiles compute them and
  * nobody reads them */
 static void zero_pad_rows(float *V, const wplan *p, int xi, int nt_used, int ntr) {

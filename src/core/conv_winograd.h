@@ -1,7 +1,7 @@
 /* Winograd convolution F(m x m, 3 x 3) for 3x3 / pad 1 / stride 1 layers (m = 4, or 2 on maps
  * of at most 2x2): 36 (16) multiplies per m x m outputs and channel pair instead of 144 (36).
- * Used by conv2d_forward and for the input gradient in conv2d_backward (layers.c) where it
- * measures faster; see conv_algo_pick there. Private to the library and its tests. */
+ * Used by conv2d_forward and conv2d_backward (both gradients) in layers.c where it measures
+ * faster; see winograd_pick there. Private to the library and its tests. */
 #ifndef NNZIP_CONV_WINOGRAD_H
 #define NNZIP_CONV_WINOGRAD_H
 
@@ -11,8 +11,10 @@
 
 /* 1 if the Winograd kernels can compute d (3x3, pad 1, stride 1) */
 int conv_winograd_supported(const conv_dims *d);
-/* floats of scratch for d->threads threads, divided by d->threads and rounded up (as
- * conv_direct_scratch_per_thread); 0 when unsupported */
+/* floats of scratch per thread: callers allocate d->threads times this. The block shared by
+ * the threads (the transformed kernels, or for the weight gradient dU and one block's
+ * transforms) is counted in full in it, as conv_direct_scratch_per_thread does, so any thread
+ * count up to d->threads fits; 0 when unsupported */
 size_t conv_winograd_scratch_per_thread(const conv_dims *d);
 /* as conv2d_forward (bias, optional fused relu), for supported shapes */
 void conv_winograd_forward(float *out, const float *in, const float *W, const float *b, int B,

@@ -214,12 +214,16 @@ static void sparse_conv2d_forward(float *out, const float *in, const nz_sparse *
     }
 }
 
-/* Node i + 1 if node i is a batch norm whose only reader is the relu i + 1, else -1. The two
- * then run as one kernel, forward and backward: the batch norm's output and the gradient that
- * the relu would pass back are never stored (two full passes over memory saved). */
+/* Node i + 1 if node i is an add whose only reader is the relu i + 1, else -1. The add then
+ * writes the relu's output directly (one pass instead of two); the backward pass runs the
+ * relu as usual, from that output. */
 static int add_relu_fused(const nz_ws *ws, int i) {
     return i > 0 && ws->addrelu[i] && !ws->keep_acts ? i + 1 : -1;
 }
+
+/* Node i + 1 if node i is a batch norm whose only reader is the relu i + 1, else -1. The two
+ * then run as one kernel, forward and backward: the batch norm's output and the gradient that
+ * the relu would pass back are never stored (two full passes over memory saved). */
 
 static int bn_relu_fused(const nz_ws *ws, int i) {
     return i > 0 && ws->bnrelu[i] && !ws->keep_acts ? i + 1 : -1;

@@ -120,7 +120,7 @@ static int conv_algo_pick(const conv_dims *d, int backward) {
  * 4x4 and 2x2 maps) to pay. */
 static int winograd_pick(const conv_dims *d, int backward, int B) {
     const int lo = d->C < d->OC ? d->C : d->OC;
-    const long tiles = (long)B * ((d->OH + 3) / 4) * ((d->OW + 3) / 4);
+    const long long tiles = (long long)B * ((d->OH + 3) / 4) * ((d->OW + 3) / 4);
     return lo >= (backward ? 48 : 32) && tiles >= 64;
 }
 

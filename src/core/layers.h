@@ -29,10 +29,10 @@ typedef struct {
     int algo;         /* CONV_ALGO_*: AUTO by make; tests force a path to compare them */
 } conv_dims;
 
-/* Which kernel conv2d_forward/backward run: AUTO picks by shape (conv_algo_pick in layers.c);
- * DIRECT (3x3, pad 1, stride 1 or 2 only), WINOGRAD (3x3, pad 1, stride 1 only; the weight
- * gradient then comes from the direct kernels) and IM2COL force one; a forced path the shape
- * does not allow falls back to IM2COL. */
+/* Which kernel conv2d_forward/backward run: AUTO picks by shape and batch (conv_kernel in
+ * layers.c); DIRECT (3x3, pad 1, stride 1 or 2 only), WINOGRAD (3x3, pad 1, stride 1 only) and
+ * IM2COL force one whatever the batch; a forced path the shape does not allow falls back to
+ * IM2COL. */
 enum { CONV_ALGO_AUTO, CONV_ALGO_IM2COL, CONV_ALGO_DIRECT, CONV_ALGO_WINOGRAD };
 /* The kernel (CONV_ALGO_IM2COL, DIRECT or WINOGRAD) conv2d_forward (backward 0) /
  * conv2d_backward (1) run on d for a batch of B */
