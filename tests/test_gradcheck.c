@@ -564,8 +564,8 @@ static void check_conv_fast_vs_im2col(int algo) {
         {20, 6, 5, 5, 7, 1},    {19, 3, 9, 9, 5, 2},    {37, 2, 2, 3, 3, 1},
         /* Winograd: blocks of images over 4x4, 2x2 and 1x1 maps, channels past a vector */
         {70, 17, 4, 4, 33, 1},  {140, 20, 2, 2, 18, 1}, {3, 40, 1, 1, 24, 1}, {2, 19, 12, 10, 40, 1},
-        /* ... and over enough blocks that each thread takes whole ones; wide layers, where
-         * Winograd's rounding grows with the channel count */
+        /* ... and over many blocks; wide layers, where Winograd's rounding grows with the
+         * channel count */
         {18, 8, 30, 31, 9, 1},  {2, 300, 5, 6, 200, 1}, {2, 512, 2, 2, 512, 1}};
     const int nfixed = (int)(sizeof fixed / sizeof fixed[0]), nrand = 40;
     nz_rng r;
@@ -673,8 +673,8 @@ static void check_conv_fast_vs_im2col(int algo) {
 }
 
 /* Winograd's results do not depend on the thread count: the same bits at 1 and 2 threads for
- * the forward pass, the input gradient and the weight and bias gradients, on a shape each
- * thread takes whole blocks of and two where the threads share each block */
+ * the forward pass, the input gradient and the weight and bias gradients, on a shape of many
+ * blocks and two of few (4x4 and 2x2 maps) */
 static void check_winograd_threads(void) {
     static const int shapes[][5] = {{18, 8, 30, 31, 9}, {70, 17, 4, 4, 33}, {140, 20, 2, 2, 18}};
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {

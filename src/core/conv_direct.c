@@ -448,19 +448,14 @@ void conv_direct_forward(float *out, const float *in, const float *W, const floa
     int T = d->threads < 1 ? 1 : d->threads;
     if (T > items) T = (int)items;
     const int mode = d->out_relu ? EMIT_BIAS_RELU : EMIT_BIAS;
-    const long chunk = B >= 4 * T ? nblk : 1;
 #pragma omp parallel num_threads(T)
     {
-        const int t = omp_get_thread_num();
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const long lo = items * t / nt, hi = items * (t + 1) / nt;
         float *xp = align_up(scratch + shared + per * (size_t)t);
         float *ob = align_up(xp + (size_t)C * g.cs);
         long cur = -1;
-        /* one sample's blocks per grab (single blocks when samples are few), handed out as
-         * threads come free: the cores of the machine this was tuned on run at different
-         * speeds. Each output is still computed by one thread in one order, so the bits do
-         * not depend on the schedule. */
-#pragma omp for schedule(dynamic, chunk)
-        for (long it = 0; it < items; it++) {
+        for (long it = lo; it < hi; it++) {
             const long n = it / nblk;
             const int blk = (int)(it % nblk);
             if (n != cur) {

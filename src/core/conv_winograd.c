@@ -464,56 +464,43 @@ static void mtile_kv1(float *Mo, size_t ldm, const float *V, size_t ldv, const f
     mtile(Mo, ldm, V, ldv, 1, U, ldu, C, ACC, 1, 0);
 }
 
-/* M[xi] = V[xi] U[xi] for one point, output-channel vectors j0 .. j1 - 1, rows < nt (a
- * multiple of ACC) */
-static void products_part(float *M, const float *V, const float *U, const wplan *p, int nt,
-                          int xi, int j0, int j1) {
+/* M[xi] = V[xi] U[xi] for every point, rows < nt (a multiple of ACC) */
+static void products(float *M, const float *V, const float *U, const wplan *p, int nt) {
     const size_t ldv = (size_t)p->Cp, ldm = (size_t)p->Kp, ldu = (size_t)p->Kp;
-    const float *Vx = V + (size_t)xi * p->NTp * ldv, *Ux = U + (size_t)xi * p->C * ldu;
-    float *Mx = M + (size_t)xi * p->NTp * ldm;
-    int j = j0;
-    for (; j + KVMAX <= j1; j += KVMAX)
-        for (int t = 0; t < nt; t += ACC / KVMAX)
-            mtile_kvmax(Mx + t * ldm + j * VL, ldm, Vx + t * ldv, ldv, Ux + j * VL, ldu, p->C);
+    const int nkv = p->Kp / VL;
+    for (int xi = 0; xi < p->A2; xi++) {
+        const float *Vx = V + (size_t)xi * p->NTp * ldv, *Ux = U + (size_t)xi * p->C * ldu;
+        float *Mx = M + (size_t)xi * p->NTp * ldm;
+        int j = 0;
+        for (; j + KVMAX <= nkv; j += KVMAX)
+            for (int t = 0; t < nt; t += ACC / KVMAX)
+                mtile_kvmax(Mx + t * ldm + j * VL, ldm, Vx + t * ldv, ldv, Ux + j * VL, ldu, p->C);
 #if KVMAX > 2
-    for (; j + 2 <= j1; j += 2)
-        for (int t = 0; t < nt; t += ACC / 2)
-            mtile_kv2(Mx + t * ldm + j * VL, ldm, Vx + t * ldv, ldv, Ux + j * VL, ldu, p->C);
+        for (; j + 2 <= nkv; j += 2)
+            for (int t = 0; t < nt; t += ACC / 2)
+                mtile_kv2(Mx + t * ldm + j * VL, ldm, Vx + t * ldv, ldv, Ux + j * VL, ldu, p->C);
 #endif
-    for (; j < j1; j++)
-        for (int t = 0; t < nt; t += ACC)
-            mtile_kv1(Mx + t * ldm + j * VL, ldm, Vx + t * ldv, ldv, Ux + j * VL, ldu, p->C);
+        for (; j < nkv; j++)
+            for (int t = 0; t < nt; t += ACC)
+                mtile_kv1(Mx + t * ldm + j * VL, ldm, Vx + t * ldv, ldv, Ux + j * VL, ldu, p->C);
+    }
 }
 
 /* ---------------------------------------------------------------- driver */
 
-/* zero the rows nt_used .. ntr - 1 of point xi of V: the register tiles compute them and
- * nobody reads them */
-static void zero_pad_rows(float *V, const wplan *p, int xi, int nt_used, int ntr) {
-    if (ntr > nt_used)
-        memset(V + ((size_t)xi * p->NTp + nt_used) * p->Cp, 0,
-               sizeof(float) * (size_t)(ntr - nt_used) * p->Cp);
-}
-
-/* out (B, K, H, W) from in (B, C, H, W), U and bias already in shared (U then Kp bias).
- * Two ways to share the work:
- *  - many blocks (large maps, e.g. 32x32: ~2 images a block): each thread takes whole blocks,
- *    in its own buffers, as it comes free (the cores of the machine this was tuned on run at
- *    different speeds: with a fixed half each, one sat idle ~15% of the time);
- *  - few blocks (small maps, wide layers: 4x4 and 2x2 maps at 512 channels): the threads
- *    work on one block together in thread 0's V and M, splitting the images for the
- *    transforms and (point, 4 output-channel vectors) pairs for the products, so U is read once
- *    per block and the load balances.
- * Either way each output is computed by one thread in one order: the bits do not depend on the
- * thread count or the schedule. */
+/* out (B, K, H, W) from in (B, C, H, W), U and bias already in shared (U then Kp bias) */
 static void run(float *out, const float *in, const float *U, const float *bias, int B,
                 const wplan *p, int mode, int threads, float *tscratch, size_t per) {
     int T = threads < 1 ? 1 : threads;
     if (T > B) T = B;
     const size_t in_sz = (size_t)p->C * p->H * p->W, out_sz = (size_t)p->K * p->H * p->W;
-    const int nb = p->nb, nblocks = (B + nb - 1) / nb, coop = T > 1 && nblocks < 4 * T;
-    const int nkv = p->Kp / VL, nkg = (nkv + KVMAX - 1) / KVMAX;
-    const int relu = mode == OUT_BIAS_RELU, add = mode == OUT_ADD;
+    /* Blocks handed out as threads come free: the two cores of the machine this was tuned on
+     * run at different speeds (a static half each left one idle ~15% of the time). At least
+     * 4 blocks per thread where that keeps >= 64 tiles per block (U's reuse). */
+    int nb = p->nb;
+    const int want = (B + 4 * T - 1) / (4 * T), floor_nb = (64 + p->Timg - 1) / p->Timg;
+    if (want < nb) nb = want > floor_nb ? want : floor_nb < nb ? floor_nb : nb;
+    const int nblocks = (B + nb - 1) / nb;
 #pragma omp parallel num_threads(T)
     {
         const int t = omp_get_thread_num();
@@ -521,49 +508,22 @@ static void run(float *out, const float *in, const float *U, const float *bias, 
         float *V = align_up(X + (size_t)p->Hp * p->Wp * p->Cp);
         float *M = align_up(V + (size_t)p->A2 * p->NTp * p->Cp);
         float *Y = align_up(M + (size_t)p->A2 * p->NTp * p->Kp);
-        if (coop) { /* thread 0's V and M, shared */
-            float *X0 = align_up(tscratch);
-            V = align_up(X0 + (size_t)p->Hp * p->Wp * p->Cp);
-            M = align_up(V + (size_t)p->A2 * p->NTp * p->Cp);
-        }
-        for (int blk = coop ? 0 : nblocks; blk < nblocks; blk++) {
+#pragma omp for schedule(dynamic, 1)
+        for (int blk = 0; blk < nblocks; blk++) {
             const int n0 = blk * nb, m = B - n0 < nb ? B - n0 : nb;
             const int nt_used = m * p->Timg, ntr = round_up(nt_used, ACC);
-#pragma omp for schedule(dynamic, 1)
             for (int j = 0; j < m; j++) {
                 to_tiles_layout(X, in + in_sz * (size_t)(n0 + j), p);
                 input_transform(V, X, p, j * p->Timg);
             }
-#pragma omp for schedule(static)
-            for (int xi = 0; xi < p->A2; xi++) zero_pad_rows(V, p, xi, nt_used, ntr);
-#pragma omp for schedule(dynamic, 1)
-            for (int it = 0; it < p->A2 * nkg; it++) {
-                const int xi = it / nkg, j0 = it % nkg * KVMAX;
-                products_part(M, V, U, p, ntr, xi, j0, j0 + KVMAX < nkv ? j0 + KVMAX : nkv);
-            }
-#pragma omp for schedule(dynamic, 1)
+            if (ntr > nt_used) /* rows the register tiles compute and nobody reads */
+                for (int xi = 0; xi < p->A2; xi++)
+                    memset(V + ((size_t)xi * p->NTp + nt_used) * p->Cp, 0,
+                           sizeof(float) * (size_t)(ntr - nt_used) * p->Cp);
+            products(M, V, U, p, ntr);
             for (int j = 0; j < m; j++) {
-                output_transform(Y, M, bias, p, j * p->Timg, relu);
-                from_tiles_layout(out + out_sz * (size_t)(n0 + j), Y, p, add);
-            }
-        }
-        if (!coop) {
-#pragma omp for schedule(dynamic, 1)
-            for (int blk = 0; blk < nblocks; blk++) {
-                const int n0 = blk * nb, m = B - n0 < nb ? B - n0 : nb;
-                const int nt_used = m * p->Timg, ntr = round_up(nt_used, ACC);
-                for (int j = 0; j < m; j++) {
-                    to_tiles_layout(X, in + in_sz * (size_t)(n0 + j), p);
-                    input_transform(V, X, p, j * p->Timg);
-                }
-                for (int xi = 0; xi < p->A2; xi++) {
-                    zero_pad_rows(V, p, xi, nt_used, ntr);
-                    products_part(M, V, U, p, ntr, xi, 0, nkv);
-                }
-                for (int j = 0; j < m; j++) {
-                    output_transform(Y, M, bias, p, j * p->Timg, relu);
-                    from_tiles_layout(out + out_sz * (size_t)(n0 + j), Y, p, add);
-                }
+                output_transform(Y, M, bias, p, j * p->Timg, mode == OUT_BIAS_RELU);
+                from_tiles_layout(out + out_sz * (size_t)(n0 + j), Y, p, mode == OUT_ADD);
             }
         }
     }
