@@ -49,4 +49,4 @@ test:
 	scripts/run_tests.sh
 
 clean:
-	rm -rf build build-asan build-vg build-fuzz
+	rm -rf build build-asan build-vg build-fuzz build-avx2

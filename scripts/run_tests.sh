@@ -51,6 +51,16 @@ else
   tail -n 30 build-asan.log; fail=$((fail + 1)); failed_names+=("asan build")
 fi
 
+# the kernels' 8-lane (AVX2 + FMA, no AVX-512) variants: register tiles and shuffles differ
+note "AVX2 build (conv and sparse kernels, 8 lanes)"
+if make -j"$JOBS" BUILD=build-avx2 OPT="-O2 -mavx2 -mfma -fno-math-errno" build-avx2/tests/test_gradcheck \
+    build-avx2/tests/test_compress >build-avx2.log 2>&1; then
+  run avx2:test_gradcheck build-avx2/tests/test_gradcheck
+  run avx2:test_compress build-avx2/tests/test_compress
+else
+  tail -n 30 build-avx2.log; fail=$((fail + 1)); failed_names+=("avx2 build")
+fi
+
 if [ -x scripts/run_fuzz.sh ]; then
   note "fuzz targets (bounded)"
   run fuzz scripts/run_fuzz.sh "${FUZZ_SECONDS:-20}"

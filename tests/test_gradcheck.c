@@ -798,7 +798,7 @@ static void check_maxpool(int k, int s) {
         float *bad = malloc(sizeof(float) * nx);
         memcpy(bad, dx, sizeof(float) * nx);
         size_t i = 0;
-        while (i < nx && bad[i] == 0.0f) i++;
+        while (i + 1 < nx && bad[i] == 0.0f) i++; /* stays inside when all are zero */
         size_t j = i + 1 < nx ? i + 1 : i - 1;
         float t = bad[i];
         bad[i] = bad[j];
