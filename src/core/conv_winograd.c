@@ -272,11 +272,38 @@ static inline __attribute__((always_inline)) void transpose_block(vf *r) {
     }
 }
 
+/* dst + h * rw + w * np + c = src[c][h][w] for an H x W image of n channels, channels n .. np
+ * (np a multiple of VL) set to zero. Pixels are taken VL at a time in plane order (across rows
+ * when W < VL), VL channels by VL pixels transposed in registers; rw >= W np. */
+static void to_channel_last(float *dst, size_t rw, const float *src, int n, int np, int H,
+                            int W) {
+    const int HW = H * W;
+    const vf z = vset1(0.0f);
+    for (int cb = 0; cb < np; cb += VL) {
+        int q = 0;
+        for (; q + VL <= HW; q += VL) {
+            vf r[VL];
+            for (int i = 0; i < VL; i++)
+                r[i] = cb + i < n ? vload(src + (size_t)(cb + i) * HW + q) : z;
+            transpose_block(r);
+            float *x = dst + (size_t)(q / W) * rw + (size_t)(q % W) * np + cb;
+            for (int i = 0, w = q % W; i < VL; i++) {
+                vstore(x, r[i]);
+                x += np;
+                if (++w == W) w = 0, x += rw - (size_t)W * np; /* next row */
+            }
+        }
+        for (; q < HW; q++) {
+            float *x = dst + (size_t)(q / W) * rw + (size_t)(q % W) * np + cb;
+            for (int i = 0; i < VL; i++) x[i] = cb + i < n ? src[(size_t)(cb + i) * HW + q] : 0.0f;
+        }
+    }
+}
+
 /* X[(h + 1)][(w + 1)][c] = in[c][h][w], zeros elsewhere (the border, the rows and columns past
- * the last whole tile, channels past C). Pixels are taken VL at a time in plane order (across
- * rows when W < VL), VL channels by VL pixels transposed in registers. */
+ * the last whole tile, channels past C) */
 static void to_tiles_layout(float *X, const float *in, const wplan *p) {
-    const int Cp = p->Cp, Wp = p->Wp, C = p->C, H = p->H, W = p->W, HW = H * W;
+    const int Cp = p->Cp, Wp = p->Wp, H = p->H, W = p->W;
     const size_t row = (size_t)Wp * Cp;
     memset(X, 0, sizeof(float) * row);
     memset(X + (size_t)(H + 1) * row, 0, sizeof(float) * (size_t)(p->Hp - H - 1) * row);
@@ -285,27 +312,7 @@ static void to_tiles_layout(float *X, const float *in, const wplan *p) {
         memset(x, 0, sizeof(float) * (size_t)Cp);
         memset(x + (size_t)(W + 1) * Cp, 0, sizeof(float) * (size_t)(Wp - W - 1) * Cp);
     }
-    const vf z = vset1(0.0f);
-    for (int cb = 0; cb < Cp; cb += VL) {
-        int q = 0;
-        for (; q + VL <= HW; q += VL) {
-            vf r[VL];
-            for (int i = 0; i < VL; i++)
-                r[i] = cb + i < C ? vload(in + (size_t)(cb + i) * HW + q) : z;
-            transpose_block(r);
-            float *x = X + (size_t)(q / W + 1) * row + (size_t)(q % W + 1) * Cp + cb;
-            for (int i = 0, w = q % W; i < VL; i++) {
-                vstore(x, r[i]);
-                x += Cp;
-                if (++w == W) w = 0, x += (size_t)(Wp - W) * Cp; /* next row */
-            }
-        }
-        for (; q < HW; q++) {
-            const int h = q / W, w = q % W;
-            float *x = X + (size_t)(h + 1) * row + (size_t)(w + 1) * Cp + cb;
-            for (int i = 0; i < VL; i++) x[i] = cb + i < C ? in[(size_t)(cb + i) * HW + q] : 0.0f;
-        }
-    }
+    to_channel_last(X + row + Cp, row, in, p->C, Cp, H, W);
 }
 
 /* V rows t0 .. t0 + Timg - 1 of every point, from one image in X */
@@ -556,32 +563,12 @@ void conv_winograd_backward_data(float *din, const float *dout, const float *W, 
 /* ---------------------------------------------------------------- weight gradient */
 
 /* Y-layout image (rows of TW m, zeros past H and W and channels past K) of one sample's output
- * gradient, transposed as in to_tiles_layout */
+ * gradient */
 static void grad_to_tiles_layout(float *Yg, const float *dout, const wplan *p) {
-    const int Kp = p->Kp, K = p->K, H = p->H, W = p->W, HW = H * W;
     const size_t yw = (size_t)p->TW * p->m;
-    if ((size_t)W < yw || H < p->TH * p->m)
-        memset(Yg, 0, sizeof(float) * (size_t)p->TH * p->m * yw * Kp);
-    const vf z = vset1(0.0f);
-    for (int kb = 0; kb < Kp; kb += VL) {
-        int q = 0;
-        for (; q + VL <= HW; q += VL) {
-            vf r[VL];
-            for (int i = 0; i < VL; i++)
-                r[i] = kb + i < K ? vload(dout + (size_t)(kb + i) * HW + q) : z;
-            transpose_block(r);
-            float *y = Yg + ((size_t)(q / W) * yw + q % W) * Kp + kb;
-            for (int i = 0, w = q % W; i < VL; i++) {
-                vstore(y, r[i]);
-                y += Kp;
-                if (++w == W) w = 0, y += (yw - (size_t)W) * Kp; /* next row */
-            }
-        }
-        for (; q < HW; q++) {
-            float *y = Yg + ((size_t)(q / W) * yw + q % W) * Kp + kb;
-            for (int i = 0; i < VL; i++) y[i] = kb + i < K ? dout[(size_t)(kb + i) * HW + q] : 0.0f;
-        }
-    }
+    if ((size_t)p->W < yw || p->H < p->TH * p->m)
+        memset(Yg, 0, sizeof(float) * (size_t)p->TH * p->m * yw * p->Kp);
+    to_channel_last(Yg, yw * p->Kp, dout, p->K, p->Kp, p->H, p->W);
 }
 
 /* dM[xi][t][k] = (A dY A^T)[xi] of each tile's m x m output gradient, rows t0 .. */
