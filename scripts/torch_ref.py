@@ -63,6 +63,9 @@ Records (B = batch):
                                           F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, lo, OC - C - lo)),
                                           lo = (OC - C) // 2 (the extra channel of an odd
                                           difference goes after)
+    select.{x,index,out,dout,dx}          x (B=2, 1, 5, 6) flattened, then index_select(1, index)
+                                          with an increasing random subset of 13 of the 30
+                                          features (index stored as floats)
     rn.*                                  one training step of a tiny CIFAR-style ResNet (TinyResNet
                                           below) on x (B=8, 3, 8, 8):
       rn.x, rn.labels
@@ -374,6 +377,16 @@ def shortcut_cases(w):
             w.add(f"shortcut{i}.{n}", v)
 
 
+def select_case(w):
+    x = leaf(torch.randn(2, 1, 5, 6))
+    index = torch.sort(torch.randperm(30)[:13]).values
+    out = torch.index_select(x.flatten(1), 1, index)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    for n, v in [("x", x), ("index", index.float()), ("out", out), ("dout", dout), ("dx", x.grad)]:
+        w.add(f"select.{n}", v)
+
+
 def node_params(mod):
     """(slot name, tensor) of a conv/linear/BN module in nnzip's slot order."""
     if isinstance(mod, nn.BatchNorm2d):
@@ -539,6 +552,7 @@ def main():
     bn_cases(w)
     avgpool_cases(w)
     shortcut_cases(w)
+    select_case(w)
     tiny_resnet_case(w)
     resnet20_case(w)
     conv_cases(w, "dconv", DCONV_SHAPES)

@@ -1294,6 +1294,9 @@ static const float *frozen_forward(frozen_ctx *f, int record) {
         case NZ_OP_SHORTCUT:
             shortcut_forward(out, in, B, s.c, s.h, s.w, n->units, n->stride, n->out.h, n->out.w);
             break;
+        case NZ_OP_SELECT:
+            select_forward(out, in, P + n->params[0].off, B, (int)nz_shape_size(s), n->units);
+            break;
         default:
             break;
         }
@@ -2362,6 +2365,60 @@ static void check_shortcut(int C, int OC, int H, int W, int s) {
     gfree(dx), gfree(ref), gfree(c.x), gfree(c.R), gfree(c.out);
 }
 
+/* ---------------------------------------------------------------- select */
+
+/* select_forward/backward: y[b][k] = x[b][index[k]]. A copy: the forward is checked exactly;
+ * the backward adds into dx (features not selected get nothing) and is checked by finite
+ * differences. */
+typedef struct {
+    int B, F, K;
+    const float *ix;
+    float *x, *R, *out;
+} sel_ctx;
+
+static double sel_loss(void *p) {
+    sel_ctx *c = p;
+    select_forward(c->out, c->x, c->ix, c->B, c->F, c->K);
+    return dot_d(c->out, c->R, (size_t)c->B * c->K);
+}
+
+static void check_select(int F, int K) {
+    char S[64];
+    snprintf(S, sizeof S, "select %d of %d", K, F);
+    nz_rng r;
+    nz_rng_seed(&r, 9100u + (unsigned)(F * 10 + K));
+    float *ix = malloc(sizeof(float) * (size_t)K);
+    for (int k = 0, j = 0; k < K; j++) /* increasing, every feature kept with chance K/F */
+        if (F - j == K - k || nz_rng_range(&r, 0.0f, 1.0f) < (float)K / (float)F) ix[k++] = (float)j;
+    sel_ctx c = {.B = 3, .F = F, .K = K, .ix = ix};
+    const size_t nx = (size_t)c.B * F, no = (size_t)c.B * K;
+    c.x = galloc(nx), c.R = galloc(no), c.out = galloc(no);
+    fill_normal(c.x, nx, &r, 1.0f);
+    fill_normal(c.R, no, &r, 1.0f);
+    sel_loss(&c);
+    int exact = 1;
+    for (int b = 0; b < c.B; b++)
+        for (int k = 0; k < K; k++)
+            exact &= c.out[(size_t)b * K + k] == c.x[(size_t)b * F + (size_t)ix[k]];
+    CHECK(exact, "%s forward is not x[:, index]", S);
+    float *dx = galloc(nx);
+    memset(dx, 0, sizeof(float) * nx);
+    select_backward(dx, c.R, ix, c.B, F, K);
+    double *gx = numeric_grad(c.x, nx, EPS_AFFINE, sel_loss, NULL, &c, NULL);
+    expect_match(S, "dx", dx, gx, nx, NULL);
+    char what[160];
+    snprintf(what, sizeof what, "%s dx", S);
+    mutate_scale_one(what, dx, gx, nx);
+    float *dx1 = malloc(sizeof(float) * nx);
+    memcpy(dx1, dx, sizeof(float) * nx);
+    select_backward(dx, c.R, ix, c.B, F, K);
+    expect_doubled(S, dx, dx1, nx);
+    CHECK(guards_ok(c.out, no) && guards_ok(dx, nx) && guards_ok(c.x, nx),
+          "%s wrote outside its buffers", S);
+    free(dx1), free(gx), free(ix);
+    gfree(dx), gfree(c.x), gfree(c.R), gfree(c.out);
+}
+
 /* ---------------------------------------------------------------- add */
 
 typedef struct {
@@ -3069,6 +3126,9 @@ int main(void) {
     check_shortcut(4, 8, 7, 7, 2);
     check_shortcut(2, 5, 6, 6, 2);
     check_shortcut(3, 3, 5, 5, 1);
+    check_select(13, 5);
+    check_select(784, 300);
+    check_select(6, 6);
     check_add();
     check_new_kernels_threaded();
     /* (1 vs 2 threads only changes the conv batch split, checked by the plain model above; the

@@ -110,6 +110,15 @@ static int is_plain(const nz_model *m) {
     return 1;
 }
 
+/* dst = a copy of m; on failure m is freed and -1 returned */
+static int copy_or_free(nz_model *dst, nz_model *m) {
+    nz_error err;
+    if (nz_model_copy(dst, m, &err) == NZ_OK) return 0;
+    CHECK(0, "nz_model_copy: %s", err.msg);
+    nz_model_free(m);
+    return -1;
+}
+
 /* ---------------------------------------------------------------- convert / restore */
 
 /* Zeroes the weights (not the bias) of group j of a plain weighted node: an fc row, or one conv
@@ -132,11 +141,7 @@ static void test_convert(const char *arch) {
     } else {
         zero_kernel(&m, "fc1", 5);
     }
-    if (nz_model_copy(&orig, &m, &err) != NZ_OK) {
-        CHECK(0, "nz_model_copy: %s", err.msg);
-        nz_model_free(&m);
-        return;
-    }
+    if (copy_or_free(&orig, &m) != 0) return;
     float *x = random_inputs(&m, BATCH, 5);
     float *z0 = logits_of(&m, x, BATCH);
     const nz_status st = nz_normdir_convert(&m, &err);
@@ -304,7 +309,6 @@ static nz_status remove_and_compare(const char *what, nz_model *m, double *err_o
 static void test_remove_mlp(void) {
     const char *what = "lenet500 remove";
     nz_model m, orig;
-    nz_error err;
     if (build(&m, "lenet500", 202) != 0) return;
     int u1[600], u2[400];
     int n1 = range_units(u1, 100, 150); /* 50 rows of fc1 ... */
@@ -313,11 +317,7 @@ static void test_remove_mlp(void) {
     u2[n2++] = 0, u2[n2++] = 1, u2[n2++] = 299;
     remove_units(&m, "fc1", u1, n1);
     remove_units(&m, "fc2", u2, n2);
-    if (nz_model_copy(&orig, &m, &err) != NZ_OK) {
-        CHECK(0, "nz_model_copy: %s", err.msg);
-        nz_model_free(&m);
-        return;
-    }
+    if (copy_or_free(&orig, &m) != 0) return;
     double e;
     if (remove_and_compare(what, &m, &e) == NZ_OK) {
         const int k1 = 500 - n1, k2 = 300 - n2;
@@ -378,6 +378,77 @@ static void test_remove_conv(void) {
 }
 
 /* A layer whose rows are all zero keeps exactly one unit, which carries its bias. */
+/* Input features: fc1 columns zeroed (the border of the image and a block inside) leave the
+ * model through a select node after the input; fc1 keeps only the other columns, in order, and
+ * the logits do not change. Then the slimmed model saves and loads bit for bit, and rejects a
+ * select whose feature numbers do not increase. */
+static void test_remove_inputs(void) {
+    const char *what = "lenet300 input columns";
+    nz_model m, orig;
+    nz_error err;
+    if (build(&m, "lenet300", 303) != 0) return;
+    const nz_node *fc1 = &m.nodes[node_id(&m, "fc1")];
+    float *W = m.params + fc1->params[0].off;
+    unsigned char dead[784] = {0};
+    int n_dead = 0;
+    for (int p = 0; p < 784; p++) {
+        const int y = p / 28, x = p % 28;
+        dead[p] = y < 2 || y > 25 || x < 3 || x > 24 || (y >= 10 && y < 14 && x >= 10 && x < 20);
+        n_dead += dead[p];
+        for (int r = 0; r < 300 && dead[p]; r++) W[(size_t)r * 784 + p] = 0.0f;
+    }
+    if (copy_or_free(&orig, &m) != 0) return;
+    double e;
+    if (remove_and_compare(what, &m, &e) == NZ_OK) {
+        const int k = 784 - n_dead, sel = node_id(&m, "select");
+        CHECK(sel == 1 && m.nodes[sel].op == NZ_OP_SELECT && m.nodes[sel].inputs[0] == 0 &&
+                  m.nodes[sel].units == k && m.n_nodes == orig.n_nodes + 1,
+              "%s: no select node of %d features right after the input", what, k);
+        expect_dims(&m, "fc1", 0, 2, (int[]){300, k});
+        const float *ix = sel >= 0 ? m.params + m.nodes[sel].params[0].off : NULL;
+        const float *W1 = param_of(&m, "fc1", 0), *W0 = param_of(&orig, "fc1", 0);
+        int ok = ix && W1 && W0;
+        for (int p = 0, j = 0; p < 784 && ok; p++) {
+            if (dead[p]) continue;
+            ok &= ix[j] == (float)p;
+            for (int r = 0; r < 300 && ok; r++) ok &= W1[(size_t)r * k + j] == W0[(size_t)r * 784 + p];
+            j++;
+        }
+        CHECK(ok, "%s: the kept features or fc1's kept columns are not the original ones", what);
+        printf("  %s: 784 -> %d features, logits err %.2e\n", what, k, e);
+        /* save -> load -> the same logits; a file whose select is out of order is refused */
+        char dir[] = "/tmp/nnzip-test-slim-XXXXXX";
+        if (mkdtemp(dir)) {
+            char path[256];
+            snprintf(path, sizeof path, "%s/sel.nnz", dir);
+            nz_model l;
+            CHECK(nz_save(&m, NULL, path, &err) == NZ_OK, "%s: save: %s", what, err.msg);
+            if (nz_load(path, &l, NULL, &err) != NZ_OK) {
+                CHECK(0, "%s: load: %s", what, err.msg);
+            } else {
+                float *x = random_inputs(&m, BATCH, 5);
+                float *za = logits_of(&m, x, BATCH), *zb = logits_of(&l, x, BATCH);
+                CHECK(za && zb && memcmp(za, zb, sizeof(float) * BATCH * 10) == 0,
+                      "%s: logits differ after save/load", what);
+                CHECK(l.nodes[1].params[0].store == NZ_STORE_F16,
+                      "%s: feature numbers not stored as binary16", what);
+                free(x), free(za), free(zb);
+                nz_model_free(&l);
+            }
+            float *ixw = m.params + m.nodes[1].params[0].off;
+            const float keep = ixw[1];
+            ixw[1] = ixw[0];
+            CHECK(nz_model_validate(&m, &err) == NZ_ERR_FORMAT && strstr(err.msg, "increasing"),
+                  "%s: a select with a repeated feature validated", what);
+            ixw[1] = keep;
+            unlink(path);
+            rmdir(dir);
+        }
+    }
+    nz_model_free(&orig);
+    nz_model_free(&m);
+}
+
 static void test_remove_whole_layer(void) {
     const char *what = "lenet300 fc2 all zero";
     nz_model m;
@@ -680,6 +751,7 @@ static void short_slim_cfg(nz_slim_cfg *cfg, float lambda, int finetune_epochs) 
     cfg->train.lr = nz_zoo_default_lr("lenet300");
     cfg->train.batch = 64;
     cfg->train.seed = 1;
+    cfg->input_lambda = 0.0f; /* input features: test_slim_inputs */
 }
 
 static void test_slim_e2e(nz_slim_method method, const nz_dataset *train, const nz_dataset *test) {
@@ -925,6 +997,43 @@ static void test_slim_cost_live(const nz_dataset *train, const nz_dataset *test)
           fc1[0]);
 }
 
+/* The input features' penalty on the synthetic set, whose classes differ only in ten 10x4
+ * blocks (the rest is noise): the features kept are mostly block pixels, and the model still
+ * classifies. The neurons' penalty is off, so what is removed is inputs only. */
+static void test_slim_inputs(const nz_dataset *train, const nz_dataset *test) {
+    nz_model m;
+    nz_error err;
+    if (build(&m, "lenet300", 606) != 0) return;
+    nz_slim_cfg cfg;
+    short_slim_cfg(&cfg, 0.0f, 1);
+    cfg.input_lambda = 0.1f; /* measured: 0.3 leaves 1 feature, 0.03 none removed */
+    nz_slim_result res;
+    nz_status st = nz_slim(&m, train, test, &cfg, NULL, &res, &err);
+    CHECK(st == NZ_OK, "nz_slim inputs: %s", st ? err.msg : "");
+    if (st) {
+        nz_model_free(&m);
+        return;
+    }
+    const int sel = node_id(&m, "select");
+    int in_block = 0, k = sel >= 0 ? m.nodes[sel].units : 784;
+    for (int j = 0; j < k && sel >= 0; j++) {
+        const int p = (int)m.params[m.nodes[sel].params[0].off + j], y = p / 28, x = p % 28;
+        in_block += ((y >= 2 && y < 12) || (y >= 14 && y < 24)) && x >= 1 && x < 25 &&
+                    (x - 1) % 5 < 4;
+    }
+    printf("  slim inputs: 784 -> %d features (%d in the class blocks of 400), units %d %d, "
+           "test err %.1f%%\n", res.inputs_after, in_block, res.units_after[0],
+           res.units_after[1], (double)res.test_err_after);
+    CHECK(sel == 1 && res.inputs_after == k && k < 784 && k > 0,
+          "slim inputs: %d features kept (select node %d)", res.inputs_after, sel);
+    CHECK(in_block >= 0.8 * k, "slim inputs: only %d of the %d features kept are informative",
+          in_block, k);
+    CHECK(res.units_after[0] == 300 && res.test_err_after < 20.0f,
+          "slim inputs: fc1 %d units, test error %.2f%%", res.units_after[0],
+          (double)res.test_err_after);
+    nz_model_free(&m);
+}
+
 /* --distill: the fine-tune learns the model given. With alpha 1 its outputs end closer to the
  * original model's than a fine-tune on the labels alone leaves them. */
 static void test_slim_distill(const nz_dataset *train, const nz_dataset *test) {
@@ -964,6 +1073,7 @@ int main(int argc, char **argv) {
     test_remove_mlp();
     test_remove_conv();
     test_remove_whole_layer();
+    test_remove_inputs();
     test_remove_resnet();
     test_refusals();
     test_rebalance();
@@ -975,6 +1085,7 @@ int main(int argc, char **argv) {
     test_slim_e2e(NZ_SLIM_SUBGRADIENT, &train, &test);
     test_slim_val(&train);
     test_slim_cost_live(&train, &test);
+    test_slim_inputs(&train, &test);
     test_slim_distill(&train, &test);
     nz_dataset_free(&train);
     nz_dataset_free(&test);

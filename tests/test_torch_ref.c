@@ -7,7 +7,7 @@
  * Residual networks' layers: BatchNorm2d (training and eval) and BatchNorm1d (training, on a
  * [B, C] input) as kernels and as one-node models (outputs, input and affine gradients, running
  * statistics after the forward: momentum 0.1, unbiased variance); AvgPool2d, AdaptiveAvgPool2d(1)
- * (nnzip's GAP) and the option-A shortcut (bit-exact: a copy). Then one training step of a tiny
+ * (nnzip's GAP), the option-A shortcut and the input feature select (bit-exact: copies). Then one training step of a tiny
  * ResNet built node by node (stem, an identity block, a strided block with an option-A shortcut,
  * GAP, fc): activations, logits, loss, all gradients, running statistics, and one SGD step over
  * the trainable tensors only (buffers must come out of the optimizer untouched). Conv biases in
@@ -894,6 +894,32 @@ static void check_shortcut_ref(int i) {
     free(y), free(gx);
 }
 
+/* input feature selection against torch.index_select(x.flatten(1), 1, index): bit-exact */
+static void check_select_ref(void) {
+    const ref_tensor *x = ref_get("select.x"), *ix = ref_get("select.index"),
+                     *out = ref_get("select.out"), *dout = ref_get("select.dout"),
+                     *dx = ref_get("select.dx");
+    if (!x || !ix || !out || !dout || !dx || x->ndim != 4 || ix->ndim != 1 ||
+        !expect_shape(dx, 4, x->dims))
+        return;
+    const int B = x->dims[0], F = (int)(x->n / (size_t)B), K = ix->dims[0];
+    if (!expect_shape(out, 2, (int[]){B, K}) || !expect_shape(dout, 2, (int[]){B, K})) return;
+    for (int k = 0; k < K; k++)
+        if (!(ix->data[k] >= 0 && ix->data[k] < (float)F)) {
+            CHECK(0, "select.index: %g out of range", (double)ix->data[k]);
+            return;
+        }
+    float *y = zalloc(out->n), *gx = zalloc(x->n);
+    select_forward(y, x->data, ix->data, B, F, K);
+    select_backward(gx, dout->data, ix->data, B, F, K);
+    compare("select.out", y, out, out->n);
+    compare("select.dx", gx, dx, dx->n);
+    CHECK(memcmp(y, out->data, sizeof(float) * out->n) == 0 &&
+              memcmp(gx, dx->data, sizeof(float) * dx->n) == 0,
+          "select: not bit-exact against index_select");
+    free(y), free(gx);
+}
+
 /* ---------------------------------------------------------------- residual networks */
 
 static const char *slot_name(const nz_node *n, int k) {
@@ -1205,6 +1231,7 @@ int main(int argc, char **argv) {
     check_avgpool_ref("avgpool1");
     check_avgpool_ref("gap");
     for (int i = 0; i < 3; i++) check_shortcut_ref(i);
+    check_select_ref();
     check_tiny_resnet(2);
     check_tiny_resnet(1);
     check_resnet20(2);

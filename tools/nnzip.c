@@ -883,15 +883,19 @@ static int cmd_info(int argc, char **argv) {
             if (m.pre.mean[c] != 0.0f || m.pre.std[c] != 1.0f)
                 printf(" ch%d:(x-%g)/%g", c, (double)m.pre.mean[c], (double)m.pre.std[c]);
         printf("\n\n  %-12s %-9s %-12s %10s %10s\n", "layer", "op", "output", "params", "bytes");
+        size_t total_b = 0;
         for (int i = 1; i < m.n_nodes; i++) {
             const nz_node *n = &m.nodes[i];
             shape_str(sh, sizeof sh, n->out);
-            size_t pc = nz_node_param_count(n);
-            printf("  %-12s %-9s %-12s %10zu %10zu\n", n->name, nz_op_name(n->op), sh, pc, pc * 4);
+            size_t pc = nz_node_param_count(n), pb = 0; /* bytes as dense floats (f16 or f32) */
+            for (int k = 0; k < n->n_params; k++)
+                pb += nz_param_numel(&n->params[k]) * (n->params[k].store == NZ_STORE_F16 ? 2 : 4);
+            total_b += pb;
+            printf("  %-12s %-9s %-12s %10zu %10zu\n", n->name, nz_op_name(n->op), sh, pc, pb);
         }
         size_t total = 0;
         for (int i = 0; i < m.n_nodes; i++) total += nz_node_param_count(&m.nodes[i]);
-        printf("  %-12s %-9s %-12s %10zu %10zu\n", "total", "", "", total, total * 4);
+        printf("  %-12s %-9s %-12s %10zu %10zu\n", "total", "", "", total, total_b);
         printf("\n%.3f M multiply-adds per sample\n", (double)flops / 1e6);
         print_kernel_table(stdout, &m);
         if (model_has_sparse(&m)) {
@@ -1237,7 +1241,7 @@ static const opt_def encode_opts[] = {
 static const opt_def compress_opts[] = {
     RETRAIN_OPTS,
     {"method", 'M', 1, "LIST", "methods in order: deep (prune, quantize, encode), slim, slim,deep"},
-    {"lambda", 'l', 1, "SPEC", "slim: L1 strength on the norms (default 3e-2)"},
+    {"lambda", 'l', 1, "SPEC", "slim: L1 strength on the norms (default 2e-2)"},
     {"val", 0, 1, "N", "slim: hold out the last N training images; fine-tuning keeps its best epoch on them"},
     {"rebalance", 0, 0, "", "before pruning, rescale each relu unit's incoming and outgoing weights to equal norms (same function; evens out the scales slimming leaves)"},
     PRUNE_OPTS, QUANT_OPTS, ENCODE_OPTS, TARGET_OPTS};
@@ -1693,7 +1697,7 @@ done:
 
 static const opt_def slim_opts[] = {
     RETRAIN_OPTS,
-    {"lambda", 'l', 1, "SPEC", "L1 strength on the norms: 3e-2 (default), or per layer fc1=4e-2,conv=0"},
+    {"lambda", 'l', 1, "SPEC", "L1 strength on the norms: 2e-2 (default), or per layer fc1=4e-2,conv=0"},
     {"method", 0, 1, "KIND", "proximal (default: exact zeros) or subgradient"},
     {"epochs", 'e', 1, "N", "epochs with the penalty (default 30)"},
     {"ramp", 0, 1, "N", "lambda grows linearly over the first N epochs (default 5)"},
@@ -1708,6 +1712,7 @@ static const opt_def slim_opts[] = {
     {"distill", 0, 1, "A", "fine-tune on the model given's outputs too (knowledge distillation): loss = (1-A) x labels + A x T^2 KL to the teacher (default 0: off)"},
     {"distill-temp", 0, 1, "T", "distillation temperature (default 4)"},
     {"distill-all", 0, 0, "", "distill during the penalized training too, not only the fine-tune"},
+    {"input-lambda", 0, 1, "X", "L1 strength on each input feature's outgoing weights (the first layer's columns), cost-weighted like the neurons: features driven to zero are no longer read (a select node keeps the rest). Default 3e-3; 0: off"},
 };
 
 static int cmd_slim(int argc, char **argv) {
@@ -1786,6 +1791,7 @@ static int cmd_slim(int argc, char **argv) {
         (rc = opt_float(&o, "distill-temp", 1e-3f, 100, &sc.distill_temp)))
         goto done;
     sc.distill_penalized = opt_flag(&o, "distill-all");
+    if ((rc = opt_float(&o, "input-lambda", 0, 10, &sc.input_lambda))) goto done;
     if (nz_slim(&j.m, &j.tr, &j.te, &sc, &j.hooks, &sr, &e)) {
         rc = fail_err("slim", &e);
         goto done;
@@ -1796,11 +1802,12 @@ static int cmd_slim(int argc, char **argv) {
         printf("{\"test_error_pct\": %.4f, \"test_error_before_pct\": %.4f, "
                "\"test_error_penalized_pct\": %.4f, \"params_before\": %zu, \"params_after\": %zu, "
                "\"params_removed_pct\": %.3f, \"macs_before\": %zu, \"macs_after\": %zu, "
+               "\"inputs_before\": %d, \"inputs_after\": %d, "
                "\"val_images\": %d, \"val_error_pct\": %.4f, \"finetune_kept_epoch\": %d, "
                "\"seconds\": %.1f, \"layers\": [",
                (double)sr.test_err_after, (double)sr.test_err_before,
                (double)sr.test_err_penalized, sr.params_before, sr.params_after, cut,
-               sr.macs_before, sr.macs_after, val.n, (double)sr.val_err, sr.finetune_kept,
+               sr.macs_before, sr.macs_after, sr.inputs_before, sr.inputs_after, val.n, (double)sr.val_err, sr.finetune_kept,
                sr.seconds);
         for (int i = 0; i < sr.n_layers; i++) {
             printf("%s{\"name\": ", i ? ", " : "");
@@ -1820,6 +1827,8 @@ static int cmd_slim(int argc, char **argv) {
             printf("validation (%d held-out training images): %.2f%% error, fine-tuning epoch %d "
                    "kept\n",
                    val.n, (double)sr.val_err, sr.finetune_kept);
+        if (sr.inputs_after != sr.inputs_before)
+            printf("  %-10s       %5d -> %5d\n", "inputs", sr.inputs_before, sr.inputs_after);
         for (int i = 0; i < sr.n_layers; i++) {
             printf("  %-10s units %5d -> %5d", sr.name[i], sr.units_before[i], sr.units_after[i]);
             if (sr.kernels_before[i])

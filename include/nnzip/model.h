@@ -40,6 +40,9 @@ typedef enum {
     NZ_OP_GAP = 12,      /* global average pool: [C,H,W] -> [C,1,1] */
     NZ_OP_SHORTCUT = 13, /* He et al.'s option-A shortcut: x[:, :, ::stride, ::stride] with
                             zero channels padded equally on both sides up to `units` channels */
+    NZ_OP_SELECT = 14,   /* keeps `units` of the input's C*H*W features: out [units, 1, 1];
+                            param: index [units] (a buffer), increasing feature numbers, stored
+                            as floats (exact below 2^24) */
     NZ_OP__COUNT
 } nz_op;
 
@@ -124,6 +127,9 @@ int nz_model_add_avgpool(nz_model *m, const char *name, int input, int k, int st
 int nz_model_add_gap(nz_model *m, const char *name, int input, nz_error *err);
 int nz_model_add_shortcut(nz_model *m, const char *name, int input, int out_ch, int stride,
                           nz_error *err);
+/* index: k increasing feature numbers below the input's size (copied) */
+int nz_model_add_select(nz_model *m, const char *name, int input, const int *index, int k,
+                        nz_error *err);
 /* 1 if parameter slot k of node n is a buffer (batch norm running statistics): saved with the
  * model, updated by the forward pass, skipped by the optimizer and by compression passes. */
 int nz_param_is_buffer(const nz_node *n, int k);

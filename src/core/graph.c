@@ -316,6 +316,9 @@ static void nz_forward_range(const nz_model *m, nz_ws *ws, int B, int training, 
         case NZ_OP_SHORTCUT:
             shortcut_forward(out, in, B, s.c, s.h, s.w, n->units, n->stride, n->out.h, n->out.w);
             break;
+        case NZ_OP_SELECT:
+            select_forward(out, in, P + n->params[0].off, B, (int)nz_shape_size(s), n->units);
+            break;
         default:
             break;
         }
@@ -512,6 +515,10 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
             if (din)
                 shortcut_backward(din, dout, B, s.c, s.h, s.w, n->units, n->stride, n->out.h,
                                   n->out.w);
+            break;
+        case NZ_OP_SELECT:
+            if (din) select_backward(din, dout, P + n->params[0].off, B, (int)nz_shape_size(s),
+                                     n->units);
             break;
         default:
             break;

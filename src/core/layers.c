@@ -673,6 +673,22 @@ void shortcut_backward(float *din, const float *dout, int B, int C, int H, int W
         }
 }
 
+void select_forward(float *out, const float *in, const float *index, int B, int F, int K) {
+    for (int b = 0; b < B; b++) {
+        const float *x = in + (size_t)b * F;
+        float *y = out + (size_t)b * K;
+        for (int k = 0; k < K; k++) y[k] = x[(size_t)index[k]];
+    }
+}
+
+void select_backward(float *din, const float *dout, const float *index, int B, int F, int K) {
+    for (int b = 0; b < B; b++) {
+        float *dx = din + (size_t)b * F;
+        const float *dy = dout + (size_t)b * K;
+        for (int k = 0; k < K; k++) dx[(size_t)index[k]] += dy[k];
+    }
+}
+
 void add_forward(float *out, const float *a, const float *b, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];

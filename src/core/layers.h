@@ -125,6 +125,9 @@ void shortcut_forward(float *out, const float *in, int B, int C, int H, int W, i
                       int OH, int OW);
 void shortcut_backward(float *din, const float *dout, int B, int C, int H, int W, int OC,
                        int stride, int OH, int OW);
+/* y[b][k] = x[b][index[k]] over F input features; backward adds dy into dx */
+void select_forward(float *out, const float *in, const float *index, int B, int F, int K);
+void select_backward(float *din, const float *dout, const float *index, int B, int F, int K);
 
 /* out = a + b */
 void add_forward(float *out, const float *a, const float *b, size_t n);

@@ -10,7 +10,8 @@
 
 static const char *const op_names[NZ_OP__COUNT] = {
     "input",   "dense", "conv2d",  "maxpool", "relu", "flatten",  "dropout",
-    "ndense",  "nconv2d", "batchnorm", "add",   "avgpool", "gap", "shortcut"};
+    "ndense",  "nconv2d", "batchnorm", "add",   "avgpool", "gap", "shortcut",
+    "select"};
 
 const char *nz_op_name(nz_op op) {
     return (op >= 0 && op < NZ_OP__COUNT) ? op_names[op] : "unknown";
@@ -126,6 +127,15 @@ nz_status model_node_infer(const nz_model *m, const nz_node *n, nz_shape *out, i
     }
     case NZ_OP_GAP:
         *out = (nz_shape){s.c, 1, 1};
+        break;
+    case NZ_OP_SELECT:
+        if (n->units <= 0 || (size_t)n->units > nz_shape_size(s))
+            return nz_fail(err, NZ_ERR_SHAPE, "node '%s': selects %d of %zu features", n->name,
+                           n->units, nz_shape_size(s));
+        *np = 1;
+        expect[0].ndim = 1;
+        expect[0].dims[0] = n->units;
+        *out = (nz_shape){n->units, 1, 1};
         break;
     case NZ_OP_SHORTCUT:
         if (n->units < s.c || n->units > 65536 || n->stride <= 0 || n->stride > 64)
@@ -336,7 +346,45 @@ int nz_model_add_shortcut(nz_model *m, const char *name, int input, int out_ch, 
     return add_node(m, &n, err);
 }
 
-int nz_param_is_buffer(const nz_node *n, int k) { return n->op == NZ_OP_BATCHNORM && k >= 2; }
+int nz_model_add_select(nz_model *m, const char *name, int input, const int *index, int k,
+                        nz_error *err) {
+    nz_node n = node_new(NZ_OP_SELECT, name, input);
+    n.units = k;
+    nz_store store = NZ_STORE_F32;
+    if (input >= 0 && input < m->n_nodes) {
+        const size_t F = nz_shape_size(m->nodes[input].out);
+        for (int j = 0; j < k; j++)
+            if (index[j] < 0 || (size_t)index[j] >= F || (j && index[j] <= index[j - 1])) {
+                nz_fail(err, NZ_ERR_ARG, "node '%s': feature numbers must increase below %zu",
+                        name, F);
+                return -1;
+            }
+        /* integers up to 2048 are exact in binary16 */
+        if (F <= 2048) store = NZ_STORE_F16;
+    }
+    int id = add_node(m, &n, err);
+    if (id < 0) return -1;
+    nz_node *s = &m->nodes[id];
+    s->params[0].store = store;
+    for (int j = 0; j < k; j++) m->params[s->params[0].off + j] = (float)index[j];
+    return id;
+}
+
+int nz_param_is_buffer(const nz_node *n, int k) {
+    return (n->op == NZ_OP_BATCHNORM && k >= 2) || n->op == NZ_OP_SELECT;
+}
+
+/* A select node's feature numbers: integers, increasing, below its input's size. */
+static nz_status check_select(const nz_model *m, const nz_node *n, nz_error *err) {
+    const size_t F = nz_shape_size(m->nodes[n->inputs[0]].out);
+    const float *ix = m->params + n->params[0].off;
+    for (int j = 0; j < n->units; j++)
+        if (!(ix[j] >= 0.0f && ix[j] < (float)F && ix[j] == floorf(ix[j]) &&
+              (j == 0 || ix[j] > ix[j - 1])))
+            return nz_fail(err, NZ_ERR_FORMAT, "node '%s': feature number %d (%g) is not an "
+                           "increasing integer below %zu", n->name, j, (double)ix[j], F);
+    return NZ_OK;
+}
 
 nz_status nz_model_validate(const nz_model *m, nz_error *err) {
     if (m->n_nodes < 2 || m->nodes[0].op != NZ_OP_INPUT)
@@ -395,6 +443,11 @@ nz_status nz_model_validate(const nz_model *m, nz_error *err) {
             if ((unsigned)p->store > NZ_STORE_F16)
                 return nz_fail(err, NZ_ERR_FORMAT, "node '%s': parameter %d: bad storage",
                                n->name, k);
+        }
+        if (n->op == NZ_OP_SELECT) {
+            if (n->params[0].sparse)
+                return nz_fail(err, NZ_ERR_FORMAT, "node '%s': sparse feature numbers", n->name);
+            if ((st = check_select(m, n, err))) return st;
         }
     }
     const nz_node *last = &m->nodes[m->n_nodes - 1];
