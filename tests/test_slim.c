@@ -400,10 +400,11 @@ static void test_remove_inputs(void) {
     if (copy_or_free(&orig, &m) != 0) return;
     double e;
     if (remove_and_compare(what, &m, &e) == NZ_OK) {
-        const int k = 784 - n_dead, sel = node_id(&m, "select");
-        CHECK(sel == 1 && m.nodes[sel].op == NZ_OP_SELECT && m.nodes[sel].inputs[0] == 0 &&
-                  m.nodes[sel].units == k && m.n_nodes == orig.n_nodes + 1,
-              "%s: no select node of %d features right after the input", what, k);
+        const int k = 784 - n_dead, sel = node_id(&m, "fc1_in");
+        CHECK(sel > 0 && m.nodes[sel].op == NZ_OP_SELECT && m.nodes[sel].units == k &&
+                  m.nodes[sel].inputs[0] == node_id(&m, "flatten") &&
+                  m.nodes[node_id(&m, "fc1")].inputs[0] == sel && m.n_nodes == orig.n_nodes + 1,
+              "%s: no select node of %d features between flatten and fc1", what, k);
         expect_dims(&m, "fc1", 0, 2, (int[]){300, k});
         const float *ix = sel >= 0 ? m.params + m.nodes[sel].params[0].off : NULL;
         const float *W1 = param_of(&m, "fc1", 0), *W0 = param_of(&orig, "fc1", 0);
@@ -418,7 +419,7 @@ static void test_remove_inputs(void) {
         printf("  %s: 784 -> %d features, logits err %.2e\n", what, k, e);
         /* save -> load -> the same logits; a file whose select is out of order is refused */
         char dir[] = "/tmp/nnzip-test-slim-XXXXXX";
-        if (mkdtemp(dir)) {
+        if (sel > 0 && mkdtemp(dir)) {
             char path[256];
             snprintf(path, sizeof path, "%s/sel.nnz", dir);
             nz_model l;
@@ -430,12 +431,12 @@ static void test_remove_inputs(void) {
                 float *za = logits_of(&m, x, BATCH), *zb = logits_of(&l, x, BATCH);
                 CHECK(za && zb && memcmp(za, zb, sizeof(float) * BATCH * 10) == 0,
                       "%s: logits differ after save/load", what);
-                CHECK(l.nodes[1].params[0].store == NZ_STORE_F16,
+                CHECK(sel > 0 && l.nodes[sel].params[0].store == NZ_STORE_F16,
                       "%s: feature numbers not stored as binary16", what);
                 free(x), free(za), free(zb);
                 nz_model_free(&l);
             }
-            float *ixw = m.params + m.nodes[1].params[0].off;
+            float *ixw = m.params + m.nodes[sel > 0 ? sel : 1].params[0].off;
             const float keep = ixw[1];
             ixw[1] = ixw[0];
             CHECK(nz_model_validate(&m, &err) == NZ_ERR_FORMAT && strstr(err.msg, "increasing"),
@@ -446,6 +447,33 @@ static void test_remove_inputs(void) {
         }
     }
     nz_model_free(&orig);
+    nz_model_free(&m);
+}
+
+/* LeNet-5's fc1 reads conv features (50 channels x 4 x 4): columns zeroed there leave through
+ * a select node between flatten and fc1, exactly; conv2 keeps all its channels. */
+static void test_remove_conv_columns(void) {
+    const char *what = "lenet5 fc1 columns";
+    nz_model m;
+    if (build(&m, "lenet5", 505) != 0) return;
+    const nz_node *fc1 = &m.nodes[node_id(&m, "fc1")];
+    const int F = (int)(fc1->params[0].n / (size_t)fc1->units);
+    float *W = m.params + fc1->params[0].off;
+    int n_dead = 0;
+    for (int j = 0; j < F; j++)
+        if (j % 3 == 1 || j % 16 == 0) { /* never all 16 positions of a channel */
+            n_dead++;
+            for (int r = 0; r < fc1->units; r++) W[(size_t)r * F + j] = 0.0f;
+        }
+    double e;
+    if (remove_and_compare(what, &m, &e) == NZ_OK) {
+        const int sel = node_id(&m, "fc1_in");
+        CHECK(sel > 0 && m.nodes[sel].units == F - n_dead &&
+                  m.nodes[node_id(&m, "conv2")].units == 50,
+              "%s: want %d of %d features kept and conv2 whole", what, F - n_dead, F);
+        printf("  %s: %d -> %d features, logits err %.2e\n", what, F,
+               sel > 0 ? m.nodes[sel].units : -1, e);
+    }
     nz_model_free(&m);
 }
 
@@ -1014,7 +1042,7 @@ static void test_slim_inputs(const nz_dataset *train, const nz_dataset *test) {
         nz_model_free(&m);
         return;
     }
-    const int sel = node_id(&m, "select");
+    const int sel = node_id(&m, "fc1_in");
     int in_block = 0, k = sel >= 0 ? m.nodes[sel].units : 784;
     for (int j = 0; j < k && sel >= 0; j++) {
         const int p = (int)m.params[m.nodes[sel].params[0].off + j], y = p / 28, x = p % 28;
@@ -1024,7 +1052,7 @@ static void test_slim_inputs(const nz_dataset *train, const nz_dataset *test) {
     printf("  slim inputs: 784 -> %d features (%d in the class blocks of 400), units %d %d, "
            "test err %.1f%%\n", res.inputs_after, in_block, res.units_after[0],
            res.units_after[1], (double)res.test_err_after);
-    CHECK(sel == 1 && res.inputs_after == k && k < 784 && k > 0,
+    CHECK(sel > 0 && res.inputs_after == k && k < 784 && k > 0,
           "slim inputs: %d features kept (select node %d)", res.inputs_after, sel);
     CHECK(in_block >= 0.8 * k, "slim inputs: only %d of the %d features kept are informative",
           in_block, k);
@@ -1074,6 +1102,7 @@ int main(int argc, char **argv) {
     test_remove_conv();
     test_remove_whole_layer();
     test_remove_inputs();
+    test_remove_conv_columns();
     test_remove_resnet();
     test_refusals();
     test_rebalance();

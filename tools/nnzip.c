@@ -1812,9 +1812,10 @@ static int cmd_slim(int argc, char **argv) {
         for (int i = 0; i < sr.n_layers; i++) {
             printf("%s{\"name\": ", i ? ", " : "");
             json_str(stdout, sr.name[i]);
-            printf(", \"units_before\": %d, \"units_after\": %d, \"kernels_before\": %zu, "
-                   "\"kernels_after\": %zu}",
-                   sr.units_before[i], sr.units_after[i], sr.kernels_before[i], sr.kernels_after[i]);
+            printf(", \"units_before\": %d, \"units_after\": %d, \"inputs_before\": %d, "
+                   "\"inputs_after\": %d, \"kernels_before\": %zu, \"kernels_after\": %zu}",
+                   sr.units_before[i], sr.units_after[i], sr.fanin_before[i], sr.fanin_after[i],
+                   sr.kernels_before[i], sr.kernels_after[i]);
         }
         printf("]}\n");
     } else {
@@ -1828,9 +1829,10 @@ static int cmd_slim(int argc, char **argv) {
                    "kept\n",
                    val.n, (double)sr.val_err, sr.finetune_kept);
         if (sr.inputs_after != sr.inputs_before)
-            printf("  %-10s       %5d -> %5d\n", "inputs", sr.inputs_before, sr.inputs_after);
+            printf("  data features read %d -> %d\n", sr.inputs_before, sr.inputs_after);
         for (int i = 0; i < sr.n_layers; i++) {
-            printf("  %-10s units %5d -> %5d", sr.name[i], sr.units_before[i], sr.units_after[i]);
+            printf("  %-10s units %5d -> %5d   inputs %5d -> %5d", sr.name[i], sr.units_before[i],
+                   sr.units_after[i], sr.fanin_before[i], sr.fanin_after[i]);
             if (sr.kernels_before[i])
                 printf("   kernels %7zu -> %7zu", sr.kernels_before[i], sr.kernels_after[i]);
             printf("\n");

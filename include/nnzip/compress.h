@@ -266,6 +266,7 @@ typedef struct {
     char name[NZ_MAX_PASS_NODES][NZ_NAME_MAX];
     int units_before[NZ_MAX_PASS_NODES], units_after[NZ_MAX_PASS_NODES];
     size_t kernels_before[NZ_MAX_PASS_NODES], kernels_after[NZ_MAX_PASS_NODES]; /* conv only */
+    int fanin_before[NZ_MAX_PASS_NODES], fanin_after[NZ_MAX_PASS_NODES]; /* dense: inputs read */
     size_t params_before, params_after, macs_before, macs_after;
     int inputs_before, inputs_after; /* input features read (a select node drops the rest) */
     float test_err_before, test_err_penalized, test_err_after; /* % */

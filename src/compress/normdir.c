@@ -7,6 +7,7 @@
  * channel whose kernels are all zero leaves the layer and the next layer's input channels. */
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -268,31 +269,24 @@ typedef struct {
     float lr;
     long step, ramp_steps;
     const nz_train_hooks *outer;
-    int in_node;              /* the norm x direction dense layer reading the data, or -1 */
-    float in_lambda, in_base; /* its input features' penalty (in_base: live cost weighting) */
+    /* column groups: per dense node, the penalty on each input feature's outgoing weights
+     * (0: none); col_base: the same / its cost, for live cost weighting */
+    float col_lambda[NZ_MAX_PASS_NODES], col_base[NZ_MAX_PASS_NODES];
 } slim_state;
 
-/* The norm x direction dense layer that reads the data (through flatten nodes only, and as
- * the data's only reader): its columns are the input features' outgoing weights. -1 if none. */
-static int input_layer(const nz_model *m) {
-    int cur = 0;
-    for (int j = 1; j < m->n_nodes; j++) {
-        const nz_node *n = &m->nodes[j];
-        int reads = 0;
-        for (int k = 0; k < n->n_inputs; k++) reads |= n->inputs[k] == cur;
-        if (!reads) continue;
-        if (n->n_inputs != 1) return -1;
-        if (n->op == NZ_OP_FLATTEN) {
-            cur = j;
-            continue;
-        }
-        if (n->op != NZ_OP_NDENSE && n->op != NZ_OP_DENSE) return -1;
-        for (int q = j + 1; q < m->n_nodes; q++) /* nobody else reads the data */
-            for (int k = 0; k < m->nodes[q].n_inputs; k++)
-                if (m->nodes[q].inputs[k] == cur) return -1;
-        return j;
+/* Is dense node d's input a set of features whose columns make groups: the data, or conv
+ * features (through pooling, relu, batch norm, flatten, ...), not another dense layer's
+ * neurons (those already have their own groups, the rows that produce them)? */
+static int column_layer(const nz_model *m, int d) {
+    const nz_node *n = &m->nodes[d];
+    if (n->op != NZ_OP_DENSE && n->op != NZ_OP_NDENSE) return 0;
+    for (int j = n->inputs[0]; j > 0; j = m->nodes[j].inputs[0]) {
+        const nz_op op = m->nodes[j].op;
+        if (op == NZ_OP_DENSE || op == NZ_OP_NDENSE) return 0;
+        if (op == NZ_OP_SELECT) return 0; /* its columns were chosen already */
+        if (op == NZ_OP_CONV2D || op == NZ_OP_NCONV2D || op == NZ_OP_ADD) return 1;
     }
-    return -1;
+    return 1;
 }
 
 /* Rows of node i (norm x direction dense) still alive: the count of outgoing weights one input
@@ -362,10 +356,11 @@ static int prox_step(nz_model *m, void *user) {
     if (s->cfg->cost_weighted == NZ_SLIM_COST_LIVE)
         for (int i = 0; i < m->n_nodes; i++)
             if (s->base[i] > 0) s->lambda[i] = s->base[i] * (float)group_cost_live(m, i);
-    if (s->in_node >= 0 && s->in_lambda > 0) {
+    for (int i = 0; i < m->n_nodes; i++) {
+        if (!(s->col_lambda[i] > 0)) continue;
         if (s->cfg->cost_weighted == NZ_SLIM_COST_LIVE)
-            s->in_lambda = s->in_base * (float)live_rows(m, s->in_node);
-        input_prox(m, s->in_node, (float)(s->lr * s->in_lambda * ramp));
+            s->col_lambda[i] = s->col_base[i] * (float)live_rows(m, i);
+        input_prox(m, i, (float)(s->lr * s->col_lambda[i] * ramp));
     }
     for (int i = 0; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
@@ -460,12 +455,10 @@ static int add_like(nz_model *out, const nz_model *m, const nz_node *n, int in0,
     return id;
 }
 
-/* Input features the layer reading the data no longer uses (all-zero columns, as the input
- * features' penalty leaves them) are dropped: a select node right after the input keeps the
- * others, and that layer keeps only their columns. Exact. */
-static nz_status remove_inputs(nz_model *m, nz_error *err) {
-    const int d = input_layer(m);
-    if (d < 0 || m->nodes[d].op != NZ_OP_DENSE || m->nodes[d].params[0].sparse) return NZ_OK;
+/* Dense node d without its input features whose columns are all zero (as the input features'
+ * penalty leaves them): a select node inserted in front of d keeps the others, and d keeps only
+ * their columns. Exact. Node ids from d on shift by one. */
+static nz_status drop_columns(nz_model *m, int d, nz_error *err) {
     const nz_node *dn = &m->nodes[d];
     const int R = dn->units, F = (int)(dn->params[0].n / (size_t)R);
     const float *W = m->params + dn->params[0].off;
@@ -488,11 +481,17 @@ static nz_status remove_inputs(nz_model *m, nz_error *err) {
     memset(&out, 0, sizeof out);
     if (k == F) goto done;
     if ((st = nz_model_init(&out, m->arch, m->in, m->n_classes, err))) goto done;
-    map[0] = nz_model_add_select(&out, "select", 0, ix, k, err);
-    for (int i = 1; i < m->n_nodes && map[0] > 0; i++) {
+    map[0] = 0;
+    for (int i = 1; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
+        int in0 = map[n->inputs[0]];
+        if (i == d) {
+            char name[NZ_NAME_MAX];
+            snprintf(name, sizeof name, "%.*s_in", NZ_NAME_MAX - 4, n->name);
+            if ((in0 = nz_model_add_select(&out, name, in0, ix, k, err)) < 0) break;
+        }
         const int in1 = n->n_inputs > 1 ? map[n->inputs[1]] : -1;
-        const int id = add_like(&out, m, n, map[n->inputs[0]], in1, n->units, err);
+        const int id = add_like(&out, m, n, in0, in1, n->units, err);
         if (id < 0) break;
         map[i] = id;
         const nz_node *o = &out.nodes[id];
@@ -520,6 +519,25 @@ done:
     free(ix);
     free(map);
     return st;
+}
+
+/* Every dense layer but the last whose input features make column groups (column_layer)
+ * drops the features it no longer reads. */
+static nz_status drop_zero_columns(nz_model *m, nz_error *err) {
+    int last = -1;
+    for (int i = 0; i < m->n_nodes; i++)
+        if (is_weighted_plain(&m->nodes[i])) last = i;
+    for (int d = 1; d < last; d++) {
+        if (m->nodes[d].op != NZ_OP_DENSE || !column_layer(m, d)) continue;
+        const int n0 = m->n_nodes;
+        nz_status st = drop_columns(m, d, err);
+        if (st) return st;
+        if (m->n_nodes != n0) { /* a select went in front of d */
+            d++;
+            last++;
+        }
+    }
+    return NZ_OK;
 }
 
 nz_status nz_slim_remove(nz_model *m, nz_error *err) {
@@ -600,7 +618,7 @@ nz_status nz_slim_remove(nz_model *m, nz_error *err) {
         }
         case NZ_OP_ADD: /* never shrinks (see shrinkable): both inputs keep every channel */
         case NZ_OP_SHORTCUT:
-        case NZ_OP_SELECT: /* its features are removed by remove_inputs */
+        case NZ_OP_SELECT: /* its features are removed by drop_zero_columns */
             break;
         case NZ_OP_FLATTEN: {
             const int hw = s.h * s.w;
@@ -686,7 +704,7 @@ nz_status nz_slim_remove(nz_model *m, nz_error *err) {
     out.pre = m->pre;
     nz_model_free(m);
     *m = out;
-    return remove_inputs(m, err);
+    return drop_zero_columns(m, err);
 }
 
 /* ---------------------------------------------------------------- the pass */
@@ -698,6 +716,15 @@ static void count_units(const nz_model *m, int *units, size_t *kernels) {
         size_t total;
         nz_conv_kernels(m, i, &kernels[i], &total); /* the kernels a .nnz file stores */
     }
+}
+
+/* Inputs one unit of node i reads: features for a dense layer, channels for a conv. */
+static int fanin_of(const nz_model *m, int i) {
+    const nz_node *n = &m->nodes[i];
+    if (n->op == NZ_OP_DENSE || n->op == NZ_OP_NDENSE)
+        return (int)(nz_param_numel(&n->params[0]) / (size_t)n->units);
+    if (n->op == NZ_OP_CONV2D || n->op == NZ_OP_NCONV2D) return n->params[0].dims[1];
+    return 0;
 }
 
 static size_t total_params(const nz_model *m) {
@@ -790,6 +817,8 @@ static nz_status slim_run(nz_model *m, const nz_dataset *train, const nz_dataset
                           nz_error *err) {
     nz_status st;
     nz_eval_result ev;
+    int fanin0[NZ_MAX_PASS_NODES];
+    for (int i = 0; i < n0; i++) fanin0[i] = fanin_of(m, i);
     if ((st = nz_normdir_convert(m, err))) return st;
     slim_state s;
     memset(&s, 0, sizeof s);
@@ -810,20 +839,22 @@ static nz_status slim_run(nz_model *m, const nz_dataset *train, const nz_dataset
             groups += (double)n->params[1].n;
         }
     }
-    /* input features: a feature controls one weight per unit of the layer reading the data */
-    s.in_node = input_layer(m);
-    if (s.in_node >= 0 && m->nodes[s.in_node].op != NZ_OP_NDENSE) s.in_node = -1;
-    s.in_lambda = cfg->input_lambda >= 0 ? cfg->input_lambda : cfg->global_lambda;
-    if (s.in_node < 0) s.in_lambda = 0.0f;
+    /* input features (the columns of a dense layer that reads the data or conv features) */
+    for (int i = 0; i < m->n_nodes; i++)
+        s.col_lambda[i] = m->nodes[i].op == NZ_OP_NDENSE && i != last && column_layer(m, i)
+                              ? (cfg->input_lambda >= 0 ? cfg->input_lambda : cfg->global_lambda)
+                              : 0.0f;
     if (cfg->cost_weighted && groups > 0) {
         for (int i = 0; i < m->n_nodes; i++) {
             if (s.lambda[i] <= 0) continue;
             s.base[i] = s.lambda[i] / (float)(cost_sum / groups);
             s.lambda[i] *= (float)(group_cost(m, i) / (cost_sum / groups));
         }
-        if (s.in_lambda > 0) {
-            s.in_base = s.in_lambda / (float)(cost_sum / groups);
-            s.in_lambda = s.in_base * (float)m->nodes[s.in_node].units;
+        /* a column controls one weight per unit of its layer */
+        for (int i = 0; i < m->n_nodes; i++) {
+            if (!(s.col_lambda[i] > 0)) continue;
+            s.col_base[i] = s.col_lambda[i] / (float)(cost_sum / groups);
+            s.col_lambda[i] = s.col_base[i] * (float)m->nodes[i].units;
         }
     }
     const long steps_per_epoch = (train->n + cfg->train.batch - 1) / cfg->train.batch;
@@ -918,11 +949,16 @@ static nz_status slim_run(nz_model *m, const nz_dataset *train, const nz_dataset
         res->units_after[r] = units1[j];
         res->kernels_before[r] = kern0[i];
         res->kernels_after[r] = kern1[j];
+        res->fanin_before[r] = fanin0[i];
+        res->fanin_after[r] = fanin_of(m, j);
     }
-    res->inputs_before = (int)nz_shape_size(m->in);
-    res->inputs_after = res->inputs_before;
-    for (int j = 1; j < m->n_nodes; j++)
-        if (m->nodes[j].op == NZ_OP_SELECT && m->nodes[j].inputs[0] == 0)
-            res->inputs_after = m->nodes[j].units;
+    /* the data's features still read: a select fed by the data through flatten nodes */
+    res->inputs_before = res->inputs_after = (int)nz_shape_size(m->in);
+    for (int j = 1; j < m->n_nodes; j++) {
+        if (m->nodes[j].op != NZ_OP_SELECT) continue;
+        int u = m->nodes[j].inputs[0];
+        while (u > 0 && m->nodes[u].op == NZ_OP_FLATTEN) u = m->nodes[u].inputs[0];
+        if (u == 0) res->inputs_after = m->nodes[j].units;
+    }
     return NZ_OK;
 }
