@@ -37,6 +37,12 @@ int main(int argc, char **argv) {
     if (x >= 0) x = nz_model_add_dense(&m, "fc2", x, 2, &err);
     bad += x < 0 || save(&m, NULL, dir, "mlp.nnz");
 
+    /* sel: select (3 of 4 features, binary16 feature numbers) -> dense */
+    if (nz_model_init(&m, "sel", (nz_shape){1, 2, 2}, 2, &err)) return 1;
+    x = nz_model_add_select(&m, "fc1_in", 0, (const int[]){0, 2, 3}, 3, &err);
+    if (x >= 0) x = nz_model_add_dense(&m, "fc1", x, 2, &err);
+    bad += x < 0 || save(&m, NULL, dir, "sel.nnz");
+
     /* cnn: conv -> pool -> flatten -> dense */
     if (nz_model_init(&m, "cnn", (nz_shape){1, 4, 4}, 2, &err)) return 1;
     x = nz_model_add_conv2d(&m, "conv1", 0, 2, 3, 1, 0, &err);
