@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "compress/normdir.h"
 #include "nnzip/compress.h"
 #include "nnzip/data.h"
 #include "nnzip/format.h"
@@ -474,6 +475,70 @@ static void test_remove_conv_columns(void) {
         printf("  %s: %d -> %d features, logits err %.2e\n", what, F,
                sel > 0 ? m.nodes[sel].units : -1, e);
     }
+    nz_model_free(&m);
+}
+
+/* nz_slim_column_prox is the group soft threshold of W's columns: on lenet300's fc1 (as norm x
+ * direction, some rows scaled up so that column norms spread), W after the step equals each
+ * column of W before times max(0, 1 - t/||column||) (1e-5 relative), columns under t are
+ * exactly zero, and V's rows keep unit norm. */
+static void test_column_prox(void) {
+    nz_model m;
+    nz_error err;
+    if (build(&m, "lenet300", 707) != 0) return;
+    if (nz_normdir_convert(&m, &err) != NZ_OK) {
+        CHECK(0, "convert: %s", err.msg);
+        nz_model_free(&m);
+        return;
+    }
+    const int i = node_id(&m, "fc1");
+    const nz_node *n = &m.nodes[i];
+    const int R = n->units, F = 784;
+    float *V = m.params + n->params[0].off, *g = m.params + n->params[1].off;
+    for (int j = 0; j < F; j += 7) /* some columns much stronger than the rest */
+        for (int r = 0; r < R; r++) V[(size_t)r * F + j] *= 4.0f;
+    for (int r = 0; r < R; r += 3) g[r] = -g[r]; /* negative norms keep their sign */
+    double *W0 = malloc(sizeof(double) * (size_t)R * F), *cn = calloc((size_t)F, sizeof(double));
+    for (int r = 0; r < R; r++) {
+        double ss = 0;
+        for (int j = 0; j < F; j++) ss += (double)V[(size_t)r * F + j] * V[(size_t)r * F + j];
+        for (int j = 0; j < F; j++) {
+            W0[(size_t)r * F + j] = g[r] * V[(size_t)r * F + j] / sqrt(ss);
+            cn[j] += W0[(size_t)r * F + j] * W0[(size_t)r * F + j];
+        }
+    }
+    /* t between the weak and the strong columns' norms */
+    double weak = 0, strong = 1e30;
+    for (int j = 0; j < F; j++) {
+        cn[j] = sqrt(cn[j]);
+        if (j % 7) weak = cn[j] > weak ? cn[j] : weak;
+        else strong = cn[j] < strong ? cn[j] : strong;
+    }
+    const float t = (float)(0.5 * (weak + strong));
+    CHECK(weak < strong, "column prox: strong columns %g not above weak %g", strong, weak);
+    CHECK(nz_slim_column_prox(&m, i, t) == 0, "column prox: out of memory");
+    double worst = 0, unit = 0, maxw = 0;
+    int zero_ok = 1, kept = 0;
+    for (int r = 0; r < R; r++) {
+        double ss = 0;
+        for (int j = 0; j < F; j++) ss += (double)V[(size_t)r * F + j] * V[(size_t)r * F + j];
+        unit = fmax(unit, fabs(sqrt(ss) - 1.0));
+        for (int j = 0; j < F; j++) {
+            const double want = W0[(size_t)r * F + j] * (cn[j] > t ? 1.0 - t / cn[j] : 0.0);
+            const double got = (double)g[r] * V[(size_t)r * F + j];
+            worst = fmax(worst, fabs(got - want));
+            maxw = fmax(maxw, fabs(want));
+            if (cn[j] <= t) zero_ok &= V[(size_t)r * F + j] == 0.0f;
+        }
+    }
+    for (int j = 0; j < F; j++) kept += cn[j] > t;
+    printf("  column prox: %d of %d columns kept, W err %.2e, | ||v|| - 1 | <= %.1e\n", kept, F,
+           worst / maxw, unit);
+    CHECK(worst <= 1e-5 * maxw, "column prox: W after the step off by %g (max %g)", worst, maxw);
+    CHECK(zero_ok && kept == (F + 6) / 7, "column prox: %d columns kept, want the %d strong ones "
+          "(and the rest exactly zero)", kept, (F + 6) / 7);
+    CHECK(unit <= 1e-5, "column prox: a row of V off unit norm by %g", unit);
+    free(W0), free(cn);
     nz_model_free(&m);
 }
 
@@ -1102,6 +1167,7 @@ int main(int argc, char **argv) {
     test_remove_conv();
     test_remove_whole_layer();
     test_remove_inputs();
+    test_column_prox();
     test_remove_conv_columns();
     test_remove_resnet();
     test_refusals();

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "compress/mask.h"
+#include "compress/normdir.h"
 #include "core/clock.h"
 #include "core/layers.h"
 #include "nnzip/compress.h"
@@ -302,16 +303,16 @@ static double live_rows(const nz_model *m, int i) {
 /* The input features' group lasso: a proximal step on the columns of W = g V/||V|| (each
  * column is one feature's outgoing weights), written back as norm x direction. A column the
  * step zeroes is a feature the layer no longer reads; removal drops it (a select node). */
-static void input_prox(nz_model *m, int i, float t) {
+int nz_slim_column_prox(nz_model *m, int i, float t) {
     const nz_node *n = &m->nodes[i];
     float *V = m->params + n->params[0].off, *g = m->params + n->params[1].off;
     const int R = n->units, F = (int)(n->params[0].n / (size_t)R);
     double *col = calloc((size_t)F, sizeof *col);
     float *inv = malloc(sizeof(float) * (size_t)R);
-    if (!col || !inv) { /* skip one step rather than fail the training */
+    if (!col || !inv) {
         free(col);
         free(inv);
-        return;
+        return -1;
     }
     for (int r = 0; r < R; r++) {
         const float *v = V + (size_t)r * F;
@@ -344,6 +345,7 @@ static void input_prox(nz_model *m, int i, float t) {
     }
     free(col);
     free(inv);
+    return 0;
 }
 
 /* After each SGD step: the proximal (or subgradient) L1 step on the norms, then directions back
@@ -360,7 +362,8 @@ static int prox_step(nz_model *m, void *user) {
         if (!(s->col_lambda[i] > 0)) continue;
         if (s->cfg->cost_weighted == NZ_SLIM_COST_LIVE)
             s->col_lambda[i] = s->col_base[i] * (float)live_rows(m, i);
-        input_prox(m, i, (float)(s->lr * s->col_lambda[i] * ramp));
+        /* out of memory: the step is skipped (the next one catches up) */
+        (void)nz_slim_column_prox(m, i, (float)(s->lr * s->col_lambda[i] * ramp));
     }
     for (int i = 0; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
