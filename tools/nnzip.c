@@ -1712,7 +1712,7 @@ static const opt_def slim_opts[] = {
     {"distill", 0, 1, "A", "fine-tune on the model given's outputs too (knowledge distillation): loss = (1-A) x labels + A x T^2 KL to the teacher (default 0: off)"},
     {"distill-temp", 0, 1, "T", "distillation temperature (default 4)"},
     {"distill-all", 0, 0, "", "distill during the penalized training too, not only the fine-tune"},
-    {"input-lambda", 0, 1, "X", "L1 strength on each input feature's outgoing weights (the columns of a dense layer that reads the data or conv features, not the classifier), cost-weighted like the neurons: features driven to zero are no longer read (a select node keeps the rest). Default 3e-3; 0: off"},
+    {"input-lambda", 0, 1, "X", "L1 strength on each input feature's outgoing weights (the columns of a dense layer that reads the data, not the classifier), cost-weighted like the neurons: features driven to zero are no longer read (a select node keeps the rest). Default 3e-3; 0: off"},
 };
 
 static int cmd_slim(int argc, char **argv) {

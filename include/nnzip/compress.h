@@ -250,8 +250,8 @@ typedef struct {
     float distill_temp;              /* its temperature (default 4) */
     int distill_penalized;           /* 1: also during the penalized training */
     float input_lambda;              /* L1 strength on each input feature's outgoing weights
-                                        (the columns of a dense layer, not the last, reading
-                                        the data or conv features),
+                                        (the columns of a dense layer, not the last, that
+                                        reads the data),
                                         cost-weighted like the neurons; features at zero are
                                         dropped by a select node. Default 3e-3 (the global
                                         lambda, 2e-2, shrinks rows and columns together: as
