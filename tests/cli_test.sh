@@ -123,6 +123,8 @@ if "$NNZ" train --model lenet300 --data mnist --epochs 1 --seed 1 --json -o "$M"
   expect 0 "compress slim,deep" -- "$NNZ" compress "$M" --method slim,deep --limit 1000 --rounds 1 --prune-epochs 1 --quant-epochs 1 -q --json -o "$T/sd.nnz"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["method"] == "slim,deep" and d["ratio"] > 20, d' "$T/out" && ok || bad "compress slim,deep: $(head -c 300 "$T/out")"
   expect 2 "unknown method" -- "$NNZ" compress "$M" --method magic -o "$T/c2.nnz"; err_names magic "unknown method"
+  expect 2 "compress bad --finetune-lr" -- "$NNZ" compress "$M" --method slim --finetune-lr -1 -o "$T/c3.nnz"; err_names "finetune-lr" "compress bad --finetune-lr"
+  [ ! -e "$T/c3.nnz" ] && ok || bad "compress bad --finetune-lr left an output"
   expect 2 "bad sparsity spec" -- "$NNZ" prune "$M" --sparsity fc9=0.5 -o "$T/p2.nnz"; err_names fc9 "bad layer name"
   cp "$T/enc.nnz" "$T/encflip.nnz"; es=$(stat -c %s "$T/enc.nnz")
   python3 -c 'import sys; p=sys.argv[1]; b=bytearray(open(p,"rb").read()); b[int(sys.argv[2])]^=0x5a; open(p,"wb").write(b)' "$T/encflip.nnz" $((es - 40))

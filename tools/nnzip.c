@@ -1243,6 +1243,8 @@ static const opt_def compress_opts[] = {
     {"method", 'M', 1, "LIST", "methods in order: deep (prune, quantize, encode), slim, slim,deep"},
     {"lambda", 'l', 1, "SPEC", "slim: L1 strength on the norms (default 2e-2)"},
     {"val", 0, 1, "N", "slim: hold out the last N training images; fine-tuning keeps its best epoch on them"},
+    {"finetune-epochs", 0, 1, "N", "slim: epochs without the penalty after removal (default 40)"},
+    {"finetune-lr", 0, 1, "X", "slim: fine-tuning learning rate (default 2e-3)"},
     {"rebalance", 0, 0, "", "before pruning, rescale each relu unit's incoming and outgoing weights to equal norms (same function; evens out the scales slimming leaves)"},
     PRUNE_OPTS, QUANT_OPTS, ENCODE_OPTS, TARGET_OPTS};
 
@@ -1606,6 +1608,12 @@ static int cmd_compress(int argc, char **argv) {
         const char *lam = opt_get(&o, "lambda");
         if (lam && (rc = parse_layer_spec("compress", "lambda", lam, &j.m, sc.lambda, 0, 10)))
             goto done;
+        if (opt_get(&o, "finetune-epochs")) {
+            long fe;
+            if ((rc = opt_int(&o, "finetune-epochs", 0, 100000, &fe))) goto done;
+            sc.finetune_epochs = (int)fe;
+        }
+        if ((rc = opt_float(&o, "finetune-lr", 0, 10, &sc.finetune.lr))) goto done;
         /* the held-out images stay out of the later stages' training too */
         if ((rc = slim_val_split("compress", &o, &j, &cval))) goto done;
         if (cval.n) sc.val = &cval;
