@@ -912,6 +912,17 @@ static int cmd_info(int argc, char **argv) {
 
 /* Per-layer settings "KEY=VALUE,...": KEY is a layer name, "fc" (all dense layers), "conv" (all
  * conv layers) or "all"; names win over classes. A bare VALUE means all. Writes out[node]. */
+/* --finetune-epochs and --finetune-lr, shared by slim and compress's slim stage */
+static int finetune_opts(const opts *o, nz_slim_cfg *sc) {
+    long v;
+    int rc;
+    if (opt_get(o, "finetune-epochs")) {
+        if ((rc = opt_int(o, "finetune-epochs", 0, 100000, &v))) return rc;
+        sc->finetune_epochs = (int)v;
+    }
+    return opt_float(o, "finetune-lr", 0, 10, &sc->finetune.lr);
+}
+
 static int parse_layer_spec(const char *cmd, const char *opt, const char *spec, const nz_model *m,
                             float *out, double lo, double hi) {
     char buf[1024];
@@ -1608,12 +1619,7 @@ static int cmd_compress(int argc, char **argv) {
         const char *lam = opt_get(&o, "lambda");
         if (lam && (rc = parse_layer_spec("compress", "lambda", lam, &j.m, sc.lambda, 0, 10)))
             goto done;
-        if (opt_get(&o, "finetune-epochs")) {
-            long fe;
-            if ((rc = opt_int(&o, "finetune-epochs", 0, 100000, &fe))) goto done;
-            sc.finetune_epochs = (int)fe;
-        }
-        if ((rc = opt_float(&o, "finetune-lr", 0, 10, &sc.finetune.lr))) goto done;
+        if ((rc = finetune_opts(&o, &sc))) goto done;
         /* the held-out images stay out of the later stages' training too */
         if ((rc = slim_val_split("compress", &o, &j, &cval))) goto done;
         if (cval.n) sc.val = &cval;
@@ -1773,12 +1779,7 @@ static int cmd_slim(int argc, char **argv) {
         if ((rc = opt_int(&o, "ramp", 0, 100000, &v))) goto done;
         sc.ramp_epochs = (int)v;
     }
-    if (opt_get(&o, "finetune-epochs")) {
-        if ((rc = opt_int(&o, "finetune-epochs", 0, 100000, &v))) goto done;
-        sc.finetune_epochs = (int)v;
-    }
-    if ((rc = opt_float(&o, "lr", 0, 10, &sc.train.lr)) ||
-        (rc = opt_float(&o, "finetune-lr", 0, 10, &sc.finetune.lr)))
+    if ((rc = finetune_opts(&o, &sc)) || (rc = opt_float(&o, "lr", 0, 10, &sc.train.lr)))
         goto done;
     sc.penalize_last = opt_flag(&o, "penalize-last");
     if (opt_flag(&o, "uniform")) sc.cost_weighted = NZ_SLIM_COST_UNIFORM;

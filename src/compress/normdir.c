@@ -300,15 +300,6 @@ static int reads_data(const nz_model *m, int i) {
     return j == 0;
 }
 
-/* Rows of node i (norm x direction dense) still alive: the count of outgoing weights one input
- * feature controls. */
-static double live_rows(const nz_model *m, int i) {
-    const nz_node *n = &m->nodes[i];
-    const float *g = m->params + n->params[1].off;
-    size_t alive = 0;
-    for (int u = 0; u < n->units; u++) alive += g[u] != 0.0f;
-    return (double)alive;
-}
 
 /* The input features' group lasso (see normdir.h). Three passes over V, vectorized over
  * columns and threaded over rows or column ranges; every sum has an order fixed by the shape,
@@ -391,7 +382,9 @@ static int prox_step(nz_model *m, void *user) {
     for (int i = 0; i < m->n_nodes; i++) {
         if (!(s->col_lambda[i] > 0)) continue;
         if (s->cfg->cost_weighted == NZ_SLIM_COST_LIVE)
-            s->col_lambda[i] = s->col_base[i] * (float)live_rows(m, i);
+            /* a feature controls one weight per live unit of the layer */
+            s->col_lambda[i] =
+                s->col_base[i] * (float)(alive_frac(m, i) * (double)m->nodes[i].units);
         /* out of memory: the step is skipped (the next one catches up) */
         (void)nz_slim_column_prox(m, i, (float)(s->lr * s->col_lambda[i] * ramp));
     }
