@@ -1157,6 +1157,61 @@ static void test_slim_distill(const nz_dataset *train, const nz_dataset *test) {
           "slim --distill: KL to the original model %g, without %g", kl[1], kl[0]);
 }
 
+/* --rebalance: after removal the model computes the same function (a fine-tune at lr 0 then
+ * changes nothing, so the logits match the run without it), but each surviving fc2 unit's
+ * incoming weights (with its bias) and the fc3 weights that read it now have equal norms (the
+ * last pair balanced; balancing fc2's units rescales the fc1 pair's outgoing side again). */
+static void test_slim_rebalance(const nz_dataset *train, const nz_dataset *test) {
+    float *z[2] = {NULL, NULL};
+    float *x = malloc(sizeof(float) * 784 * 64);
+    uint8_t y[64];
+    int32_t idx[64];
+    for (int i = 0; i < 64; i++) idx[i] = i;
+    double worst_ratio[2] = {0, 0};
+    for (int on = 0; on <= 1; on++) {
+        nz_model m;
+        nz_error err;
+        if (build(&m, "lenet300", 606) != 0) break;
+        nz_slim_cfg cfg;
+        short_slim_cfg(&cfg, 0.15f, 1);
+        cfg.finetune.lr = 0.0f;
+        cfg.rebalance = on;
+        nz_slim_result res;
+        nz_status st = nz_slim(&m, train, test, &cfg, NULL, &res, &err);
+        CHECK(st == NZ_OK, "nz_slim rebalance %d: %s", on, st ? err.msg : "");
+        if (!st) {
+            nz_batch_fill(test, &m.pre, idx, 64, x, y);
+            z[on] = logits_of(&m, x, 64);
+            const int a = node_id(&m, "fc2"), b = node_id(&m, "fc3");
+            const nz_node *na = &m.nodes[a], *nb = &m.nodes[b];
+            const size_t U = (size_t)na->units, in = na->params[0].n / U;
+            const float *Wa = m.params + na->params[0].off, *ba = m.params + na->params[1].off;
+            const float *Wb = m.params + nb->params[0].off;
+            for (size_t u = 0; u < U; u++) {
+                double si = (double)ba[u] * ba[u], so = 0;
+                for (size_t q = 0; q < in; q++) si += (double)Wa[u * in + q] * Wa[u * in + q];
+                for (int r = 0; r < nb->units; r++) so += (double)Wb[r * U + u] * Wb[r * U + u];
+                const double ratio = fabs(log(sqrt(so / si)));
+                if (ratio > worst_ratio[on]) worst_ratio[on] = ratio;
+            }
+        }
+        nz_model_free(&m);
+    }
+    CHECK(worst_ratio[1] < 1e-3 && worst_ratio[0] > 0.1,
+          "slim --rebalance: worst |log(out/in norm)| of fc2's units %g with, %g without",
+          worst_ratio[1], worst_ratio[0]);
+    if (z[0] && z[1]) {
+        double d = 0, mx = 0;
+        for (int i = 0; i < 640; i++) {
+            d = fmax(d, fabs(z[0][i] - z[1][i]));
+            mx = fmax(mx, fabs(z[0][i]));
+        }
+        printf("  slim rebalance: logits max|diff| %.3g of max %.3g\n", d, mx);
+        CHECK(d <= 1e-4 * mx, "slim --rebalance changed the logits: %g of %g", d, mx);
+    }
+    free(z[0]), free(z[1]), free(x);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--child") == 0) return child_noflatten(argv[2]);
     const double t0 = now();
@@ -1182,6 +1237,7 @@ int main(int argc, char **argv) {
     test_slim_cost_live(&train, &test);
     test_slim_inputs(&train, &test);
     test_slim_distill(&train, &test);
+    test_slim_rebalance(&train, &test);
     nz_dataset_free(&train);
     nz_dataset_free(&test);
 

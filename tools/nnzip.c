@@ -910,9 +910,7 @@ static int cmd_info(int argc, char **argv) {
 
 /* ---------------------------------------------------------------- compression commands */
 
-/* Per-layer settings "KEY=VALUE,...": KEY is a layer name, "fc" (all dense layers), "conv" (all
- * conv layers) or "all"; names win over classes. A bare VALUE means all. Writes out[node]. */
-/* --finetune-epochs and --finetune-lr, shared by slim and compress's slim stage */
+/* --finetune-epochs, --finetune-lr and --finetune-wd, shared by slim and compress's slim stage */
 static int finetune_opts(const opts *o, nz_slim_cfg *sc) {
     long v;
     int rc;
@@ -920,8 +918,12 @@ static int finetune_opts(const opts *o, nz_slim_cfg *sc) {
         if ((rc = opt_int(o, "finetune-epochs", 0, 100000, &v))) return rc;
         sc->finetune_epochs = (int)v;
     }
-    return opt_float(o, "finetune-lr", 0, 10, &sc->finetune.lr);
+    if ((rc = opt_float(o, "finetune-lr", 0, 10, &sc->finetune.lr))) return rc;
+    return opt_float(o, "finetune-wd", 0, 1, &sc->finetune.weight_decay);
 }
+
+/* Per-layer settings "KEY=VALUE,...": KEY is a layer name, "fc" (all dense layers), "conv" (all
+ * conv layers) or "all"; names win over classes. A bare VALUE means all. Writes out[node]. */
 
 static int parse_layer_spec(const char *cmd, const char *opt, const char *spec, const nz_model *m,
                             float *out, double lo, double hi) {
@@ -1256,6 +1258,7 @@ static const opt_def compress_opts[] = {
     {"val", 0, 1, "N", "slim: hold out the last N training images; fine-tuning keeps its best epoch on them"},
     {"finetune-epochs", 0, 1, "N", "slim: epochs without the penalty after removal (default 40)"},
     {"finetune-lr", 0, 1, "X", "slim: fine-tuning learning rate (default 2e-3)"},
+    {"finetune-wd", 0, 1, "X", "slim: fine-tuning weight decay (default 5e-4)"},
     {"rebalance", 0, 0, "", "before pruning, rescale each relu unit's incoming and outgoing weights to equal norms (same function; evens out the scales slimming leaves)"},
     PRUNE_OPTS, QUANT_OPTS, ENCODE_OPTS, TARGET_OPTS};
 
@@ -1719,6 +1722,8 @@ static const opt_def slim_opts[] = {
     {"finetune-epochs", 0, 1, "N", "epochs without the penalty after removal (default 40; on LeNet-5 it hurt, measured: 0 keeps the model right after removal)"},
     {"lr", 0, 1, "X", "learning rate with the penalty (default 0.05)"},
     {"finetune-lr", 0, 1, "X", "fine-tuning learning rate (default 2e-3)"},
+    {"finetune-wd", 0, 1, "X", "fine-tuning weight decay (default 5e-4; the penalized phase has none)"},
+    {"rebalance", 0, 0, "", "after removal, rescale each relu unit's incoming and outgoing weights to equal norms before fine-tuning (same function; the penalized layers shrink while their neighbours grow)"},
     {"penalize-last", 0, 0, "", "also penalize the classifier's neurons"},
     {"uniform", 0, 0, "", "the same lambda for every layer (= --cost uniform)"},
     {"cost", 0, 1, "KIND", "per-layer lambda scaled by the parameters a group controls: static (default: counted on the model given), live (recounted every step over the neighbours still alive), uniform"},
@@ -1782,6 +1787,7 @@ static int cmd_slim(int argc, char **argv) {
     if ((rc = finetune_opts(&o, &sc)) || (rc = opt_float(&o, "lr", 0, 10, &sc.train.lr)))
         goto done;
     sc.penalize_last = opt_flag(&o, "penalize-last");
+    sc.rebalance = opt_flag(&o, "rebalance");
     if (opt_flag(&o, "uniform")) sc.cost_weighted = NZ_SLIM_COST_UNIFORM;
     const char *cost = opt_get(&o, "cost");
     if (cost) {

@@ -257,6 +257,9 @@ typedef struct {
                                         lambda, 2e-2, shrinks rows and columns together: as
                                         strong a column penalty removed 97% of the MLP at +1.2
                                         points); 0: off; < 0: global_lambda */
+    int rebalance;                   /* 1: nz_rebalance after removal, before the fine-tune
+                                        (the penalized layers shrink while their neighbours
+                                        grow; one fine-tuning rate then suits neither) */
 } nz_slim_cfg;
 
 void nz_slim_cfg_default(nz_slim_cfg *cfg);

@@ -913,6 +913,7 @@ static nz_status slim_run(nz_model *m, const nz_dataset *train, const nz_dataset
     if (test && (st = nz_evaluate(m, test, 256, &ev, err))) return st;
     res->test_err_penalized = test ? ev.error : -1.0f;
     if ((st = nz_slim_remove(m, err))) return st;
+    if (cfg->rebalance) nz_rebalance(m);
 
     if (cfg->finetune_epochs > 0) {
         unsigned char *mask = malloc(m->n_params ? m->n_params : 1);
