@@ -1721,6 +1721,7 @@ static const opt_def slim_opts[] = {
     {"ramp", 0, 1, "N", "lambda grows linearly over the first N epochs (default 5)"},
     {"finetune-epochs", 0, 1, "N", "epochs without the penalty after removal (default 40; on LeNet-5 it hurt, measured: 0 keeps the model right after removal)"},
     {"lr", 0, 1, "X", "learning rate with the penalty (default 0.05)"},
+    {"wd", 0, 1, "X", "weight decay with the penalty, on every weight (default 0: the L1 on the norms replaces it; layers left unpenalized, e.g. conv=0, then grow)"},
     {"finetune-lr", 0, 1, "X", "fine-tuning learning rate (default 2e-3)"},
     {"finetune-wd", 0, 1, "X", "fine-tuning weight decay (default 5e-4; the penalized phase has none)"},
     {"rebalance", 0, 0, "", "after removal, rescale each relu unit's incoming and outgoing weights to equal norms before fine-tuning (same function; the penalized layers shrink while their neighbours grow)"},
@@ -1784,7 +1785,8 @@ static int cmd_slim(int argc, char **argv) {
         if ((rc = opt_int(&o, "ramp", 0, 100000, &v))) goto done;
         sc.ramp_epochs = (int)v;
     }
-    if ((rc = finetune_opts(&o, &sc)) || (rc = opt_float(&o, "lr", 0, 10, &sc.train.lr)))
+    if ((rc = finetune_opts(&o, &sc)) || (rc = opt_float(&o, "lr", 0, 10, &sc.train.lr)) ||
+        (rc = opt_float(&o, "wd", 0, 1, &sc.train.weight_decay)))
         goto done;
     sc.penalize_last = opt_flag(&o, "penalize-last");
     sc.rebalance = opt_flag(&o, "rebalance");
