@@ -89,8 +89,11 @@ void nz_sparse_drop_csc(nz_sparse *s);
  * twice the bytes of the column form; else leaves pan NULL. Rebuild after changing codes. */
 nz_status nz_sparse_build_panels(nz_sparse *s, nz_error *err);
 void nz_sparse_drop_panels(nz_sparse *s);
-/* The runtime forms a weight of an op needs: NZ_OP_DENSE keeps (or builds) the column form,
- * other ops drop it. Called wherever a model's tensor becomes sparse (sparsify, load). */
+/* 1 when this build's panel kernels beat the row and column kernels (AVX-512), else 0. */
+int nz_sparse_panels_pay(void);
+/* The runtime forms a weight of an op needs: NZ_OP_DENSE keeps (or builds) the column form and,
+ * where they pay, the panels; other ops drop both. Called wherever a model's tensor becomes
+ * sparse (sparsify, load). */
 nz_status nz_sparse_prepare(nz_sparse *s, nz_op op, nz_error *err);
 
 /* Serialization of the tensor payload (encoding NZF_ENC_SPARSE; layout in format.h). */
