@@ -217,15 +217,7 @@ typedef struct {
 } batch_arg;
 static void run_sparse_mat(void *p) {
     batch_arg *a = p; /* what the layer does: panels, or transposes around the row kernel */
-    if (a->S->pan) {
-        nz_sparse_matmul_panels(a->S, a->x, a->B, a->y);
-        return;
-    }
-    for (int n = 0; n < a->B; n++)
-        for (int i = 0; i < a->cols; i++) a->xT[(size_t)i * a->B + n] = a->x[(size_t)n * a->cols + i];
-    nz_sparse_matmul(a->S, a->xT, a->B, a->yT, 0);
-    for (int n = 0; n < a->B; n++)
-        for (int o = 0; o < a->rows; o++) a->y[(size_t)n * a->rows + o] = a->yT[(size_t)o * a->B + n];
+    nz_sparse_matmul_batch(a->S, a->x, a->B, a->y, a->xT);
 }
 static void run_dense_mat(void *p) {
     batch_arg *a = p;
@@ -272,7 +264,7 @@ static void bench_random(const nz_model *m, const nz_model *d) {
         const nz_sparse *S = n->params[0].sparse;
         float *x = malloc(sizeof(float) * (size_t)S->cols * B);
         batch_arg b = {S, dense_weights(d, i), x, malloc(sizeof(float) * (size_t)S->rows * B),
-                       malloc(sizeof(float) * (size_t)S->cols * B),
+                       malloc(sizeof(float) * (size_t)(S->cols + S->rows) * B),
                        malloc(sizeof(float) * (size_t)S->rows * B), S->rows, S->cols, B};
         if (!x || !b.y || !b.xT || !b.yT) exit(1);
         for (size_t k = 0; k < (size_t)S->cols * B; k++) x[k] = (float)(k % 7) * 0.1f + 0.05f;

@@ -116,6 +116,10 @@ void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y);
 /* From the column panels (without them: nz_sparse_matvec): codebook look-up by a vector
  * permute, 16 rows a step, the columns of nonzero inputs only. */
 void nz_sparse_matvec_panels(const nz_sparse *s, const float *x, float *y);
+/* Y [B, rows] = X [B, cols] S^T, what a sparse dense layer computes (row-major batches): batch
+ * 1 by nz_sparse_matvec, the panels where built, else the row kernel over the transposed batch
+ * (scratch: (cols + rows) x B floats). */
+void nz_sparse_matmul_batch(const nz_sparse *s, const float *X, int B, float *Y, float *scratch);
 /* Y [B, rows] = X [B, cols] S^T from the column panels (s->pan must be set): the batched path
  * of small dense layers, no transposes; each looked-up column serves several samples. A
  * sample's sums do not depend on B or the thread count. */

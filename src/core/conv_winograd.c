@@ -254,24 +254,6 @@ static void pack_kernels(float *U, const float *W, const wplan *p, int swap, int
         }
 }
 
-/* r[0 .. VL) rows of a VL x VL block -> its transpose: log2(VL) rounds of swapping the
- * off-diagonal blocks (of VL/2, then VL/4 .. lanes), two two-vector shuffles per row pair */
-static inline __attribute__((always_inline)) void transpose_block(vf *r) {
-    for (int bs = VL / 2; bs >= 1; bs /= 2) {
-        vmask lo, hi;
-        for (int k = 0; k < VL; k++) {
-            lo[k] = k & bs ? VL + k - bs : k;
-            hi[k] = k & bs ? VL + k : k + bs;
-        }
-        for (int i = 0; i < VL; i++)
-            if (!(i & bs)) {
-                const vf x = r[i], y = r[i + bs];
-                r[i] = VSHUFFLE(x, y, lo);
-                r[i + bs] = VSHUFFLE(x, y, hi);
-            }
-    }
-}
-
 /* dst + h * rw + w * np + c = src[c][h][w] for an H x W image of n channels, channels n .. np
  * (np a multiple of VL) set to zero. Pixels are taken VL at a time in plane order (across rows
  * when W < VL), VL channels by VL pixels transposed in registers; rw >= W np. */
@@ -285,7 +267,7 @@ static void to_channel_last(float *dst, size_t rw, const float *src, int n, int 
             vf r[VL];
             for (int i = 0; i < VL; i++)
                 r[i] = cb + i < n ? vload(src + (size_t)(cb + i) * HW + q) : z;
-            transpose_block(r);
+            vtranspose(r);
             float *x = dst + (size_t)(q / W) * rw + (size_t)(q % W) * np + cb;
             for (int i = 0, w = q % W; i < VL; i++) {
                 vstore(x, r[i]);
@@ -411,7 +393,7 @@ static void from_tiles_layout(float *out, const float *Y, const wplan *p, int ad
                 y += Kp;
                 if (++w == W) w = 0, y += (yw - (size_t)W) * Kp; /* next row */
             }
-            transpose_block(r);
+            vtranspose(r);
             for (int j = 0; j < nk; j++) {
                 float *o = out + (size_t)(kb + j) * HW + q;
                 vstore(o, add ? vload(o) + r[j] : r[j]);

@@ -167,30 +167,13 @@ static conv_dims node_conv_dims(const nz_model *m, const nz_node *n, const nz_ws
     return d;
 }
 
-/* out (B, O) = in (B, I) S^T + b, computed from the sparse form. Batch 1 is a gather dot
- * product per row; larger batches transpose the input so each stored weight updates a
- * contiguous row of B outputs (vectorizes over the batch). */
+/* out (B, O) = in (B, I) S^T + b, computed from the sparse form (nz_sparse_matmul_batch). */
 static void sparse_dense_forward(float *out, const float *in, const nz_sparse *S, const float *b,
                                  int B, float *scratch) {
-    const int n_in = S->cols, n_out = S->rows;
-    if (B == 1) {
-        nz_sparse_matvec(S, in, out);
-        for (int o = 0; o < n_out; o++) out[o] += b[o];
-        return;
-    }
-    if (S->pan) { /* small layer: straight from the row-major batch */
-        nz_sparse_matmul_panels(S, in, B, out);
-        for (int n = 0; n < B; n++)
-            for (int o = 0; o < n_out; o++) out[(size_t)n * n_out + o] += b[o];
-        return;
-    }
-    float *inT = scratch, *outT = scratch + (size_t)n_in * B;
+    const int n_out = S->rows;
+    nz_sparse_matmul_batch(S, in, B, out, scratch);
     for (int n = 0; n < B; n++)
-        for (int i = 0; i < n_in; i++) inT[(size_t)i * B + n] = in[(size_t)n * n_in + i];
-    nz_sparse_matmul(S, inT, B, outT, 0);
-    for (int n = 0; n < B; n++)
-        for (int o = 0; o < n_out; o++)
-            out[(size_t)n * n_out + o] = outT[(size_t)o * B + n] + b[o];
+        for (int o = 0; o < n_out; o++) out[(size_t)n * n_out + o] += b[o];
 }
 
 /* Sparse conv: im2col per sample, then the sparse matrix times the columns. */

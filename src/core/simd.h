@@ -67,4 +67,23 @@ typedef float vfu __attribute__((vector_size(VL * 4), aligned(4), may_alias));
 static inline vf vload(const float *p) { return *(const vfu *)p; }
 static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
 
+
+/* r[0 .. VL) rows of a VL x VL block -> its transpose: log2(VL) rounds of swapping the
+ * off-diagonal blocks (of VL/2, then VL/4 .. lanes), two two-vector shuffles per row pair */
+static inline __attribute__((always_inline)) void vtranspose(vf *r) {
+    for (int bs = VL / 2; bs >= 1; bs /= 2) {
+        vmask lo, hi;
+        for (int k = 0; k < VL; k++) {
+            lo[k] = k & bs ? VL + k - bs : k;
+            hi[k] = k & bs ? VL + k : k + bs;
+        }
+        for (int i = 0; i < VL; i++)
+            if (!(i & bs)) {
+                const vf x = r[i], y = r[i + bs];
+                r[i] = VSHUFFLE(x, y, lo);
+                r[i + bs] = VSHUFFLE(x, y, hi);
+            }
+    }
+}
+
 #endif
