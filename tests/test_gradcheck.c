@@ -63,6 +63,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/conv_winograd.h"
 #include "core/layers.h"
 #include "nnzip/model.h"
 #include "nnzip/rng.h"
@@ -731,7 +732,9 @@ static void check_conv_picks(void) {
               conv_kernel(&wide, 0, 63) != CONV_ALGO_WINOGRAD &&
               conv_kernel(&wide, 0, 64) == CONV_ALGO_WINOGRAD,
           "512x4x4: Winograd from 64 tiles (batch 64) only");
-    CHECK(conv_kernel(&narrow, 0, 128) == CONV_ALGO_DIRECT, "16 channels should run direct");
+    CHECK(conv_kernel(&narrow, 0, 128) ==
+              (conv_winograd_min_channels(0) <= 16 ? CONV_ALGO_WINOGRAD : CONV_ALGO_DIRECT),
+          "16 channels should run %s", conv_winograd_min_channels(0) <= 16 ? "Winograd" : "direct");
     CHECK(conv_kernel(&s2, 0, 128) == CONV_ALGO_DIRECT &&
               conv_kernel(&s2, 1, 128) != CONV_ALGO_WINOGRAD,
           "stride 2 never runs Winograd");

@@ -80,6 +80,21 @@ static wplan wplan_of(int C, int K, int H, int W) {
     return p;
 }
 
+int conv_winograd_min_channels(int backward) {
+#if VL >= 16
+    (void)backward;
+    return backward ? 48 : 32; /* AVX-512: see winograd_pick in layers.c */
+#else
+    /* 8 (or 4) lanes: the direct kernel's register tile shrinks with the vectors while the
+     * Winograd transforms' cost per channel does not grow, so Winograd wins from 16 channels.
+     * AVX2 machine, 2026-11-25, `build/bench/bench_conv 128 2 winograd` vs the AVX-512 picks,
+     * ms forward / backward: 16x32x32 3.92 / 10.1 vs 6.55 / 13.6 (direct); 32x16x16 backward
+     * 7.33 vs 13.7 (direct); ResNet-20's convs per training step 210 vs 267 ms. */
+    (void)backward;
+    return 16;
+#endif
+}
+
 int conv_winograd_supported(const conv_dims *d) {
     return d->KH == 3 && d->KW == 3 && d->stride == 1 && d->pad == 1 && d->OH == d->H &&
            d->OW == d->W && d->C >= 1 && d->OC >= 1 && d->H >= 1 && d->W >= 1;

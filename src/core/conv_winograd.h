@@ -11,6 +11,9 @@
 
 /* 1 if the Winograd kernels can compute d (3x3, pad 1, stride 1) */
 int conv_winograd_supported(const conv_dims *d);
+/* The fewest channels (min of in and out) at which Winograd beats the direct kernel in this
+ * build (it depends on the vector width): forward, or backward when backward != 0. */
+int conv_winograd_min_channels(int backward);
 /* floats of scratch per thread: callers allocate d->threads times this. The block shared by
  * the threads (the transformed kernels, or for the weight gradient dU and one block's
  * transforms) is counted in full in it, as conv_direct_scratch_per_thread does, so any thread

@@ -114,14 +114,15 @@ static int conv_algo_pick(const conv_dims *d, int backward) {
  *  - 64x8x8: 1.11 / 3.38 vs 1.95 / 4.71; 64x32x32 15.6 / 49 vs 26.1 / 55; 128x16x16 13.0 / 35
  *    vs 27.1 / 60; 256x8x8 11.9 / 28 vs 30.1 / 74; 512x4x4 12.9 / 31 vs 48.7 / 145 (im2col:
  *    51 / 126); 512x2x2 6.2 / 13 vs 31.9 / 98 (im2col: 18 / 39).
- * So Winograd from 32 channels (in and out) forward and from 48 backward, at any map size.
+ * So with AVX-512, Winograd from 32 channels (in and out) forward and from 48 backward, at any
+ * map size; with AVX2 from 16 (conv_winograd_min_channels).
  * Small batches stay off Winograd: its products run over blocks padded to 24 tiles and it
  * transforms every kernel per call, so it needs >= 64 tiles per call (batch 1 at 32x32, 64 at
  * 4x4 and 2x2 maps) to pay. */
 static int winograd_pick(const conv_dims *d, int backward, int B) {
     const int lo = d->C < d->OC ? d->C : d->OC;
     const long long tiles = (long long)B * ((d->OH + 3) / 4) * ((d->OW + 3) / 4);
-    return lo >= (backward ? 48 : 32) && tiles >= 64;
+    return lo >= conv_winograd_min_channels(backward) && tiles >= 64;
 }
 
 int conv_kernel(const conv_dims *d, int backward, int B) {
