@@ -90,8 +90,7 @@ static inline __attribute__((always_inline)) void vtranspose(vf *r) {
         r[i] = (vf)_mm256_permute2f128_ps(a[i], a[i + 4], 0x20);
         r[i + 4] = (vf)_mm256_permute2f128_ps(a[i], a[i + 4], 0x31);
     }
-    return;
-#endif
+#else
     for (int bs = VL / 2; bs >= 1; bs /= 2) {
         vmask lo, hi;
         for (int k = 0; k < VL; k++) {
@@ -105,6 +104,7 @@ static inline __attribute__((always_inline)) void vtranspose(vf *r) {
                 r[i + bs] = VSHUFFLE(x, y, hi);
             }
     }
+#endif
 }
 
 #endif
