@@ -319,7 +319,35 @@ static inline float matvec_row(const nz_sparse *s, int r, const float *x) {
     return (a0 + a1) + (a2 + a3);
 }
 
+/* A batch-1 product over a small structure first requests every cache line it will read: from
+ * a cold cache (a model called now and then) the misses overlap instead of arriving one after
+ * the other as the walk reaches them. Past this many bytes the hardware prefetcher keeps up on
+ * its own and the requests would only cost time. */
+#define PREFETCH_ALL_MAX (64u << 10)
+
+static void prefetch_lines(const void *p, size_t bytes) {
+    const uintptr_t a = (uintptr_t)p, end = a + bytes;
+    for (uintptr_t l = a & ~(uintptr_t)63; l < end; l += 64) __builtin_prefetch((const void *)l);
+}
+
+static void prefetch_rows_form(const nz_sparse *s, const float *x) {
+    const size_t entry = s->n_codebook ? sizeof(uint32_t) + 1 : sizeof(uint32_t) + sizeof(float);
+    const size_t bytes = (size_t)s->nnz * entry + sizeof(uint32_t) * ((size_t)s->rows + 1) +
+                         sizeof(float) * ((size_t)s->cols + (size_t)s->n_codebook);
+    if (bytes > PREFETCH_ALL_MAX) return;
+    prefetch_lines(x, sizeof(float) * (size_t)s->cols);
+    prefetch_lines(s->row_ptr, sizeof(uint32_t) * ((size_t)s->rows + 1));
+    prefetch_lines(s->col, sizeof(uint32_t) * (size_t)s->nnz);
+    if (s->n_codebook) {
+        prefetch_lines(s->code, s->nnz);
+        prefetch_lines(s->codebook, sizeof(float) * (size_t)s->n_codebook);
+    } else {
+        prefetch_lines(s->val, sizeof(float) * (size_t)s->nnz);
+    }
+}
+
 void nz_sparse_matvec_rows(const nz_sparse *s, const float *x, float *y) {
+    prefetch_rows_form(s, x);
     if (s->nnz > 8192 && !omp_in_parallel()) {
 #pragma omp parallel for schedule(static)
         for (int r = 0; r < s->rows; r++) y[r] = matvec_row(s, r, x);
@@ -423,6 +451,10 @@ void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y) {
     if (!s->col_ptr) { /* no column form (a conv weight): the same product by rows */
         nz_sparse_matvec_rows(s, x, y);
         return;
+    }
+    if (sizeof(float) * (size_t)s->cols <= PREFETCH_ALL_MAX) { /* what the listing reads first */
+        prefetch_lines(x, sizeof(float) * (size_t)s->cols);
+        prefetch_lines(s->col_ptr, sizeof(uint32_t) * ((size_t)s->cols + 1));
     }
     uint64_t work = 0; /* entries the nonzero inputs touch */
     if (s->nnz > COLS_PARALLEL_MIN && !omp_in_parallel() && omp_get_max_threads() > 1)
@@ -688,6 +720,10 @@ void nz_sparse_matvec(const nz_sparse *s, const float *x, float *y) {
     if (s->col_ptr) {
         /* the cheaper kernel for this input: a function of x and the structure only, so the
          * result stays deterministic */
+        if (sizeof(float) * (size_t)s->cols <= PREFETCH_ALL_MAX) {
+            prefetch_lines(x, sizeof(float) * (size_t)s->cols);
+            prefetch_lines(s->col_ptr, sizeof(uint32_t) * ((size_t)s->cols + 1));
+        }
         uint64_t cost = 0;
         for (int c = 0; c < s->cols; c++)
             cost += x[c] != 0.0f ? s->col_ptr[c + 1] - s->col_ptr[c] + COL_OVERHEAD_ENTRIES : 0;
