@@ -5,14 +5,16 @@
 # 0.1, eps 1e-5); the script checks that their parameter and MAC counts agree.
 # Usage: bench/convnets_vs_torch.sh [BATCH] [THREADS]   (default 128 2)
 #   CONVNETS_MODELS="resnet20 resnet32 vgg16" picks the models (default resnet20 vgg16; resnet32
-#   adds ~1-2 minutes).
-#   Step counts are sized for < 5 minutes in total at batch 128 on 2 cores (they scale as 128/BATCH).
+#   adds ~1-2 minutes). CONVNETS_ROUNDS (default 3): rounds per model, alternating which side
+#   runs first; the medians are compared and each round's ratios printed.
+#   Step counts are sized for < 5 minutes a round at batch 128 on 2 cores (they scale as 128/BATCH).
 #   OPENBLAS_CORETYPE is reported, never set: export it yourself to compare kernels (e.g. SkylakeX).
 # Appends one JSON line per side and model to bench/out/convnets.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:-128}; T=${2:-2}
 MODELS=${CONVNETS_MODELS:-resnet20 vgg16}
+ROUNDS=${CONVNETS_ROUNDS:-3}
 SHAPE=3x32x32
 PY=/usr/bin/python3
 make -s build/bench/bench_engine
@@ -37,26 +39,47 @@ for model in $MODELS; do
   s=$(( ($(steps_for "$model") * 128 + B - 1) / B )); [ "$s" -ge 3 ] || s=3
   n=$(infer_for "$model"); [ "$n" -ge "$B" ] || n=$B
   t0=$SECONDS
-  a=$(build/bench/bench_engine --shape "$SHAPE" "$model" "$B" "$T" "$s" "$n")
-  b=$("$PY" bench/torch_engine.py --shape "$SHAPE" "$model" "$B" "$T" "$s" "$n")
+  # rounds alternate which side goes first, so a slow spell of the machine (other tenants,
+  # clock changes) falls on both sides instead of deciding the ratio
+  runs_a=(); runs_b=()
+  for r in $(seq 1 "$ROUNDS"); do
+    if [ $((r % 2)) -eq 1 ]; then
+      runs_a+=("$(build/bench/bench_engine --shape "$SHAPE" "$model" "$B" "$T" "$s" "$n")")
+      runs_b+=("$("$PY" bench/torch_engine.py --shape "$SHAPE" "$model" "$B" "$T" "$s" "$n")")
+    else
+      runs_b+=("$("$PY" bench/torch_engine.py --shape "$SHAPE" "$model" "$B" "$T" "$s" "$n")")
+      runs_a+=("$(build/bench/bench_engine --shape "$SHAPE" "$model" "$B" "$T" "$s" "$n")")
+    fi
+  done
   wall=$((SECONDS - t0))
-  "$PY" - "$a" "$b" "$date_utc" "$cpu" "$coretype" "$wall" "$out" <<'PY'
-import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-date, cpu, coretype, wall, out = sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7]
+  "$PY" - "$date_utc" "$cpu" "$coretype" "$wall" "$out" "$ROUNDS" "${runs_a[@]}" "${runs_b[@]}" <<'PY'
+import json, statistics, sys
+date, cpu, coretype, wall, out, R = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+A = [json.loads(x) for x in sys.argv[7:7 + R]]
+B = [json.loads(x) for x in sys.argv[7 + R:7 + 2 * R]]
+med = lambda rs, k: statistics.median(r[k] for r in rs)
+a, b = dict(A[0]), dict(B[0])
+for k in ("train_images_per_s", "infer_images_per_s"):
+    a[k], b[k] = med(A, k), med(B, k)
 tr, inf = a["train_images_per_s"] / b["train_images_per_s"], a["infer_images_per_s"] / b["infer_images_per_s"]
-same = (a["params"], a["macs_per_image"]) == (b["params"], b["macs_per_image"])
+rtr = [x["train_images_per_s"] / y["train_images_per_s"] for x, y in zip(A, B)]
+rinf = [x["infer_images_per_s"] / y["infer_images_per_s"] for x, y in zip(A, B)]
+same = all((x["params"], x["macs_per_image"]) == (b["params"], b["macs_per_image"]) for x in A)
 print("%-9s %12.1f %12.1f %6.2fx %12.1f %12.1f %6.2fx %9.1f %9.1f %6d %5s" % (a["model"], a["train_images_per_s"],
-      b["train_images_per_s"], tr, a["infer_images_per_s"], b["infer_images_per_s"], inf, a["max_rss_mb"], b["max_rss_mb"], wall,
-      "same" if same else "DIFF"))
+      b["train_images_per_s"], tr, a["infer_images_per_s"], b["infer_images_per_s"], inf,
+      max(x["max_rss_mb"] for x in A), max(y["max_rss_mb"] for y in B), wall, "same" if same else "DIFF"))
+if R > 1:
+    print("          rounds: train %s; infer %s" % (" ".join("%.2fx" % x for x in rtr), " ".join("%.2fx" % x for x in rinf)))
 if not same:
     print("  WARNING: architectures differ: nnzip %d params %d MACs, torch %d params %d MACs" %
           (a["params"], a["macs_per_image"], b["params"], b["macs_per_image"]))
 with open(out, "a") as f:
-    for r in (a, b):
-        r = dict(r, bench="convnets", date=date, cpu=cpu, openblas_coretype=coretype)
+    for r, rs in ((a, A), (b, B)):
+        r = dict(r, bench="convnets", date=date, cpu=cpu, openblas_coretype=coretype, rounds=R,
+                 train_images_per_s_rounds=[x["train_images_per_s"] for x in rs],
+                 infer_images_per_s_rounds=[x["infer_images_per_s"] for x in rs])
         r["train_ratio_nnzip_over_torch"], r["infer_ratio_nnzip_over_torch"] = round(tr, 3), round(inf, 3)
         f.write(json.dumps(r) + "\n")
 PY
 done
-echo "# img/s; ratio = nnzip / pytorch (> 1: nnzip faster); arch: same params and MACs per image on both sides; $((SECONDS - start)) s in all; appended to $out"
+echo "# img/s, median of $ROUNDS rounds per side; ratio = nnzip / pytorch of the medians (> 1: nnzip faster); arch: same params and MACs per image on both sides; $((SECONDS - start)) s in all; appended to $out"
