@@ -342,6 +342,12 @@ static void bench_real(const nz_model *m, const nz_model *d, const nz_dataset *d
         size_t zeros = 0;
         for (size_t k = 0; k < (size_t)S->cols * (size_t)n; k++) zeros += Xl[k] == 0.0f;
         const double zf = (double)zeros / ((double)S->cols * n);
+        double touched = 0; /* entries under nonzero inputs, per call: the column kernel's work */
+        for (int k = 0; k < n; k++)
+            for (int cc = 0; cc < S->cols; cc++)
+                if (Xl[(size_t)k * S->cols + cc] != 0.0f)
+                    touched += S->col_ptr[cc + 1] - S->col_ptr[cc];
+        touched /= n;
         layer l = {S, dense_weights(d, i), y, S->rows, S->cols};
         double w[N_METHODS], c[N_METHODS];
         time_warm(&l, Xl, n, w);
@@ -352,11 +358,11 @@ static void bench_real(const nz_model *m, const nz_model *d, const nz_dataset *d
                w[0] / w[2], w[0] / w[3], c[0] * 1e6, c[1] * 1e6, c[2] * 1e6, c[3] * 1e6,
                c[0] / c[2], c[0] / c[3]);
         printf("{\"layer\": \"%s\", \"real_inputs\": %d, \"zero_input_frac\": %.4f, "
-               "\"warm_sgemv_us\": %.4f, \"warm_rows_us\": %.4f, \"warm_cols_us\": %.4f, "
+               "\"entries\": %u, \"entries_touched\": %.1f, \"warm_sgemv_us\": %.4f, \"warm_rows_us\": %.4f, \"warm_cols_us\": %.4f, "
                "\"warm_auto_us\": %.4f, \"cold_sgemv_us\": %.4f, \"cold_rows_us\": %.4f, "
                "\"cold_cols_us\": %.4f, \"cold_auto_us\": %.4f}\n",
-               nd->name, n, zf, w[0] * 1e6, w[1] * 1e6, w[2] * 1e6, w[3] * 1e6, c[0] * 1e6,
-               c[1] * 1e6, c[2] * 1e6, c[3] * 1e6);
+               nd->name, n, zf, S->nnz, touched, w[0] * 1e6, w[1] * 1e6, w[2] * 1e6,
+               w[3] * 1e6, c[0] * 1e6, c[1] * 1e6, c[2] * 1e6, c[3] * 1e6);
         free(y);
     }
     printf("# cold calls dropped as preempted (> 20x the median): %d\n", dropped);
