@@ -2189,7 +2189,8 @@ static void check_batchnorm_relu(int B, int C, int HW, int training) {
         relu_backward_set(t, g, y1, n);
         (set ? batchnorm_backward_set : batchnorm_backward)(dx1, dg1, db1, t, x, gamma, mu1, is1,
                                                             B, C, HW, training);
-        batchnorm_relu_backward(dx2, dg2, db2, g, y2, x, gamma, mu2, is2, B, C, HW, training, set);
+        batchnorm_relu_backward(dx2, dg2, db2, g, x, gamma, beta, mu2, is2, B, C, HW, training, 1,
+                                set);
         snprintf(what, sizeof what, "%s backward %s", S, set ? "set" : "add");
         CHECK(norm_err(dx2, dx1, n) < 1e-6 && norm_err(dg2, dg1, nc) < 1e-6 &&
                   norm_err(db2, db1, nc) < 1e-6,

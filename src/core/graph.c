@@ -464,9 +464,9 @@ void nz_backward(const nz_model *m, nz_ws *ws, const float *dlogits, int B) {
             break;
         case NZ_OP_BATCHNORM:
             batchnorm_relu_backward(din, G + n->params[0].off, G + n->params[1].off, dout,
-                                    fused >= 0 ? ws->act[fused] : NULL, ws->act[src],
-                                    P + n->params[0].off, ws->bnstat[i], ws->bnstat[i] + s.c, B,
-                                    s.c, s.h * s.w, ws->drop_on[i], set);
+                                    ws->act[src], P + n->params[0].off, P + n->params[1].off,
+                                    ws->bnstat[i], ws->bnstat[i] + s.c, B, s.c, s.h * s.w,
+                                    ws->drop_on[i], fused >= 0, set);
             break;
         case NZ_OP_ADD:
             if (set && ws->owns[src] && !ws->shared[src] && !ws->shared[i]) {

@@ -106,12 +106,14 @@ void batchnorm_backward_set(float *din, float *dgamma, float *dbeta, const float
 void batchnorm_relu_forward(float *out, const float *in, const float *gamma, const float *beta,
                             float *run_mean, float *run_var, float *mean, float *invstd, int B,
                             int C, int HW, float momentum, float eps, int training);
-/* Backward of batchnorm_relu_forward: dout is the gradient of its output y (the relu's); din
- * += or (set) = the gradient of in. y == NULL: a batch norm alone (as batchnorm_backward(_set)). */
+/* Backward of batchnorm_relu_forward (relu = 1; relu = 0: a batch norm alone, as
+ * batchnorm_backward(_set)): dout is the gradient of its output; din += or (set) = the
+ * gradient of in. The relu's mask is recomputed from in, gamma, beta and the forward's mean
+ * and invstd, so they must be the ones the forward used. */
 void batchnorm_relu_backward(float *din, float *dgamma, float *dbeta, const float *dout,
-                             const float *y, const float *in, const float *gamma,
+                             const float *in, const float *gamma, const float *beta,
                              const float *mean, const float *invstd, int B, int C, int HW,
-                             int training, int set);
+                             int training, int relu, int set);
 
 /* out (B, C, OH, OW) = mean over k x k windows with stride s (no padding) */
 void avgpool_forward(float *out, const float *in, int B, int C, int H, int W, int kh, int kw,
