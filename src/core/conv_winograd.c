@@ -49,6 +49,9 @@
 #endif
 
 #define TILES_PER_BLOCK 128 /* product rows per block: U (C x Kp per point) is reused that often */
+#ifndef DW_TILES_PER_BLOCK
+#define DW_TILES_PER_BLOCK 512
+#endif
 
 typedef struct {
     int m, a, A2;      /* output tile side, patch side, transform points */
@@ -61,7 +64,7 @@ typedef struct {
 
 static int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
-static wplan wplan_of(int C, int K, int H, int W) {
+static wplan wplan_blocks(int C, int K, int H, int W, int tiles_per_block) {
     wplan p;
     p.m = H <= 2 && W <= 2 ? 2 : 4;
     p.a = p.m + 2;
@@ -74,10 +77,21 @@ static wplan wplan_of(int C, int K, int H, int W) {
     p.Kp = round_up(K, VL);
     p.Hp = p.TH * p.m + 2;
     p.Wp = p.TW * p.m + 2;
-    p.nb = (TILES_PER_BLOCK + p.Timg - 1) / p.Timg;
+    p.nb = (tiles_per_block + p.Timg - 1) / p.Timg;
     if (p.nb > 64) p.nb = 64;
     p.NTp = round_up(p.nb * p.Timg, ACC);
     return p;
+}
+
+static wplan wplan_of(int C, int K, int H, int W) {
+    return wplan_blocks(C, K, H, W, TILES_PER_BLOCK);
+}
+
+/* The weight gradient's blocks are larger: each block costs its threads two barriers (the
+ * transforms, then the products split by point), and with 128 tiles a 32x32 map gave each of
+ * two threads one image between barriers. */
+static wplan dw_plan_of(int C, int K, int H, int W) {
+    return wplan_blocks(C, K, H, W, DW_TILES_PER_BLOCK);
 }
 
 int conv_winograd_min_channels(int backward) {
@@ -125,7 +139,8 @@ size_t conv_winograd_scratch_per_thread(const conv_dims *d) {
     const wplan f = wplan_of(d->C, d->OC, d->H, d->W), b = wplan_of(d->OC, d->C, d->H, d->W);
     const size_t sf = shared_floats(&f) + thread_floats(&f);
     const size_t sb = shared_floats(&b) + thread_floats(&b);
-    const size_t sw = dw_shared_floats(&f) + dw_thread_floats(&f);
+    const wplan w = dw_plan_of(d->C, d->OC, d->H, d->W);
+    const size_t sw = dw_shared_floats(&w) + dw_thread_floats(&w);
     const size_t m = sf > sb ? sf : sb;
     return m > sw ? m : sw;
 }
@@ -681,7 +696,7 @@ static void unpack_gradients(float *dW, const float *dU, const wplan *p, int thr
 
 void conv_winograd_backward_weights(float *dW, float *db, const float *dout, const float *in,
                                     int B, const conv_dims *d, float *scratch) {
-    const wplan p = wplan_of(d->C, d->OC, d->H, d->W);
+    const wplan p = dw_plan_of(d->C, d->OC, d->H, d->W);
     float *dU = align_up(scratch);
     float *V = align_up(dU + (size_t)p.A2 * p.Cp * p.Kp);
     float *dM = align_up(V + (size_t)p.A2 * p.NTp * p.Cp);
