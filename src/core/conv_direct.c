@@ -436,18 +436,6 @@ static void pack_backward(float *wp, const float *W, int C, int OC, const bwd_ta
     }
 }
 
-/* One block of OCB output channels of image n, from its padded input xp. */
-static void forward_block(float *out, float *ob, const float *xp, const float *wp,
-                          const float *b, int n, int blk, const plan *g, int C, int OC,
-                          size_t plane, int mode) {
-    conv_block(ob, g->ldo, g->nvec, xp, g->cs, g->off, 9, wp + (size_t)blk * C * 9 * OCB, C);
-    for (int i = 0; i < OCB && blk * OCB + i < OC; i++) {
-        const int oc = blk * OCB + i;
-        emit(out + ((size_t)n * OC + oc) * plane, ob + (size_t)i * g->ldo, g->OH, g->OW, g->R,
-             mode, b[oc]);
-    }
-}
-
 void conv_direct_forward(float *out, const float *in, const float *W, const float *b, int B,
                          const conv_dims *d, float *scratch) {
     const plan g = plan_of(d);
@@ -460,34 +448,25 @@ void conv_direct_forward(float *out, const float *in, const float *W, const floa
     int T = d->threads < 1 ? 1 : d->threads;
     if (T > items) T = (int)items;
     const int mode = d->out_relu ? EMIT_BIAS_RELU : EMIT_BIAS;
-    /* With a few images per thread or more, whole images go to threads as they come free (the
-     * two vCPUs of the 2026-11-25 machine ran ~10% apart; a static half each left one waiting);
-     * with fewer (batch 1), a static split of image x channel-block items. Each output is
-     * computed by one item either way, so the bits do not depend on the split. */
-    const int by_image = B >= 4 * T;
 #pragma omp parallel num_threads(T)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const long lo = items * t / nt, hi = items * (t + 1) / nt;
         float *xp = align_up(scratch + shared + per * (size_t)t);
         float *ob = align_up(xp + (size_t)C * g.cs);
-        if (by_image) {
-#pragma omp for schedule(dynamic, 1)
-            for (int n = 0; n < B; n++) {
+        long cur = -1;
+        for (long it = lo; it < hi; it++) {
+            const long n = it / nblk;
+            const int blk = (int)(it % nblk);
+            if (n != cur) {
                 pad_input(xp, in + in_sz * (size_t)n, C, &g);
-                for (int blk = 0; blk < nblk; blk++)
-                    forward_block(out, ob, xp, wp, b, n, blk, &g, C, OC, plane, mode);
+                cur = n;
             }
-        } else {
-            const long lo = items * t / nt, hi = items * (t + 1) / nt;
-            long cur = -1;
-            for (long it = lo; it < hi; it++) {
-                const long n = it / nblk;
-                if (n != cur) {
-                    pad_input(xp, in + in_sz * (size_t)n, C, &g);
-                    cur = n;
-                }
-                forward_block(out, ob, xp, wp, b, (int)n, (int)(it % nblk), &g, C, OC, plane,
-                              mode);
+            conv_block(ob, g.ldo, g.nvec, xp, g.cs, g.off, 9, wp + (size_t)blk * C * 9 * OCB, C);
+            for (int i = 0; i < OCB && blk * OCB + i < OC; i++) {
+                const int oc = blk * OCB + i;
+                emit(out + ((size_t)n * OC + oc) * plane, ob + (size_t)i * g.ldo, g.OH, g.OW, g.R,
+                     mode, b[oc]);
             }
         }
     }

@@ -708,7 +708,7 @@ void conv_winograd_backward_weights(float *dW, float *db, const float *dout, con
         float *Yg = align_up(X + (size_t)p.Hp * p.Wp * p.Cp);
         for (int n0 = 0; n0 < B; n0 += p.nb) {
             const int nb = B - n0 < p.nb ? B - n0 : p.nb;
-#pragma omp for schedule(dynamic, 1) /* as threads come free: see run() */
+#pragma omp for schedule(static)
             for (int j = 0; j < nb; j++) {
                 to_tiles_layout(X, in + in_sz * (size_t)(n0 + j), &p);
                 input_transform(V, X, &p, j * p.Timg);

@@ -444,9 +444,7 @@ void normdir_backward(float *dV, float *dg, const float *dW, const float *V, con
 
 /* ---------------------------------------------------------------- batch norm */
 
-/* Channels are independent, so threads split them, a channel at a time as they come free: the
- * two vCPUs of the 2026-11-25 machine ran the same work ~10% apart, and a static half each left
- * the faster one waiting. A channel's result does not depend on which thread computes it. A channel's sums are float within one HW
+/* Channels are independent, so threads split them. A channel's sums are float within one HW
  * plane (vectorized; <= ~10^3 values) and double across its B planes (N up to ~10^5 values,
  * where float would lose ~3 digits). The variance is a second pass over (x - mean)^2: the
  * plane is still in cache, and there is no E[x^2] - m^2 cancellation. */
@@ -469,7 +467,7 @@ static void bn_forward(float *out, const float *in, const float *gamma, const fl
                        int HW, float momentum, float eps, int training, int relu) {
     const size_t plane = (size_t)HW, stride = (size_t)C * HW;
     const double N = (double)B * HW;
-#pragma omp parallel for schedule(dynamic, 1) if ((long)B * C * HW > 32768)
+#pragma omp parallel for schedule(static) if ((long)B * C * HW > 32768)
     for (int c = 0; c < C; c++) {
         float mu, is;
         if (training) {
@@ -532,7 +530,7 @@ static void bn_backward(float *din, float *dgamma, float *dbeta, const float *do
                         int training, int relu, int set) {
     const size_t plane = (size_t)HW, stride = (size_t)C * HW;
     const double N = (double)B * HW;
-#pragma omp parallel for schedule(dynamic, 1) if ((long)B * C * HW > 32768)
+#pragma omp parallel for schedule(static) if ((long)B * C * HW > 32768)
     for (int c = 0; c < C; c++) {
         const float mu = mean[c], is = invstd[c];
         const float fa = relu ? gamma[c] * is : 0.0f, fb = relu ? beta[c] - mu * fa : 0.0f;
