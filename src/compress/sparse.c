@@ -447,15 +447,15 @@ static void matvec_cols_range(const nz_sparse *s, const float *x, float *y, int 
  * team (microseconds) costs more than the work. */
 #define COLS_PARALLEL_MIN 65536u
 
-void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y) {
-    if (!s->col_ptr) { /* no column form (a conv weight): the same product by rows */
-        nz_sparse_matvec_rows(s, x, y);
-        return;
-    }
-    if (sizeof(float) * (size_t)s->cols <= PREFETCH_ALL_MAX) { /* what the listing reads first */
-        prefetch_lines(x, sizeof(float) * (size_t)s->cols);
-        prefetch_lines(s->col_ptr, sizeof(uint32_t) * ((size_t)s->cols + 1));
-    }
+/* What a column walk reads first (the inputs and the column pointers), requested up front. */
+static void prefetch_cols_head(const nz_sparse *s, const float *x) {
+    if (sizeof(float) * (size_t)s->cols > PREFETCH_ALL_MAX) return;
+    prefetch_lines(x, sizeof(float) * (size_t)s->cols);
+    prefetch_lines(s->col_ptr, sizeof(uint32_t) * ((size_t)s->cols + 1));
+}
+
+/* The column kernel once x and the column pointers are requested. */
+static void matvec_cols(const nz_sparse *s, const float *x, float *y) {
     uint64_t work = 0; /* entries the nonzero inputs touch */
     if (s->nnz > COLS_PARALLEL_MIN && !omp_in_parallel() && omp_get_max_threads() > 1)
         for (int c = 0; c < s->cols; c++)
@@ -470,6 +470,15 @@ void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y) {
     } else {
         matvec_cols_range(s, x, y, 0, s->rows);
     }
+}
+
+void nz_sparse_matvec_cols(const nz_sparse *s, const float *x, float *y) {
+    if (!s->col_ptr) { /* no column form (a conv weight): the same product by rows */
+        nz_sparse_matvec_rows(s, x, y);
+        return;
+    }
+    prefetch_cols_head(s, x);
+    matvec_cols(s, x, y);
 }
 
 #ifdef __AVX512F__
@@ -720,15 +729,12 @@ void nz_sparse_matvec(const nz_sparse *s, const float *x, float *y) {
     if (s->col_ptr) {
         /* the cheaper kernel for this input: a function of x and the structure only, so the
          * result stays deterministic */
-        if (sizeof(float) * (size_t)s->cols <= PREFETCH_ALL_MAX) {
-            prefetch_lines(x, sizeof(float) * (size_t)s->cols);
-            prefetch_lines(s->col_ptr, sizeof(uint32_t) * ((size_t)s->cols + 1));
-        }
+        prefetch_cols_head(s, x); /* the cost below reads them first */
         uint64_t cost = 0;
         for (int c = 0; c < s->cols; c++)
             cost += x[c] != 0.0f ? s->col_ptr[c + 1] - s->col_ptr[c] + COL_OVERHEAD_ENTRIES : 0;
         if (cost < s->nnz) {
-            nz_sparse_matvec_cols(s, x, y);
+            matvec_cols(s, x, y);
             return;
         }
     }

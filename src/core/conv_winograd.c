@@ -49,9 +49,7 @@
 #endif
 
 #define TILES_PER_BLOCK 128 /* product rows per block: U (C x Kp per point) is reused that often */
-#ifndef DW_TILES_PER_BLOCK
-#define DW_TILES_PER_BLOCK 512
-#endif
+#define DW_TILES_PER_BLOCK 512 /* the weight gradient's blocks: see dw_plan_of */
 
 typedef struct {
     int m, a, A2;      /* output tile side, patch side, transform points */
