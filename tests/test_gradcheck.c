@@ -2209,6 +2209,70 @@ static void check_batchnorm_relu(int B, int C, int HW, int training) {
     gfree(rm1), gfree(rv1), gfree(rm2), gfree(rv2), gfree(mu1), gfree(is1), gfree(mu2), gfree(is2);
 }
 
+/* A Winograd conv's output sums (conv_dims' out_stats) give a batch norm the same statistics as
+ * its own two passes: the outputs, the saved mean and 1/std and the running estimates agree to
+ * float rounding, with a bias 100x the outputs' spread (the shift keeps the squares from
+ * cancelling) and a partial last block (B = 70). The sums are the same bits at 1 and 2 threads,
+ * and the direct kernel (stride 2) says it left them unfilled. */
+static void check_conv_bn_stats(void) {
+    const int B = 70, C = 16, H = 9, W = 10, K = 24;
+    conv_dims d = conv_dims_make(C, H, W, K, 3, 1, 1);
+    d.algo = CONV_ALGO_WINOGRAD;
+    const size_t nx = (size_t)B * C * H * W, no = (size_t)B * K * H * W, nw = (size_t)K * C * 9;
+    nz_rng r;
+    nz_rng_seed(&r, 4711);
+    float *x = galloc(nx), *Wt = galloc(nw), *b = galloc(K), *y = galloc(no);
+    float *st[2] = {galloc((size_t)B * K * 3), galloc((size_t)B * K * 3)};
+    fill_normal(x, nx, &r, 1.0f);
+    fill_normal(Wt, nw, &r, 0.1f);
+    for (int k = 0; k < K; k++) b[k] = (k % 2 ? 100.0f : -3.0f) + nz_rng_normal(&r);
+    for (int t = 0; t < 2; t++) {
+        nz_set_threads(t + 1);
+        d.threads = layers_threads();
+        d.out_stats = st[t];
+        float *scr = galloc(conv_scratch_per_thread(&d) * (size_t)d.threads);
+        CHECK(conv2d_forward(y, x, Wt, b, B, &d, scr) == 1, "winograd conv: out_stats not filled");
+        gfree(scr);
+    }
+    CHECK(memcmp(st[0], st[1], sizeof(float) * (size_t)B * K * 3) == 0,
+          "winograd conv: out_stats differ between 1 and 2 threads");
+    float *g = galloc(K), *be = galloc(K), *y1 = galloc(no), *y2 = galloc(no);
+    float *rm1 = galloc(K), *rv1 = galloc(K), *rm2 = galloc(K), *rv2 = galloc(K);
+    float *mu1 = galloc(K), *is1 = galloc(K), *mu2 = galloc(K), *is2 = galloc(K);
+    for (int k = 0; k < K; k++) {
+        g[k] = nz_rng_range(&r, 0.5f, 1.5f), be[k] = nz_rng_normal(&r);
+        rm1[k] = rm2[k] = 0.1f, rv1[k] = rv2[k] = 1.0f;
+    }
+    for (int relu = 0; relu <= 1; relu++) {
+        batchnorm_forward_pre(y1, y, g, be, rm1, rv1, mu1, is1, B, K, H * W, NZ_BN_MOMENTUM,
+                              NZ_BN_EPS, 1, relu, NULL);
+        batchnorm_forward_pre(y2, y, g, be, rm2, rv2, mu2, is2, B, K, H * W, NZ_BN_MOMENTUM,
+                              NZ_BN_EPS, 1, relu, st[0]);
+        const double e = norm_err(y2, y1, no), em = norm_err(mu2, mu1, K),
+                     ei = norm_err(is2, is1, K), ev = norm_err(rv2, rv1, K);
+        /* outputs: a mean near 100 is known to float rounding (~6e-6), a few 1e-6 of the
+         * normalized spread */
+        CHECK(e < 1e-5 && em < 1e-6 && ei < 1e-6 && ev < 1e-6 && norm_err(rm2, rm1, K) < 1e-6,
+              "batch norm from conv sums (relu %d): out %.3g mean %.3g invstd %.3g run_var %.3g "
+              "vs two passes", relu, e, em, ei, ev);
+    }
+    /* mutation: sums of another batch give other statistics */
+    batchnorm_forward_pre(y2, y, g, be, rm2, rv2, mu2, is2, B - 1, K, H * W, NZ_BN_MOMENTUM,
+                          NZ_BN_EPS, 1, 0, st[0] + K * 3);
+    CHECK(norm_err(is2, is1, K) > 1e-4, "batch norm ignores the conv sums it is given");
+    conv_dims ds = conv_dims_make(C, 2 * H, 2 * W, K, 3, 2, 1);
+    ds.algo = CONV_ALGO_DIRECT;
+    ds.out_stats = st[1];
+    float *scr = galloc(conv_scratch_per_thread(&ds) * (size_t)ds.threads);
+    float *ys = galloc((size_t)B * K * ds.OH * ds.OW), *xs = galloc((size_t)B * C * 4 * H * W);
+    fill_normal(xs, (size_t)B * C * 4 * H * W, &r, 1.0f);
+    CHECK(conv2d_forward(ys, xs, Wt, b, B, &ds, scr) == 0, "direct conv claims out_stats");
+    gfree(scr), gfree(ys), gfree(xs);
+    gfree(x), gfree(Wt), gfree(b), gfree(y), gfree(st[0]), gfree(st[1]), gfree(g), gfree(be);
+    gfree(y1), gfree(y2), gfree(rm1), gfree(rv1), gfree(rm2), gfree(rv2), gfree(mu1), gfree(is1);
+    gfree(mu2), gfree(is2);
+}
+
 /* ---------------------------------------------------------------- average pool */
 
 /* avgpool_forward/backward: the loss is linear in x, so e = EPS_AFFINE. GAP is the same kernel
@@ -3093,6 +3157,7 @@ int main(void) {
     check_conv_fast_vs_im2col(CONV_ALGO_WINOGRAD);
     check_conv_picks();
     check_winograd_threads();
+    check_conv_bn_stats();
     nz_set_threads(2);
     check_maxpool(2, 2);
     check_maxpool(3, 2);

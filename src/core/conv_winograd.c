@@ -541,8 +541,36 @@ static void products(float *M, const float *V, const float *U, const wplan *p, i
 /* ---------------------------------------------------------------- driver */
 
 /* out (B, K, H, W) from in (B, C, H, W), U and bias already in shared (U then Kp bias) */
+/* st[k][0..2] = {y0, sum (y - y0), sum (y - y0)^2} over the H x W outputs of channel k in Y, y0
+ * its first output: what a following batch norm's statistics are made of (see conv_dims'
+ * out_stats). The shift keeps sum (y - y0)^2 - (sum (y - y0))^2 / HW from cancelling; four
+ * partial sums per channel vector break the add latency chain. */
+static void output_stats(float *st, const float *Y, const wplan *p) {
+    const int K = p->K, Kp = p->Kp, H = p->H, W = p->W;
+    const size_t yw = (size_t)p->TW * p->m;
+    for (int kv = 0; kv < Kp; kv += VL) {
+        const vf y0 = vload(Y + kv), z = vset1(0.0f);
+        vf s[4] = {z, z, z, z}, q[4] = {z, z, z, z};
+        int i = 0;
+        for (int h = 0; h < H; h++) {
+            const float *y = Y + (size_t)h * yw * Kp + kv;
+            for (int w = 0; w < W; w++, i = (i + 1) & 3) {
+                const vf v = vload(y + (size_t)w * Kp) - y0;
+                s[i] += v;
+                q[i] = vfma(v, v, q[i]);
+            }
+        }
+        const vf ss = (s[0] + s[1]) + (s[2] + s[3]), qq = (q[0] + q[1]) + (q[2] + q[3]);
+        for (int l = 0; l < VL && kv + l < K; l++) {
+            float *o = st + (size_t)(kv + l) * 3;
+            o[0] = y0[l], o[1] = ss[l], o[2] = qq[l];
+        }
+    }
+}
+
 static void run(float *out, const float *in, const float *U, const float *bias, int B,
-                const wplan *p, int mode, int threads, float *tscratch, size_t per) {
+                const wplan *p, int mode, int threads, float *tscratch, size_t per,
+                float *stats) {
     int T = threads < 1 ? 1 : threads;
     if (T > B) T = B;
     const size_t in_sz = (size_t)p->C * p->H * p->W, out_sz = (size_t)p->K * p->H * p->W;
@@ -575,6 +603,7 @@ static void run(float *out, const float *in, const float *U, const float *bias, 
             products(M, V, U, p, ntr);
             for (int j = 0; j < m; j++) {
                 output_transform(Y, M, bias, p, j * p->Timg, mode == OUT_BIAS_RELU);
+                if (stats) output_stats(stats + (size_t)(n0 + j) * p->K * 3, Y, p);
                 from_tiles_layout(out + out_sz * (size_t)(n0 + j), Y, p, mode == OUT_ADD);
             }
         }
@@ -590,7 +619,7 @@ void conv_winograd_forward(float *out, const float *in, const float *W, const fl
     for (int k = 0; k < p.Kp; k++) bias[k] = k < p.K ? b[k] : 0.0f;
     const size_t per = conv_winograd_scratch_per_thread(d) - (shared_floats(&p) + VL);
     run(out, in, U, bias, B, &p, d->out_relu ? OUT_BIAS_RELU : OUT_BIAS, T,
-        scratch + shared_floats(&p) + VL, per);
+        scratch + shared_floats(&p) + VL, per, d->out_stats);
 }
 
 void conv_winograd_backward_data(float *din, const float *dout, const float *W, int B,
@@ -602,7 +631,7 @@ void conv_winograd_backward_data(float *din, const float *dout, const float *W, 
     memset(zero, 0, sizeof(float) * (size_t)p.Kp);
     const size_t per = conv_winograd_scratch_per_thread(d) - (shared_floats(&p) + VL);
     run(din, dout, U, zero, B, &p, d->din_set ? OUT_SET : OUT_ADD, T,
-        scratch + shared_floats(&p) + VL, per);
+        scratch + shared_floats(&p) + VL, per, NULL);
 }
 
 /* ---------------------------------------------------------------- weight gradient */

@@ -28,6 +28,8 @@ struct nz_ws {
     float **bnstat;   /* batch-norm nodes: mean and 1/std used by the last forward, (2, C) */
     int *consumers;   /* per node: how many nodes read its output */
     float *fold;      /* nz_infer: a conv's weights and bias with its batch norm folded in */
+    float *convstats; /* training: a conv's per-sample output sums for its batch norm, (B, C, 3) */
+    int stats_for;    /* the batch-norm node convstats was filled for, or -1 */
     unsigned char *bnrelu; /* batch-norm nodes whose only reader is the relu right after them */
     unsigned char *addrelu; /* the same for adds (fused in the forward pass only) */
     unsigned char *shared; /* nodes whose buffers another node aliases (flatten) */
@@ -53,6 +55,7 @@ void nz_ws_free(nz_ws *ws) {
     free(ws->bnstat);
     free(ws->consumers);
     free(ws->fold);
+    free(ws->convstats);
     free(ws->act);
     free(ws->dact);
     free(ws->argmax);
@@ -95,7 +98,8 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->fresh || !ws->weff || !ws->bnstat || !ws->consumers ||
         !ws->bnrelu || !ws->addrelu || !ws->shared || !ws->grads)
         goto oom;
-    size_t scratch = 0, partial = 0, sp = 0, fold = 0;
+    size_t scratch = 0, partial = 0, sp = 0, fold = 0, cstats = 0;
+    ws->stats_for = -1;
     for (int i = 1; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
         for (int k = 0; k < n->n_inputs; k++) ws->consumers[n->inputs[k]]++;
@@ -114,6 +118,8 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
         if (n->op == NZ_OP_DROPOUT && !(ws->mask[i] = malloc(sizeof(float) * sz))) goto oom;
         if (n->op == NZ_OP_BATCHNORM && !(ws->bnstat[i] = malloc(sizeof(float) * 2 * (size_t)n->out.c)))
             goto oom;
+        if (n->op == NZ_OP_BATCHNORM && 3 * (size_t)n->out.c * (size_t)max_batch > cstats)
+            cstats = 3 * (size_t)n->out.c * (size_t)max_batch;
         if ((n->op == NZ_OP_NDENSE || n->op == NZ_OP_NCONV2D) &&
             !(ws->weff[i] = malloc(sizeof(float) * 2 * nz_param_numel(&n->params[0]))))
             goto oom;
@@ -141,6 +147,7 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     if (scratch && !(ws->scratch = malloc(sizeof(float) * scratch * (size_t)ws->threads))) goto oom;
     if (sp && !(ws->sp_scratch = malloc(sizeof(float) * sp))) goto oom;
     if (fold && !(ws->fold = malloc(sizeof(float) * fold))) goto oom;
+    if (cstats && !(ws->convstats = malloc(sizeof(float) * cstats))) goto oom;
     if (partial && !(ws->dw_partial = malloc(sizeof(float) * partial * (size_t)ws->threads)))
         goto oom;
     return ws;
@@ -212,6 +219,15 @@ static int bn_relu_fused(const nz_ws *ws, int i) {
     return i > 0 && ws->bnrelu[i] && !ws->keep_acts ? i + 1 : -1;
 }
 
+/* Node i+1 if it is a batch norm reading only node i, which nobody else reads; else -1. */
+static int fusable_bn(const nz_model *m, const nz_ws *ws, int i) {
+    const nz_node *n = &m->nodes[i];
+    if (n->op != NZ_OP_CONV2D || n->params[0].sparse || i + 1 >= m->n_nodes) return -1;
+    const nz_node *b = &m->nodes[i + 1];
+    if (b->op != NZ_OP_BATCHNORM || b->inputs[0] != i || ws->consumers[i] != 1) return -1;
+    return i + 1;
+}
+
 /* Runs nodes [from, to) of the forward pass. */
 static void nz_forward_range(const nz_model *m, nz_ws *ws, int B, int training, nz_rng *rng,
                              int from, int to) {
@@ -233,12 +249,18 @@ static void nz_forward_range(const nz_model *m, nz_ws *ws, int B, int training, 
             break;
         case NZ_OP_CONV2D: {
             conv_dims d = node_conv_dims(m, n, ws);
-            if (n->params[0].sparse)
+            if (n->params[0].sparse) {
                 sparse_conv2d_forward(out, in, n->params[0].sparse, P + n->params[1].off, B, &d,
                                       ws->scratch);
-            else
-                conv2d_forward(out, in, P + n->params[0].off, P + n->params[1].off, B, &d,
-                               ws->scratch);
+                break;
+            }
+            /* a batch norm that is this conv's only reader takes its batch statistics from
+             * sums the conv makes while its outputs are in cache: two passes over them saved */
+            const int j = training ? fusable_bn(m, ws, i) : -1;
+            d.out_stats = j >= 0 ? ws->convstats : NULL;
+            if (conv2d_forward(out, in, P + n->params[0].off, P + n->params[1].off, B, &d,
+                               ws->scratch))
+                ws->stats_for = j;
             break;
         }
         case NZ_OP_NDENSE: {
@@ -277,10 +299,12 @@ static void nz_forward_range(const nz_model *m, nz_ws *ws, int B, int training, 
             float *Pw = m->params;
             const int r = bn_relu_fused(ws, i);
             ws->drop_on[i] = training != 0;
-            (r < 0 ? batchnorm_forward : batchnorm_relu_forward)(
-                r < 0 ? out : ws->act[r], in, P + n->params[0].off, P + n->params[1].off,
-                Pw + n->params[2].off, Pw + n->params[3].off, ws->bnstat[i], ws->bnstat[i] + s.c,
-                B, s.c, s.h * s.w, n->p, NZ_BN_EPS, training);
+            batchnorm_forward_pre(r < 0 ? out : ws->act[r], in, P + n->params[0].off,
+                                  P + n->params[1].off, Pw + n->params[2].off,
+                                  Pw + n->params[3].off, ws->bnstat[i], ws->bnstat[i] + s.c, B,
+                                  s.c, s.h * s.w, n->p, NZ_BN_EPS, training, r >= 0,
+                                  training && ws->stats_for == i ? ws->convstats : NULL);
+            ws->stats_for = -1;
             break;
         }
         case NZ_OP_ADD: {
@@ -314,15 +338,6 @@ const float *nz_forward(const nz_model *m, nz_ws *ws, const float *x, int B, int
     ws->last_B = B;
     nz_forward_range(m, ws, B, training, rng, 1, m->n_nodes);
     return ws->act[m->n_nodes - 1];
-}
-
-/* Node i+1 if it is a batch norm reading only node i, which nobody else reads; else -1. */
-static int fusable_bn(const nz_model *m, const nz_ws *ws, int i) {
-    const nz_node *n = &m->nodes[i];
-    if (n->op != NZ_OP_CONV2D || n->params[0].sparse || i + 1 >= m->n_nodes) return -1;
-    const nz_node *b = &m->nodes[i + 1];
-    if (b->op != NZ_OP_BATCHNORM || b->inputs[0] != i || ws->consumers[i] != 1) return -1;
-    return i + 1;
 }
 
 const float *nz_infer(const nz_model *m, nz_ws *ws, const float *x, int B) {

@@ -78,6 +78,7 @@ conv_dims conv_dims_make(int C, int H, int W, int OC, int K, int stride, int pad
     d.din_set = 0;
     d.out_relu = 0;
     d.algo = CONV_ALGO_AUTO;
+    d.out_stats = NULL;
     return d;
 }
 
@@ -226,16 +227,17 @@ static void col2im_add(float *din, const float *dcols, size_t ld, const conv_dim
 /* Each thread takes a contiguous share of the batch and walks it in chunks of conv_chunk
  * samples: im2col of the chunk side by side, one GEMM, then the result is copied out to NCHW
  * with the bias. Per-sample GEMMs were 3-4x slower on ResNet-20's 16-channel layers. */
-void conv2d_forward(float *out, const float *in, const float *W, const float *b, int B,
-                    const conv_dims *d, float *scratch) {
+int conv2d_forward(float *out, const float *in, const float *W, const float *b, int B,
+                   const conv_dims *d, float *scratch) {
     const int kernel = conv_kernel(d, 0, B);
-    if (kernel == CONV_ALGO_WINOGRAD) {
+    if (kernel == CONV_ALGO_WINOGRAD) { /* the only kernel that fills out_stats (while the
+                                           outputs are still in cache) */
         conv_winograd_forward(out, in, W, b, B, d, scratch);
-        return;
+        return d->out_stats != NULL;
     }
     if (kernel == CONV_ALGO_DIRECT) {
         conv_direct_forward(out, in, W, b, B, d, scratch);
-        return;
+        return 0;
     }
     const int K = d->C * d->KH * d->KW, OHW = d->OH * d->OW, nb = conv_chunk(d);
     const size_t in_sz = (size_t)d->C * d->H * d->W, out_sz = (size_t)d->OC * OHW;
@@ -270,6 +272,7 @@ void conv2d_forward(float *out, const float *in, const float *W, const float *b,
             }
         }
     }
+    return 0;
 }
 
 void conv2d_backward(float *din, float *dW, float *db, const float *dout, const float *in,
@@ -464,19 +467,36 @@ static float plane_sqdev(const float *x, int n, float mu) {
 
 static void bn_forward(float *out, const float *in, const float *gamma, const float *beta,
                        float *run_mean, float *run_var, float *mean, float *invstd, int B, int C,
-                       int HW, float momentum, float eps, int training, int relu) {
+                       int HW, float momentum, float eps, int training, int relu,
+                       const float *pre) {
     const size_t plane = (size_t)HW, stride = (size_t)C * HW;
     const double N = (double)B * HW;
 #pragma omp parallel for schedule(static) if ((long)B * C * HW > 32768)
     for (int c = 0; c < C; c++) {
         float mu, is;
         if (training) {
-            double s = 0;
-            for (int n = 0; n < B; n++) s += plane_sum(in + n * stride + c * plane, HW);
-            mu = (float)(s / N);
-            double s2 = 0;
-            for (int n = 0; n < B; n++) s2 += plane_sqdev(in + n * stride + c * plane, HW, mu);
-            const double v = s2 / N;
+            double v;
+            if (pre) { /* merge the samples' (count, mean, M2) one after the other */
+                double na = 0, ma = 0, m2 = 0;
+                for (int n = 0; n < B; n++) {
+                    const float *q = pre + ((size_t)n * C + c) * 3;
+                    const double nb = HW, d = q[1], mb = q[0] + d / nb, m2b = q[2] - d * d / nb;
+                    const double delta = mb - ma, nt = na + nb;
+                    ma += delta * nb / nt;
+                    m2 += m2b + delta * delta * na * nb / nt;
+                    na = nt;
+                }
+                mu = (float)ma;
+                v = m2 > 0 ? m2 / N : 0.0;
+            } else {
+                double s = 0;
+                for (int n = 0; n < B; n++) s += plane_sum(in + n * stride + c * plane, HW);
+                mu = (float)(s / N);
+                double s2 = 0;
+                for (int n = 0; n < B; n++)
+                    s2 += plane_sqdev(in + n * stride + c * plane, HW, mu);
+                v = s2 / N;
+            }
             is = (float)(1.0 / sqrt(v + eps));
             /* PyTorch keeps the unbiased variance in its running estimate */
             double unbiased = N > 1 ? v * N / (N - 1) : v;
@@ -509,14 +529,22 @@ void batchnorm_forward(float *out, const float *in, const float *gamma, const fl
                        float *run_mean, float *run_var, float *mean, float *invstd, int B, int C,
                        int HW, float momentum, float eps, int training) {
     bn_forward(out, in, gamma, beta, run_mean, run_var, mean, invstd, B, C, HW, momentum, eps,
-               training, 0);
+               training, 0, NULL);
 }
 
 void batchnorm_relu_forward(float *out, const float *in, const float *gamma, const float *beta,
                             float *run_mean, float *run_var, float *mean, float *invstd, int B,
                             int C, int HW, float momentum, float eps, int training) {
     bn_forward(out, in, gamma, beta, run_mean, run_var, mean, invstd, B, C, HW, momentum, eps,
-               training, 1);
+               training, 1, NULL);
+}
+
+void batchnorm_forward_pre(float *out, const float *in, const float *gamma, const float *beta,
+                           float *run_mean, float *run_var, float *mean, float *invstd, int B,
+                           int C, int HW, float momentum, float eps, int training, int relu,
+                           const float *pre) {
+    bn_forward(out, in, gamma, beta, run_mean, run_var, mean, invstd, B, C, HW, momentum, eps,
+               training, relu, pre);
 }
 
 /* relu: dout is the gradient of relu(bn(x)), so the batch norm's own gradient is dout where

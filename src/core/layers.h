@@ -27,6 +27,10 @@ typedef struct {
     int din_set;      /* backward: 1 = overwrite din instead of adding to it (0 by make) */
     int out_relu;     /* forward: 1 = apply relu to the output (inference fusion; 0 by make) */
     int algo;         /* CONV_ALGO_*: AUTO by make; tests force a path to compare them */
+    /* forward: NULL by make; else (B, OC, 3) floats that a kernel which can (conv2d_forward
+     * returns 1) fills with each sample's per-channel output sums {y0, sum (y - y0),
+     * sum (y - y0)^2} for a following batch norm (batchnorm_forward_pre) */
+    float *out_stats;
 } conv_dims;
 
 /* Which kernel conv2d_forward/backward run: AUTO picks by shape and batch (conv_kernel in
@@ -50,9 +54,10 @@ size_t conv_scratch_per_thread(const conv_dims *d);
 /* cols (C*KH*KW, OH*OW) from one sample's input (C, H, W); zero outside the image */
 void conv_im2col(float *cols, const float *in, const conv_dims *d);
 /* out (B, OC, OH, OW) = conv(in (B, C, H, W), W (OC, C, KH, KW)) + b (OC).
- * scratch: nthreads * conv_scratch_per_thread floats. */
-void conv2d_forward(float *out, const float *in, const float *W, const float *b, int B,
-                    const conv_dims *d, float *scratch);
+ * scratch: nthreads * conv_scratch_per_thread floats. Returns 1 if it filled d->out_stats
+ * (the Winograd kernel does), else 0. */
+int conv2d_forward(float *out, const float *in, const float *W, const float *b, int B,
+                   const conv_dims *d, float *scratch);
 /* din (B, C, H, W) += ...; dW, db += ...; din may be NULL. dW_partial: threads * (|W| + OC) floats of
  * per-thread accumulators (reduced in a fixed order, so results do not depend on scheduling). */
 void conv2d_backward(float *din, float *dW, float *db, const float *dout, const float *in,
@@ -106,6 +111,14 @@ void batchnorm_backward_set(float *din, float *dgamma, float *dbeta, const float
 void batchnorm_relu_forward(float *out, const float *in, const float *gamma, const float *beta,
                             float *run_mean, float *run_var, float *mean, float *invstd, int B,
                             int C, int HW, float momentum, float eps, int training);
+/* batchnorm_forward (relu 0) or batchnorm_relu_forward (relu 1) whose batch statistics, in
+ * training, come from pre: per sample and channel {y0, sum (x - y0), sum (x - y0)^2} over the
+ * HW values (conv_dims' out_stats), combined in sample order in double (Chan et al.'s pairwise
+ * update), instead of two passes over in. NULL pre: the two passes. */
+void batchnorm_forward_pre(float *out, const float *in, const float *gamma, const float *beta,
+                           float *run_mean, float *run_var, float *mean, float *invstd, int B,
+                           int C, int HW, float momentum, float eps, int training, int relu,
+                           const float *pre);
 /* Backward of batchnorm_relu_forward (relu = 1; relu = 0: a batch norm alone, as
  * batchnorm_backward(_set)): dout is the gradient of its output; din += or (set) = the
  * gradient of in. The relu's mask is recomputed from in, gamma, beta and the forward's mean
