@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -383,6 +383,19 @@ static int nonzero_columns(const float *x, int cols, int *list) {
         _mm512_storeu_si512(list + n, _mm512_maskz_compress_epi32(nz, idx));
         n += __builtin_popcount(nz);
         idx = _mm512_add_epi32(idx, step);
+    }
+#elif defined(__AVX2__) && defined(__BMI2__)
+    /* 8 at a time: the compare's mask picks the nonzeros' lane numbers out of 0..7 (one byte
+     * each) with pext; widened and offset, all 8 are stored and n advances by the count. The
+     * scalar loop below waits ~5 cycles a column on its own count (a third of fc2's time) */
+    for (; c + 8 <= cols; c += 8) {
+        const unsigned nz = (unsigned)_mm256_movemask_ps(
+            _mm256_cmp_ps(_mm256_loadu_ps(x + c), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+        const uint64_t lanes = _pext_u64(0x0706050403020100ull, _pdep_u64(nz, 0x0101010101010101ull) * 0xFF);
+        const __m256i idx = _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)lanes)),
+                                             _mm256_set1_epi32(c));
+        _mm256_storeu_si256((__m256i *)(list + n), idx);
+        n += __builtin_popcount(nz);
     }
 #endif
     for (; c < cols; c++) {
