@@ -136,18 +136,19 @@ static size_t thread_floats(const wplan *p) {
            (size_t)p->TH * p->m * p->TW * p->m * p->Kp + 5 * VL;
 }
 
-/* weight gradient by runs: the runs' dU shared; per thread an input image in X, an
- * output-gradient image in the Y layout, and one block's V and dM */
+/* weight gradient by runs: the runs' dU and bias sums shared; per thread an input image in X,
+ * an output-gradient image in the Y layout, one block's V and dM and its images' bias sums */
 static size_t dw_runs_floats(const wplan *p, int ng) {
-    return (size_t)ng * p->A2 * p->Cp * p->Kp + (size_t)p->Hp * p->Wp * p->Cp +
+    return (size_t)ng * (p->A2 * p->Cp + 1) * p->Kp + (size_t)p->Hp * p->Wp * p->Cp +
            (size_t)p->TH * p->m * p->TW * p->m * p->Kp + (size_t)p->A2 * p->NTp * (p->Cp + p->Kp) +
-           6 * VL;
+           (size_t)p->nb * p->Kp + 8 * VL;
 }
 
-/* weight gradient by points: dU and one block's V and dM shared (dw_points_shared); per thread
- * X and Y as above */
+/* weight gradient by points: dU, one block's V, dM and bias sums and the batch's bias sum
+ * shared (dw_points_shared); per thread X and Y as above */
 static size_t dw_points_shared(const wplan *p) {
-    return (size_t)p->A2 * p->Cp * p->Kp + (size_t)p->A2 * p->NTp * (p->Cp + p->Kp) + 4 * VL;
+    return (size_t)p->A2 * p->Cp * p->Kp + (size_t)p->A2 * p->NTp * (p->Cp + p->Kp) +
+           (size_t)(p->nb + 1) * p->Kp + 6 * VL;
 }
 
 static size_t dw_points_floats(const wplan *p) {
@@ -310,13 +311,17 @@ static void pack_kernels(float *U, const float *W, const wplan *p, int swap, int
 
 /* dst + h * rw + w * np + c = src[c][h][w] for an H x W image of n channels, channels n .. np
  * (np a multiple of VL) set to zero. Pixels are taken VL at a time in plane order (across rows
- * when W < VL), VL channels by VL pixels transposed in registers; rw >= W np. */
-static void to_channel_last(float *dst, size_t rw, const float *src, int n, int np, int H,
-                            int W) {
+ * when W < VL), VL channels by VL pixels transposed in registers; rw >= W np. With csum, also
+ * csum[c] = the sum of channel c's plane (np entries): the bias gradient, made while the
+ * plane passes through registers instead of in a pass of its own. */
+static inline __attribute__((always_inline)) void channel_last_m(float *dst, size_t rw,
+                                                                 const float *src, int n, int np,
+                                                                 int H, int W, float *csum) {
     const int HW = H * W;
     const vf z = vset1(0.0f);
     for (int cb = 0; cb < np; cb += VL) {
         int q = 0;
+        vf acc = z;
         for (; q + VL <= HW; q += VL) {
             vf r[VL];
             for (int i = 0; i < VL; i++)
@@ -328,12 +333,30 @@ static void to_channel_last(float *dst, size_t rw, const float *src, int n, int 
                 x += np;
                 if (++w == W) w = 0, x += rw - (size_t)W * np; /* next row */
             }
+            if (csum) {
+                vf t = r[0];
+                for (int i = 1; i < VL; i++) t += r[i];
+                acc += t;
+            }
         }
+        if (csum) vstore(csum + cb, acc);
         for (; q < HW; q++) {
             float *x = dst + (size_t)(q / W) * rw + (size_t)(q % W) * np + cb;
             for (int i = 0; i < VL; i++) x[i] = cb + i < n ? src[(size_t)(cb + i) * HW + q] : 0.0f;
+            if (csum)
+                for (int i = 0; i < VL; i++) csum[cb + i] += x[i];
         }
     }
+}
+
+static void to_channel_last(float *dst, size_t rw, const float *src, int n, int np, int H,
+                            int W) {
+    channel_last_m(dst, rw, src, n, np, H, W, NULL);
+}
+
+static void to_channel_last_sum(float *dst, size_t rw, const float *src, int n, int np, int H,
+                                int W, float *csum) {
+    channel_last_m(dst, rw, src, n, np, H, W, csum);
 }
 
 /* X[(h + 1)][(w + 1)][c] = in[c][h][w], zeros elsewhere (the border, the rows and columns past
@@ -638,11 +661,11 @@ void conv_winograd_backward_data(float *din, const float *dout, const float *W, 
 
 /* Y-layout image (rows of TW m, zeros past H and W and channels past K) of one sample's output
  * gradient */
-static void grad_to_tiles_layout(float *Yg, const float *dout, const wplan *p) {
+static void grad_to_tiles_layout(float *Yg, const float *dout, const wplan *p, float *csum) {
     const size_t yw = (size_t)p->TW * p->m;
     if ((size_t)p->W < yw || p->H < p->TH * p->m)
         memset(Yg, 0, sizeof(float) * (size_t)p->TH * p->m * yw * p->Kp);
-    to_channel_last(Yg, yw * p->Kp, dout, p->K, p->Kp, p->H, p->W);
+    to_channel_last_sum(Yg, yw * p->Kp, dout, p->K, p->Kp, p->H, p->W, csum);
 }
 
 /* dM[xi][t][k] = (A dY A^T)[xi] of each tile's m x m output gradient, rows t0 .. */
@@ -775,41 +798,30 @@ static void unpack_gradients(float *dW, const float *dU, size_t ustride, int ng,
         }
 }
 
-/* db (K) += the sum of dout over the batch, per channel in sample order */
-static void bias_gradient(float *db, const float *dout, int B, const wplan *p) {
-    const size_t plane = (size_t)p->H * p->W, out_sz = (size_t)p->K * plane;
-#pragma omp for schedule(static)
-    for (int k = 0; k < p->K; k++) {
-        float s = 0;
-        for (int n = 0; n < B; n++) {
-            const float *g = dout + out_sz * (size_t)n + (size_t)k * plane;
-            float sn = 0; /* vectorized: a scalar sum waits on each add's latency */
-#pragma omp simd reduction(+ : sn)
-            for (size_t i = 0; i < plane; i++) sn += g[i];
-            s += sn;
-        }
-        db[k] += s;
-    }
-}
-
 /* the transforms of images n0 .. n0 + nb - 1 into V and dM (tile rows from 0), X and Yg the
  * calling thread's image buffers; `omp for` when shared */
-static void dw_transform_block(float *V, float *dM, float *X, float *Yg, const float *in,
-                               const float *dout, int n0, int nb, const wplan *p, int shared) {
+/* the transforms of images n0 .. n0 + nb - 1 into V and dM (tile rows from 0), X and Yg the
+ * calling thread's image buffers, and each image's bias-gradient sums into sums + j Kp; `omp
+ * for` when shared */
+static void dw_transform_block(float *V, float *dM, float *X, float *Yg, float *sums,
+                               const float *in, const float *dout, int n0, int nb,
+                               const wplan *p, int shared) {
     const size_t in_sz = (size_t)p->C * p->H * p->W, out_sz = (size_t)p->K * p->H * p->W;
     if (shared) {
 #pragma omp for schedule(static)
         for (int j = 0; j < nb; j++) {
             to_tiles_layout(X, in + in_sz * (size_t)(n0 + j), p);
             input_transform(V, X, p, j * p->Timg);
-            grad_to_tiles_layout(Yg, dout + out_sz * (size_t)(n0 + j), p);
+            grad_to_tiles_layout(Yg, dout + out_sz * (size_t)(n0 + j), p,
+                                 sums + (size_t)j * p->Kp);
             grad_transform(dM, Yg, p, j * p->Timg);
         }
     } else {
         for (int j = 0; j < nb; j++) {
             to_tiles_layout(X, in + in_sz * (size_t)(n0 + j), p);
             input_transform(V, X, p, j * p->Timg);
-            grad_to_tiles_layout(Yg, dout + out_sz * (size_t)(n0 + j), p);
+            grad_to_tiles_layout(Yg, dout + out_sz * (size_t)(n0 + j), p,
+                                 sums + (size_t)j * p->Kp);
             grad_transform(dM, Yg, p, j * p->Timg);
         }
     }
@@ -822,26 +834,35 @@ static void dw_runs(float *dW, float *db, const float *dout, const float *in, in
     const size_t per = conv_winograd_scratch_per_thread(d);
     const int T = d->threads < 1 ? 1 : d->threads;
     const int nblocks = (B + p.nb - 1) / p.nb;
-    float *dU = align_up(scratch); /* thread 0's share is large enough for all runs' dU */
+    /* thread 0's share is large enough for all runs' dU and bias sums */
+    float *dU = align_up(scratch), *dbr = align_up(dU + ustride * (size_t)ng);
     memset(dU, 0, sizeof(float) * ustride * (size_t)ng);
+    memset(dbr, 0, sizeof(float) * (size_t)ng * p.Kp);
 #pragma omp parallel num_threads(T)
     {
         const int t = omp_get_thread_num();
-        float *X = align_up(t ? scratch + per * (size_t)t : dU + ustride * (size_t)ng);
+        float *X = align_up(t ? scratch + per * (size_t)t : dbr + (size_t)ng * p.Kp);
         float *Yg = align_up(X + (size_t)p.Hp * p.Wp * p.Cp);
         float *V = align_up(Yg + (size_t)p.TH * p.m * p.TW * p.m * p.Kp);
         float *dM = align_up(V + (size_t)p.A2 * p.NTp * p.Cp);
+        float *sums = align_up(dM + (size_t)p.A2 * p.NTp * p.Kp);
 #pragma omp for schedule(static)
         for (int g = 0; g < ng; g++) {
-            float *dUg = dU + ustride * (size_t)g;
+            float *dUg = dU + ustride * (size_t)g, *dbg = dbr + (size_t)g * p.Kp;
             const int b1 = (int)((long)nblocks * (g + 1) / ng);
             for (int blk = (int)((long)nblocks * g / ng); blk < b1; blk++) {
                 const int n0 = blk * p.nb, nb = B - n0 < p.nb ? B - n0 : p.nb;
-                dw_transform_block(V, dM, X, Yg, in, dout, n0, nb, &p, 0);
+                dw_transform_block(V, dM, X, Yg, sums, in, dout, n0, nb, &p, 0);
                 for (int xi = 0; xi < p.A2; xi++) dw_products(dUg, V, dM, &p, xi, nb * p.Timg);
+                for (int j = 0; j < nb; j++) /* the run's bias sum, in sample order */
+                    for (int k = 0; k < p.Kp; k++) dbg[k] += sums[(size_t)j * p.Kp + k];
             }
         }
-        bias_gradient(db, dout, B, &p);
+    }
+    for (int k = 0; k < p.K; k++) {
+        float s = 0;
+        for (int g = 0; g < ng; g++) s += dbr[(size_t)g * p.Kp + k];
+        db[k] += s;
     }
     unpack_gradients(dW, dU, ustride, ng, &p, T);
 }
@@ -853,10 +874,13 @@ static void dw_points(float *dW, float *db, const float *dout, const float *in, 
     float *dU = align_up(scratch);
     float *V = align_up(dU + ustride);
     float *dM = align_up(V + (size_t)p.A2 * p.NTp * p.Cp);
+    float *sums = align_up(dM + (size_t)p.A2 * p.NTp * p.Kp);
+    float *dbs = align_up(sums + (size_t)p.nb * p.Kp);
     float *tbase = scratch + dw_points_shared(&p);
     const size_t per = conv_winograd_scratch_per_thread(d) - dw_points_shared(&p);
     const int T = d->threads < 1 ? 1 : d->threads;
     memset(dU, 0, sizeof(float) * ustride);
+    memset(dbs, 0, sizeof(float) * (size_t)p.Kp);
 #pragma omp parallel num_threads(T)
     {
         const int t = omp_get_thread_num();
@@ -864,13 +888,16 @@ static void dw_points(float *dW, float *db, const float *dout, const float *in, 
         float *Yg = align_up(X + (size_t)p.Hp * p.Wp * p.Cp);
         for (int n0 = 0; n0 < B; n0 += p.nb) {
             const int nb = B - n0 < p.nb ? B - n0 : p.nb;
-            dw_transform_block(V, dM, X, Yg, in, dout, n0, nb, &p, 1);
+            dw_transform_block(V, dM, X, Yg, sums, in, dout, n0, nb, &p, 1);
+#pragma omp single nowait
+            for (int j = 0; j < nb; j++) /* the bias sum, in sample order */
+                for (int k = 0; k < p.Kp; k++) dbs[k] += sums[(size_t)j * p.Kp + k];
             /* each point's products on one thread, in tile order: the same bits for any count */
 #pragma omp for schedule(dynamic, 1)
             for (int xi = 0; xi < p.A2; xi++) dw_products(dU, V, dM, &p, xi, nb * p.Timg);
         }
-        bias_gradient(db, dout, B, &p);
     }
+    for (int k = 0; k < p.K; k++) db[k] += dbs[k];
     unpack_gradients(dW, dU, ustride, 1, &p, T);
 }
 
