@@ -729,10 +729,17 @@ void nz_sparse_matmul_batch(const nz_sparse *s, const float *X, int B, float *Y,
 }
 
 /* Per nonzero input column the column kernel pays about this many entries' worth of fixed cost
- * (listing, the loop's unpredictable exit), measured on x86-64 against the row kernel: LeNet-300's
- * fc1 on MNIST pixels (42% of its entries under nonzero inputs, 55 per column) runs 2x faster by
- * columns, its fc2 and fc3 (11 and 3 entries per nonzero input) faster by rows. */
+ * (listing, the loop's unpredictable exit), measured against the row kernel on LeNet-300 with
+ * real inputs: fc1 on MNIST pixels (42% of its entries under nonzero inputs, 55 per column) runs
+ * 2x faster by columns on both machines; fc3 (3 entries per nonzero input) faster by rows. fc2
+ * (11 per column) ran faster by rows on the AVX-512 machine and, once the AVX2 listing took
+ * 8 inputs a step, faster by columns on the AVX2 one (2026-11-25, `bench_sparse`: 1.39 us by
+ * columns, 1.75 by rows, ~9 ns = ~14 entries a column). */
+#ifdef __AVX512F__
 #define COL_OVERHEAD_ENTRIES 24u
+#else
+#define COL_OVERHEAD_ENTRIES 14u
+#endif
 
 void nz_sparse_matvec(const nz_sparse *s, const float *x, float *y) {
     if (s->pan) {
