@@ -2177,6 +2177,22 @@ static void check_batchnorm_relu(int B, int C, int HW, int training) {
                            NZ_BN_EPS, training);
     CHECK(norm_err(y2, y1, n) == 0 && norm_err(rm2, rm1, nc) == 0 && norm_err(rv2, rv1, nc) == 0,
           "%s: forward differs from batchnorm then relu", S);
+    {   /* with a residual input: max(0, bn(x) + skip) in the batch norm's pass, the same bits
+         * as the batch norm, then add_relu_forward */
+        float *sk = galloc(n), *y3 = galloc(n), *y4 = galloc(n);
+        fill_normal(sk, n, &r, 1.0f);
+        float *rm3 = galloc(nc), *rv3 = galloc(nc), *mu3 = galloc(nc), *is3 = galloc(nc);
+        memcpy(rm3, rm2, sizeof(float) * nc), memcpy(rv3, rv2, sizeof(float) * nc);
+        batchnorm_forward(t, x, gamma, beta, rm2, rv2, mu2, is2, B, C, HW, NZ_BN_MOMENTUM,
+                          NZ_BN_EPS, training);
+        add_relu_forward(y3, t, sk, n);
+        batchnorm_forward_pre(y4, x, gamma, beta, rm3, rv3, mu3, is3, B, C, HW, NZ_BN_MOMENTUM,
+                              NZ_BN_EPS, training, 0, NULL, sk);
+        CHECK(memcmp(y3, y4, sizeof(float) * n) == 0 && memcmp(mu2, mu3, sizeof(float) * nc) == 0,
+              "%s: bn + add + relu in one pass differs from the three apart", S);
+        memcpy(rm2, rm1, sizeof(float) * nc), memcpy(rv2, rv1, sizeof(float) * nc);
+        gfree(sk), gfree(y3), gfree(y4), gfree(rm3), gfree(rv3), gfree(mu3), gfree(is3);
+    }
     size_t pos = 0;
     for (size_t i = 0; i < n; i++) pos += y1[i] > 0;
     CHECK(pos > n / 5 && pos < n - n / 5, "%s: test data leaves %zu of %zu outputs positive", S,
@@ -2245,9 +2261,9 @@ static void check_conv_bn_stats(void) {
     }
     for (int relu = 0; relu <= 1; relu++) {
         batchnorm_forward_pre(y1, y, g, be, rm1, rv1, mu1, is1, B, K, H * W, NZ_BN_MOMENTUM,
-                              NZ_BN_EPS, 1, relu, NULL);
+                              NZ_BN_EPS, 1, relu, NULL, NULL);
         batchnorm_forward_pre(y2, y, g, be, rm2, rv2, mu2, is2, B, K, H * W, NZ_BN_MOMENTUM,
-                              NZ_BN_EPS, 1, relu, st[0]);
+                              NZ_BN_EPS, 1, relu, st[0], NULL);
         const double e = norm_err(y2, y1, no), em = norm_err(mu2, mu1, K),
                      ei = norm_err(is2, is1, K), ev = norm_err(rv2, rv1, K);
         /* outputs: a mean near 100 is known to float rounding (~6e-6), a few 1e-6 of the
@@ -2258,7 +2274,7 @@ static void check_conv_bn_stats(void) {
     }
     /* mutation: sums of another batch give other statistics */
     batchnorm_forward_pre(y2, y, g, be, rm2, rv2, mu2, is2, B - 1, K, H * W, NZ_BN_MOMENTUM,
-                          NZ_BN_EPS, 1, 0, st[0] + K * 3);
+                          NZ_BN_EPS, 1, 0, st[0] + K * 3, NULL);
     CHECK(norm_err(is2, is1, K) > 1e-4, "batch norm ignores the conv sums it is given");
     conv_dims ds = conv_dims_make(C, 2 * H, 2 * W, K, 3, 2, 1);
     ds.algo = CONV_ALGO_DIRECT;

@@ -448,10 +448,25 @@ static void test_tiny_resnet_training(void) {
         const int add = find_node(&m, "b1_add");
         CHECK(add > 0 && nz_ws_act(ws, add) == NULL,
               "tiny resnet: b1_add + its relu did not run fused");
+        /* and b1b_bn with that add and relu (its other input, stem, comes first), but not
+         * b2b_bn, whose shortcut is computed after it */
+        const int bnb = find_node(&m, "b1b_bn"), bnb2 = find_node(&m, "b2b_bn");
+        CHECK(bnb > 0 && nz_ws_act(ws, bnb) == NULL && bnb2 > 0 && nz_ws_act(ws, bnb2) != NULL,
+              "tiny resnet: b1b_bn + b1_add + b1_relu did not run fused (or b2b_bn did)");
+        float *gf = malloc(sizeof(float) * m.n_params);
+        nz_ws_zero_grads(ws);
+        nz_backward(&m, ws, dl, B);
+        memcpy(gf, nz_ws_grads(ws), sizeof(float) * m.n_params);
         nz_ws_keep_acts(ws, 1);
         const float *zk = nz_forward(&m, ws, x, B, 0, NULL);
         CHECK(nz_ws_act(ws, bn) != NULL && memcmp(zk, ze, sizeof(float) * 10 * B) == 0,
               "tiny resnet: logits with every activation kept differ from the fused run");
+        nz_ws_zero_grads(ws);
+        nz_backward(&m, ws, dl, B);
+        CHECK(memcmp(gf, nz_ws_grads(ws), sizeof(float) * m.n_params) == 0,
+              "tiny resnet: gradients with every activation kept differ from the fused run");
+        free(gf);
+        zk = nz_forward(&m, ws, x, B, 0, NULL);
         if (add > 0) {
             /* kept apart: the add's output, and the relu's equal to max(add, 0) */
             const float *a = nz_ws_act(ws, add), *ra = nz_ws_act(ws, add + 1);

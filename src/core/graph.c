@@ -30,8 +30,11 @@ struct nz_ws {
     float *fold;      /* nz_infer: a conv's weights and bias with its batch norm folded in */
     float *convstats; /* training: a conv's per-sample output sums for its batch norm, (B, C, 3) */
     int stats_for;    /* the batch-norm node convstats was filled for, or -1 */
+    int add_done;     /* the add whose relu's output a batch norm already wrote, or -1 */
     unsigned char *bnrelu; /* batch-norm nodes whose only reader is the relu right after them */
     unsigned char *addrelu; /* the same for adds (fused in the forward pass only) */
+    unsigned char *bnadd; /* batch-norm nodes whose only reader is the fused add + relu right
+                             after them, whose other input comes earlier (forward only) */
     unsigned char *shared; /* nodes whose buffers another node aliases (flatten) */
     int keep_acts;    /* 1: every node's output is stored (no batch norm + relu fusion) */
     int threads;
@@ -70,6 +73,7 @@ void nz_ws_free(nz_ws *ws) {
     free(ws->sp_scratch);
     free(ws->bnrelu);
     free(ws->addrelu);
+    free(ws->bnadd);
     free(ws->shared);
     free(ws);
 }
@@ -92,14 +96,16 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
     ws->fresh = calloc((size_t)m->n_nodes, 1);
     ws->bnrelu = calloc((size_t)m->n_nodes, 1);
     ws->addrelu = calloc((size_t)m->n_nodes, 1);
+    ws->bnadd = calloc((size_t)m->n_nodes, 1);
     ws->shared = calloc((size_t)m->n_nodes, 1);
     ws->n_params = m->n_params;
     ws->grads = calloc(m->n_params ? m->n_params : 1, sizeof(float));
     if (!ws->act || !ws->dact || !ws->argmax || !ws->mask || !ws->owns || !ws->drop_on || !ws->fresh || !ws->weff || !ws->bnstat || !ws->consumers ||
-        !ws->bnrelu || !ws->addrelu || !ws->shared || !ws->grads)
+        !ws->bnrelu || !ws->addrelu || !ws->bnadd || !ws->shared || !ws->grads)
         goto oom;
     size_t scratch = 0, partial = 0, sp = 0, fold = 0, cstats = 0;
     ws->stats_for = -1;
+    ws->add_done = -1;
     for (int i = 1; i < m->n_nodes; i++) {
         const nz_node *n = &m->nodes[i];
         for (int k = 0; k < n->n_inputs; k++) ws->consumers[n->inputs[k]]++;
@@ -144,6 +150,12 @@ nz_ws *nz_ws_new(const nz_model *m, int max_batch, nz_error *err) {
         ws->bnrelu[i] = relu_next && m->nodes[i].op == NZ_OP_BATCHNORM;
         ws->addrelu[i] = relu_next && m->nodes[i].op == NZ_OP_ADD;
     }
+    for (int i = 1; i + 1 < m->n_nodes; i++) {
+        const nz_node *a = &m->nodes[i + 1];
+        ws->bnadd[i] = m->nodes[i].op == NZ_OP_BATCHNORM && a->op == NZ_OP_ADD &&
+                       a->inputs[0] == i && a->inputs[1] < i && ws->consumers[i] == 1 &&
+                       ws->addrelu[i + 1];
+    }
     if (scratch && !(ws->scratch = malloc(sizeof(float) * scratch * (size_t)ws->threads))) goto oom;
     if (sp && !(ws->sp_scratch = malloc(sizeof(float) * sp))) goto oom;
     if (fold && !(ws->fold = malloc(sizeof(float) * fold))) goto oom;
@@ -162,7 +174,9 @@ float *nz_ws_grads(nz_ws *ws) { return ws->grads; }
 void nz_ws_zero_grads(nz_ws *ws) { memset(ws->grads, 0, sizeof(float) * ws->n_params); }
 
 const float *nz_ws_act(const nz_ws *ws, int node) {
-    return (ws->bnrelu[node] || ws->addrelu[node]) && !ws->keep_acts ? NULL : ws->act[node];
+    return (ws->bnrelu[node] || ws->addrelu[node] || ws->bnadd[node]) && !ws->keep_acts
+               ? NULL
+               : ws->act[node];
 }
 
 void nz_ws_keep_acts(nz_ws *ws, int keep) { ws->keep_acts = keep != 0; }
@@ -217,6 +231,15 @@ static int add_relu_fused(const nz_ws *ws, int i) {
 
 static int bn_relu_fused(const nz_ws *ws, int i) {
     return i > 0 && ws->bnrelu[i] && !ws->keep_acts ? i + 1 : -1;
+}
+
+/* Node i + 1 if node i is a batch norm whose only reader is the add i + 1, itself fused with
+ * its relu i + 2, and the add's other input is computed before node i (a residual block's
+ * second batch norm); else -1. The batch norm then writes the relu's output, max(0, bn + skip),
+ * in its normalizing pass: neither its own output nor the add's is stored (the backward pass
+ * reads neither). */
+static int bn_add_fused(const nz_ws *ws, int i) {
+    return i > 0 && ws->bnadd[i] && !ws->keep_acts ? i + 1 : -1;
 }
 
 /* Node i+1 if it is a batch norm reading only node i, which nobody else reads; else -1. */
@@ -297,18 +320,26 @@ static void nz_forward_range(const nz_model *m, nz_ws *ws, int B, int training, 
         case NZ_OP_BATCHNORM: {
             /* the one place a forward writes the model: running statistics in training */
             float *Pw = m->params;
-            const int r = bn_relu_fused(ws, i);
+            const int r = bn_relu_fused(ws, i), a = bn_add_fused(ws, i);
             ws->drop_on[i] = training != 0;
-            batchnorm_forward_pre(r < 0 ? out : ws->act[r], in, P + n->params[0].off,
-                                  P + n->params[1].off, Pw + n->params[2].off,
-                                  Pw + n->params[3].off, ws->bnstat[i], ws->bnstat[i] + s.c, B,
-                                  s.c, s.h * s.w, n->p, NZ_BN_EPS, training, r >= 0,
-                                  training && ws->stats_for == i ? ws->convstats : NULL);
+            batchnorm_forward_pre(r >= 0 ? ws->act[r] : a >= 0 ? ws->act[a + 1] : out, in,
+                                  P + n->params[0].off, P + n->params[1].off,
+                                  Pw + n->params[2].off, Pw + n->params[3].off, ws->bnstat[i],
+                                  ws->bnstat[i] + s.c, B, s.c, s.h * s.w, n->p, NZ_BN_EPS,
+                                  training, r >= 0,
+                                  training && ws->stats_for == i ? ws->convstats : NULL,
+                                  a >= 0 ? ws->act[m->nodes[a].inputs[1]] : NULL);
+            ws->add_done = a;
             ws->stats_for = -1;
             break;
         }
         case NZ_OP_ADD: {
             const int r = add_relu_fused(ws, i); /* backward runs the relu as usual */
+            if (ws->add_done == i) { /* the batch norm wrote the relu's output (not when
+                                        nz_infer folded it into its conv) */
+                ws->add_done = -1;
+                break;
+            }
             if (r < 0) add_forward(out, in, ws->act[n->inputs[1]], sz);
             else add_relu_forward(ws->act[r], in, ws->act[n->inputs[1]], sz);
             break;

@@ -468,7 +468,7 @@ static float plane_sqdev(const float *x, int n, float mu) {
 static void bn_forward(float *out, const float *in, const float *gamma, const float *beta,
                        float *run_mean, float *run_var, float *mean, float *invstd, int B, int C,
                        int HW, float momentum, float eps, int training, int relu,
-                       const float *pre) {
+                       const float *pre, const float *skip) {
     const size_t plane = (size_t)HW, stride = (size_t)C * HW;
     const double N = (double)B * HW;
 #pragma omp parallel for schedule(static) if ((long)B * C * HW > 32768)
@@ -512,7 +512,14 @@ static void bn_forward(float *out, const float *in, const float *gamma, const fl
         for (int n = 0; n < B; n++) {
             const float *x = in + n * stride + c * plane;
             float *y = out + n * stride + c * plane;
-            if (relu)
+            if (skip) { /* the batch norm's output rounded, then the add's, as apart */
+                const float *r = skip + n * stride + c * plane;
+#pragma omp simd
+                for (int i = 0; i < HW; i++) {
+                    const float v = x[i] * a + b, u = v + r[i];
+                    y[i] = u > 0.0f ? u : 0.0f;
+                }
+            } else if (relu)
 #pragma omp simd
                 for (int i = 0; i < HW; i++) {
                     const float v = x[i] * a + b;
@@ -529,22 +536,22 @@ void batchnorm_forward(float *out, const float *in, const float *gamma, const fl
                        float *run_mean, float *run_var, float *mean, float *invstd, int B, int C,
                        int HW, float momentum, float eps, int training) {
     bn_forward(out, in, gamma, beta, run_mean, run_var, mean, invstd, B, C, HW, momentum, eps,
-               training, 0, NULL);
+               training, 0, NULL, NULL);
 }
 
 void batchnorm_relu_forward(float *out, const float *in, const float *gamma, const float *beta,
                             float *run_mean, float *run_var, float *mean, float *invstd, int B,
                             int C, int HW, float momentum, float eps, int training) {
     bn_forward(out, in, gamma, beta, run_mean, run_var, mean, invstd, B, C, HW, momentum, eps,
-               training, 1, NULL);
+               training, 1, NULL, NULL);
 }
 
 void batchnorm_forward_pre(float *out, const float *in, const float *gamma, const float *beta,
                            float *run_mean, float *run_var, float *mean, float *invstd, int B,
                            int C, int HW, float momentum, float eps, int training, int relu,
-                           const float *pre) {
+                           const float *pre, const float *skip) {
     bn_forward(out, in, gamma, beta, run_mean, run_var, mean, invstd, B, C, HW, momentum, eps,
-               training, relu, pre);
+               training, relu || skip, pre, skip);
 }
 
 /* relu: dout is the gradient of relu(bn(x)), so the batch norm's own gradient is dout where

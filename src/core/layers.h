@@ -114,11 +114,13 @@ void batchnorm_relu_forward(float *out, const float *in, const float *gamma, con
 /* batchnorm_forward (relu 0) or batchnorm_relu_forward (relu 1) whose batch statistics, in
  * training, come from pre: per sample and channel {y0, sum (x - y0), sum (x - y0)^2} over the
  * HW values (conv_dims' out_stats), combined in sample order in double (Chan et al.'s pairwise
- * update), instead of two passes over in. NULL pre: the two passes. */
+ * update), instead of two passes over in. NULL pre: the two passes. With skip (the shape of
+ * in): out = max(0, bn(in) + skip), a residual add and its relu in the same pass, the same
+ * bits as add_relu_forward(out, bn(in), skip). */
 void batchnorm_forward_pre(float *out, const float *in, const float *gamma, const float *beta,
                            float *run_mean, float *run_var, float *mean, float *invstd, int B,
                            int C, int HW, float momentum, float eps, int training, int relu,
-                           const float *pre);
+                           const float *pre, const float *skip);
 /* Backward of batchnorm_relu_forward (relu = 1; relu = 0: a batch norm alone, as
  * batchnorm_backward(_set)): dout is the gradient of its output; din += or (set) = the
  * gradient of in. The relu's mask is recomputed from in, gamma, beta and the forward's mean
