@@ -798,33 +798,16 @@ static void unpack_gradients(float *dW, const float *dU, size_t ustride, int ng,
         }
 }
 
-/* the transforms of images n0 .. n0 + nb - 1 into V and dM (tile rows from 0), X and Yg the
- * calling thread's image buffers; `omp for` when shared */
-/* the transforms of images n0 .. n0 + nb - 1 into V and dM (tile rows from 0), X and Yg the
- * calling thread's image buffers, and each image's bias-gradient sums into sums + j Kp; `omp
- * for` when shared */
-static void dw_transform_block(float *V, float *dM, float *X, float *Yg, float *sums,
-                               const float *in, const float *dout, int n0, int nb,
-                               const wplan *p, int shared) {
+/* image n0 + j's transforms into V and dM (tile rows from j Timg) through the calling thread's
+ * image buffers X and Yg, and its bias-gradient sums into sums + j Kp */
+static void dw_transform_image(float *V, float *dM, float *X, float *Yg, float *sums,
+                               const float *in, const float *dout, int n0, int j,
+                               const wplan *p) {
     const size_t in_sz = (size_t)p->C * p->H * p->W, out_sz = (size_t)p->K * p->H * p->W;
-    if (shared) {
-#pragma omp for schedule(static)
-        for (int j = 0; j < nb; j++) {
-            to_tiles_layout(X, in + in_sz * (size_t)(n0 + j), p);
-            input_transform(V, X, p, j * p->Timg);
-            grad_to_tiles_layout(Yg, dout + out_sz * (size_t)(n0 + j), p,
-                                 sums + (size_t)j * p->Kp);
-            grad_transform(dM, Yg, p, j * p->Timg);
-        }
-    } else {
-        for (int j = 0; j < nb; j++) {
-            to_tiles_layout(X, in + in_sz * (size_t)(n0 + j), p);
-            input_transform(V, X, p, j * p->Timg);
-            grad_to_tiles_layout(Yg, dout + out_sz * (size_t)(n0 + j), p,
-                                 sums + (size_t)j * p->Kp);
-            grad_transform(dM, Yg, p, j * p->Timg);
-        }
-    }
+    to_tiles_layout(X, in + in_sz * (size_t)(n0 + j), p);
+    input_transform(V, X, p, j * p->Timg);
+    grad_to_tiles_layout(Yg, dout + out_sz * (size_t)(n0 + j), p, sums + (size_t)j * p->Kp);
+    grad_transform(dM, Yg, p, j * p->Timg);
 }
 
 static void dw_runs(float *dW, float *db, const float *dout, const float *in, int B, int ng,
@@ -852,7 +835,8 @@ static void dw_runs(float *dW, float *db, const float *dout, const float *in, in
             const int b1 = (int)((long)nblocks * (g + 1) / ng);
             for (int blk = (int)((long)nblocks * g / ng); blk < b1; blk++) {
                 const int n0 = blk * p.nb, nb = B - n0 < p.nb ? B - n0 : p.nb;
-                dw_transform_block(V, dM, X, Yg, sums, in, dout, n0, nb, &p, 0);
+                for (int j = 0; j < nb; j++)
+                    dw_transform_image(V, dM, X, Yg, sums, in, dout, n0, j, &p);
                 for (int xi = 0; xi < p.A2; xi++) dw_products(dUg, V, dM, &p, xi, nb * p.Timg);
                 for (int j = 0; j < nb; j++) /* the run's bias sum, in sample order */
                     for (int k = 0; k < p.Kp; k++) dbg[k] += sums[(size_t)j * p.Kp + k];
@@ -888,7 +872,9 @@ static void dw_points(float *dW, float *db, const float *dout, const float *in, 
         float *Yg = align_up(X + (size_t)p.Hp * p.Wp * p.Cp);
         for (int n0 = 0; n0 < B; n0 += p.nb) {
             const int nb = B - n0 < p.nb ? B - n0 : p.nb;
-            dw_transform_block(V, dM, X, Yg, sums, in, dout, n0, nb, &p, 1);
+#pragma omp for schedule(static)
+            for (int j = 0; j < nb; j++)
+                dw_transform_image(V, dM, X, Yg, sums, in, dout, n0, j, &p);
 #pragma omp single nowait
             for (int j = 0; j < nb; j++) /* the bias sum, in sample order */
                 for (int k = 0; k < p.Kp; k++) dbs[k] += sums[(size_t)j * p.Kp + k];
